@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh machine:
+#   make run   install, migrate, make sure an admin exists, start the whole platform
+#   make test  install (including Redis and PostgreSQL from Debian packages) and run the tests
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: run test install install-test services bench bench-gateway clean
+
+$(PY):
+	@echo "==> creating virtual environment in $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-deps: requirements.txt | $(PY)
+	@echo "==> installing requirements.txt"
+	$(PIP) install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.test-deps: requirements.txt requirements-test.txt | $(PY)
+	@echo "==> installing requirements-test.txt"
+	$(PIP) install --disable-pip-version-check -q -r requirements-test.txt
+	@touch $@ $(VENV)/.run-deps
+
+install: $(VENV)/.run-deps
+
+install-test: $(VENV)/.test-deps
+
+run: install
+	@$(PY) manage.py migrate --noinput -v0
+	@$(PY) manage.py ensure_admin
+	@exec $(PY) manage.py runplatform
+
+services:
+	@./scripts/ensure-test-services.sh
+
+test: install-test services
+	@echo "==> tests against PostgreSQL + Redis (started by the test fixtures)"
+	SIGNPLATFORM_TEST_BACKENDS=services $(PY) -m pytest
+	@echo "==> gateway tests against the embedded defaults (SQLite, in-memory channel layer)"
+	SIGNPLATFORM_TEST_BACKENDS=embedded $(PY) -m pytest -m "embedded and not services"
+
+bench: bench-gateway
+
+bench-gateway: install
+	$(PY) bench/gateway_bench.py
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache

@@ -1,0 +1,105 @@
+"""Encryption at rest for App Secrets, card PINs and legacy AES keys: AES-256-GCM under
+the master key from SIGNPLATFORM_MASTER_KEY (or a 0600 key file created on first run).
+
+Stored form: `gcm1:<key id>:<base64url(nonce | ciphertext | tag)>`; the purpose (what the
+value is, e.g. "card-pin") is bound as associated data, so a ciphertext copied into
+another column does not decrypt."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from Crypto.Cipher import AES
+from django.conf import settings
+
+PREFIX = "gcm1"
+
+
+class MasterKeyError(RuntimeError):
+    """The master key is missing, malformed, or does not match a stored value."""
+
+
+def _parse_key(text: str) -> bytes:
+    text = text.strip()
+    for decode in (lambda t: base64.urlsafe_b64decode(t + "=" * (-len(t) % 4)), bytes.fromhex):
+        try:
+            key = decode(text)
+        except (binascii.Error, ValueError):
+            continue
+        if len(key) == 32:
+            return key
+    raise MasterKeyError("SIGNPLATFORM_MASTER_KEY must be 32 bytes, base64url or hex encoded")
+
+
+def master_key_generate() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii").rstrip("=")
+
+
+def master_key_file_ensure() -> Path | None:
+    """Create the embedded-default key file when no key is configured; returns its path
+    (None when the key comes from the environment)."""
+    if settings.SIGNPLATFORM_MASTER_KEY:
+        return None
+    path = Path(settings.SIGNPLATFORM_MASTER_KEY_FILE)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path
+        with os.fdopen(fd, "w") as fh:
+            fh.write(master_key_generate() + "\n")
+    return path
+
+
+@lru_cache(maxsize=4)
+def _key_for(configured: str, file_path: str) -> bytes:
+    if configured:
+        return _parse_key(configured)
+    path = master_key_file_ensure()
+    return _parse_key(Path(path or file_path).read_text())
+
+
+def master_key() -> bytes:
+    return _key_for(settings.SIGNPLATFORM_MASTER_KEY, str(settings.SIGNPLATFORM_MASTER_KEY_FILE))
+
+
+def key_id(key: bytes) -> str:
+    return hashlib.sha256(b"signplatform-key-id" + key).hexdigest()[:8]
+
+
+def secret_encrypt(plaintext: str, *, purpose: str, key: bytes | None = None) -> str:
+    """Encrypt a secret for storage. Returns the stored form."""
+    key = key or master_key()
+    nonce = secrets.token_bytes(12)
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    cipher.update(purpose.encode())
+    ciphertext, tag = cipher.encrypt_and_digest(plaintext.encode("utf-8"))
+    blob = base64.urlsafe_b64encode(nonce + ciphertext + tag).decode("ascii")
+    return f"{PREFIX}:{key_id(key)}:{blob}"
+
+
+def secret_decrypt(stored: str, *, purpose: str, key: bytes | None = None) -> str:
+    """Decrypt a stored secret; raises MasterKeyError when it cannot be authenticated."""
+    key = key or master_key()
+    try:
+        prefix, kid, blob = stored.split(":", 2)
+        raw = base64.urlsafe_b64decode(blob)
+    except (ValueError, binascii.Error):
+        raise MasterKeyError("stored secret is malformed") from None
+    if prefix != PREFIX:
+        raise MasterKeyError("stored secret has an unknown format")
+    if kid != key_id(key):
+        raise MasterKeyError(f"stored secret was encrypted under master key {kid}, not the configured one")
+    cipher = AES.new(key, AES.MODE_GCM, nonce=raw[:12])
+    cipher.update(purpose.encode())
+    try:
+        return cipher.decrypt_and_verify(raw[12:-16], raw[-16:]).decode("utf-8")
+    except ValueError:
+        raise MasterKeyError("stored secret failed authentication") from None

@@ -1,0 +1,52 @@
+import asyncio
+import signal
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from signing.models import CardDevice
+from signing.services import card_device_sync_default
+
+
+class Command(BaseCommand):
+    help = "Run the UKey gateway for one card device in its own process (needs REDIS_URL)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--device", default=settings.UKEY_DEFAULT_DEVICE, help="card device slug")
+
+    def handle(self, *args, **options):
+        if "InMemoryChannelLayer" in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+            raise CommandError(
+                "a separate gateway process needs a shared channel layer: set REDIS_URL "
+                "(without it the gateway runs inside the web process)"
+            )
+        slug = options["device"]
+        if slug == settings.UKEY_DEFAULT_DEVICE:
+            card_device_sync_default()
+        device = CardDevice.objects.filter(slug=slug).first()
+        if device is None:
+            raise CommandError(f"no card device {slug!r}; create it in the admin first")
+        if not device.enabled:
+            raise CommandError(f"card device {slug!r} is disabled")
+        asyncio.run(self._run(slug, device.url))
+
+    async def _run(self, slug: str, url: str) -> None:
+        from signing.ukey.gateway import GatewayHost
+
+        host = GatewayHost([slug])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await host.start()
+        self.stdout.write(f"UKey gateway for card {slug} ({url}) running; Ctrl-C stops it")
+        self.stdout.flush()
+        waiter = asyncio.create_task(host.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done() and waiter.exception():
+            raise CommandError(f"gateway failed: {waiter.exception()}")
+        self.stdout.write(f"stopping: finishing card operations in flight (up to {settings.UKEY_SHUTDOWN_GRACE:.0f} s)")
+        await host.stop()
+        waiter.cancel()
+        self.stdout.write("UKey gateway stopped")

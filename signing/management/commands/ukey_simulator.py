@@ -1,0 +1,61 @@
+import asyncio
+import signal
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from signing.ukey.simulator import FAULT_KINDS, CardSimulator, FaultPlan, FaultRule, SimulatedCard
+
+
+class Command(BaseCommand):
+    help = "Run the card simulator: an E-Port control with one RSA or SM2 operator card."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=settings.UKEY_SIMULATOR_PORT)
+        parser.add_argument("--algorithm", choices=["rsa", "sm2"], default=settings.UKEY_SIMULATOR_ALGORITHM)
+        parser.add_argument("--latency-ms", type=float, default=settings.UKEY_SIMULATOR_LATENCY_MS,
+                            help="time one card operation takes (default %(default)s)")
+        parser.add_argument("--pin", default=None, help="card PIN (default UKEY_SIMULATOR_PIN); '' for none")
+        parser.add_argument("--key-dir", default=str(settings.UKEY_SIMULATOR_KEY_DIR),
+                            help="where the card's key and certificate are kept")
+        parser.add_argument("--fault", action="append", default=[], metavar="KIND[:COUNT]",
+                            help=f"inject a fault into sign operations; KIND is one of {', '.join(FAULT_KINDS)}")
+        parser.add_argument("--fault-rate", type=float, default=1.0, help="probability a matching operation faults")
+        parser.add_argument("--slow-ms", type=int, default=2000, help="extra delay of the 'slow' fault")
+        parser.add_argument("--bare-responses", action="store_true",
+                            help="answer with bare {Result,Data,Error} frames like old wrappers")
+
+    def handle(self, *args, **options):
+        pin = settings.UKEY_SIMULATOR_PIN if options["pin"] is None else options["pin"]
+        try:
+            faults = FaultPlan([FaultRule.from_cli(f, options["fault_rate"], options["slow_ms"]) for f in options["fault"]])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        card = SimulatedCard(options["algorithm"], Path(options["key_dir"]))
+        simulator = CardSimulator(
+            card, latency_ms=options["latency_ms"], pin=pin, faults=faults, bare_responses=options["bare_responses"]
+        )
+        asyncio.run(self._serve(simulator, options["host"], options["port"]))
+
+    async def _serve(self, simulator: CardSimulator, host: str, port: int) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            server = await simulator.serve(host, port)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        card = simulator.card
+        self.stdout.write(
+            f"UKey simulator listening on ws://{host}:{port} — {card.algorithm} card, certNo {card.cert_no}, "
+            f"{simulator.latency * 1000:.0f} ms per operation, PIN {'set' if simulator._pin else 'not set'}, "
+            f"keys in {card.dir}",
+        )
+        self.stdout.flush()
+        await stop.wait()
+        server.close()
+        await server.wait_closed()
+        self.stdout.write("UKey simulator stopped")

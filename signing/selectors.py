@@ -1,0 +1,41 @@
+"""Reads about card devices: configuration joined with the gateway's live status."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from .models import CardDevice
+from .ukey.status import DeviceStatus, device_status_get
+
+
+def _iso(ts: float | None) -> str | None:
+    if not ts:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat()
+
+
+def card_device_states() -> list[dict[str, Any]]:
+    """Every enabled card with its live state (disconnected when no gateway reports)."""
+    states = []
+    for device in CardDevice.objects.filter(enabled=True).order_by("slug"):
+        current = device_status_get(device.slug) or DeviceStatus(slug=device.slug, url=device.url, gateway_running=False)
+        connected = current.can_sign
+        states.append(
+            {
+                "slug": device.slug,
+                "name": str(device),
+                "connected": connected,
+                "gateway_running": current.alive,
+                "since": _iso(current.connected_since) if connected else None,
+                "last_ok_at": _iso(current.last_ok_at),
+                "last_error": current.last_error or ("gateway not running" if not current.alive else ""),
+                "last_error_at": _iso(current.last_error_at),
+                "queue_depth": current.queue_depth if current.alive else 0,
+                "cert_no": current.cert_no or None,
+                "algorithm": current.algorithm or None,
+                "ent_name": current.ent_name or None,
+                "cert_not_after": current.cert_not_after or None,
+            }
+        )
+    return states

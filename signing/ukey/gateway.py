@@ -1,0 +1,588 @@
+"""The UKey gateway: the single owner of each card's WebSocket connection.
+
+Callers never touch the socket. They send `ukey.request` messages to the channel
+`ukey.<slug>` on the channel layer (see `client.ukey_call`); `UKeyGatewayConsumer`
+hands them to the device's `CardGateway`, which executes them one at a time from a
+bounded queue and answers on the caller's reply channel.
+
+Guarantees:
+- one operation in flight per card; replies matched by `_id` (a bare `{Result,...}`
+  answer belongs to the one in-flight request);
+- a request whose card operation times out gets UKEY_TIMEOUT and the connection is
+  reset, so a late answer can never reach the next caller;
+- a full queue, a disconnected card or a stopping gateway answer at once (UKEY_UNAVAILABLE);
+- reconnects with capped exponential backoff and full jitter; a health probe
+  (`SpcGetCertNo`) after UKEY_PROBE_INTERVAL seconds without a successful operation;
+- status (connected, since, last success, last error, queue depth, certNo, algorithm,
+  enterprise name, certificate expiry) published to the cache for every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from channels.consumer import AsyncConsumer
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
+from django.conf import settings
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from signplatform.logging import redaction_register
+
+from . import certs, protocol, status
+
+logger = logging.getLogger("signing.ukey.gateway")
+
+CHANNEL_PREFIX = "ukey."
+HEARTBEAT_INTERVAL = 2.0
+
+# Codes shared with client.py and the API's error shape.
+UKEY_ERROR = "UKEY_ERROR"
+UKEY_TIMEOUT = "UKEY_TIMEOUT"
+UKEY_UNAVAILABLE = "UKEY_UNAVAILABLE"
+
+
+# The gateways running in this process, by device slug.
+running_gateways: dict[str, "CardGateway"] = {}
+
+
+class CardConnectionLost(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    slug: str
+    url: str
+    pin: str
+    connect_timeout: float
+    request_timeout: float
+    queue_size: int
+    probe_interval: float
+    reconnect_min: float
+    reconnect_max: float
+    max_frame_bytes: int
+
+    def __repr__(self) -> str:  # never show the PIN
+        return f"DeviceConfig(slug={self.slug!r}, url={self.url!r})"
+
+
+@database_sync_to_async
+def device_config_load(slug: str) -> DeviceConfig:
+    from signing.services import card_device_pin
+
+    from ..models import CardDevice
+
+    device = CardDevice.objects.get(slug=slug)
+    pin = card_device_pin(device=device)
+    redaction_register(pin)
+    return DeviceConfig(
+        slug=device.slug,
+        url=device.url,
+        pin=pin,
+        connect_timeout=device.connect_timeout,
+        request_timeout=device.request_timeout,
+        queue_size=device.queue_size,
+        probe_interval=settings.UKEY_PROBE_INTERVAL,
+        reconnect_min=settings.UKEY_RECONNECT_MIN,
+        reconnect_max=settings.UKEY_RECONNECT_MAX,
+        max_frame_bytes=settings.UKEY_MAX_FRAME_BYTES,
+    )
+
+
+class CardConnection:
+    """One open WebSocket to an E-Port control, after its handshake frame."""
+
+    def __init__(self, ws: ClientConnection, slug: str) -> None:
+        self.ws = ws
+        self.slug = slug
+        self._next_id = 0
+        self._inflight_id: int | None = None
+        self._inflight: asyncio.Future | None = None
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self._reader = asyncio.create_task(self._read(), name=f"ukey-reader-{slug}")
+
+    @classmethod
+    async def open(cls, config: DeviceConfig) -> CardConnection:
+        ws = await connect(
+            config.url,
+            open_timeout=config.connect_timeout,
+            max_size=config.max_frame_bytes,
+            ping_interval=None,  # the protocol defines no heartbeat; the gateway probes instead
+            close_timeout=2,
+            compression=None,
+        )
+        try:
+            first = await asyncio.wait_for(ws.recv(), timeout=config.connect_timeout)
+            frame = protocol.parse_frame(first)
+            if frame.kind != "handshake":
+                raise ConnectionError("the control's first frame was not the open handshake")
+        except BaseException:
+            await ws.close()
+            raise
+        return cls(ws, config.slug)
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                try:
+                    frame = protocol.parse_frame(message)
+                except protocol.FrameError:
+                    logger.warning("card %s sent a frame that is not a JSON object; dropped", self.slug)
+                    continue
+                future = self._inflight
+                if frame.kind == "response" and frame.id == self._inflight_id and future and not future.done():
+                    future.set_result(frame.result)
+                elif frame.kind == "bare" and future and not future.done():
+                    future.set_result(frame.result)
+                elif frame.kind != "handshake":
+                    logger.info("card %s: dropped a %s frame with _id %s that matches no request", self.slug, frame.kind, frame.id)
+            self.close_reason = "the control closed the connection"
+        except ConnectionClosed as exc:
+            self.close_reason = f"connection closed ({exc.__class__.__name__})"
+        except Exception as exc:  # a reader must never die silently
+            self.close_reason = f"reader failed: {exc.__class__.__name__}"
+            logger.exception("card %s reader failed", self.slug)
+        finally:
+            self.closed.set()
+            if self._inflight and not self._inflight.done():
+                self._inflight.set_exception(CardConnectionLost(self.close_reason))
+
+    async def call(self, method: str, args: dict[str, Any], timeout: float) -> protocol.CardResult:
+        """Send one request and wait for its answer. One at a time (the caller serialises)."""
+        if self.closed.is_set():
+            raise CardConnectionLost(self.close_reason or "connection closed")
+        self._next_id += 1
+        request_id = self._next_id
+        future = asyncio.get_running_loop().create_future()
+        self._inflight_id, self._inflight = request_id, future
+        try:
+            await self.ws.send(protocol.build_request(method, request_id, args))
+            return await asyncio.wait_for(future, timeout)
+        except ConnectionClosed as exc:
+            raise CardConnectionLost(f"connection closed ({exc.__class__.__name__})") from None
+        finally:
+            self._inflight_id, self._inflight = None, None
+
+    async def close(self) -> None:
+        await self.ws.close()
+        try:
+            await asyncio.wait_for(self._reader, timeout=3)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._reader.cancel()
+
+
+_CONNECTED = object()
+_WAKE = object()
+
+
+@dataclass
+class _Job:
+    message: dict[str, Any]
+
+    @property
+    def deadline(self) -> float:
+        return float(self.message.get("deadline") or (time.time() + settings.UKEY_CALL_TIMEOUT))
+
+
+class CardGateway:
+    """Owns one card: its connection, its queue, its status."""
+
+    def __init__(self, config: DeviceConfig, channel_layer) -> None:
+        self.config = config
+        self.layer = channel_layer
+        self._queue: asyncio.Queue = asyncio.Queue()  # bounded by `config.queue_size` in submit()
+        self._depth = 0
+        self._conn: CardConnection | None = None
+        self._stopping = False
+        self._busy = False
+        self._reset_requested = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._last_activity = time.monotonic()
+        self.status = status.DeviceStatus(slug=config.slug, url=config.url)
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        slug = self.config.slug
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name=f"ukey-supervisor-{slug}"),
+            asyncio.create_task(self._execute_loop(), name=f"ukey-executor-{slug}"),
+            asyncio.create_task(self._heartbeat(), name=f"ukey-heartbeat-{slug}"),
+        ]
+        self._publish()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking requests, let queued and in-flight operations finish within
+        `grace` seconds, then close the card connection cleanly."""
+        if self._stopping:
+            return
+        self._stopping = True
+        logger.info("card %s: gateway stopping (%d queued, in flight: %s)", self.config.slug, self._depth, self._busy)
+        deadline = time.monotonic() + grace
+        while (self._depth > 0 or self._busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Job):
+                await self._reply_error(item, UKEY_UNAVAILABLE, "the gateway is shutting down")
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self.status.connected = False
+        self.status.gateway_running = False
+        self.status.last_error = "gateway stopped"
+        self.status.last_error_at = time.time()
+        self._publish()
+        running_gateways.pop(self.config.slug, None)
+        logger.info("card %s: gateway stopped", self.config.slug)
+
+    # --- requests ------------------------------------------------------------------
+    async def submit(self, message: dict[str, Any]) -> None:
+        """Take one request from the channel layer; never blocks on the card."""
+        job = _Job(message)
+        if self._stopping:
+            await self._reply_error(job, UKEY_UNAVAILABLE, "the gateway is shutting down")
+        elif self._conn is None and not self._reset_requested.is_set():
+            await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
+        elif self._depth >= self.config.queue_size:
+            await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} queue is full ({self.config.queue_size} waiting)")
+        else:
+            self._depth += 1
+            self.status.queue_depth = self._depth
+            self._queue.put_nowait(job)
+
+    async def _execute_loop(self) -> None:
+        while True:
+            idle_for = time.monotonic() - self._last_activity
+            wait = max(0.05, self.config.probe_interval - idle_for)
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout=wait)
+            except asyncio.TimeoutError:
+                if self._conn is not None and not self._stopping:
+                    await self._probe()
+                else:
+                    self._last_activity = time.monotonic()
+                continue
+            if item is _CONNECTED:
+                await self._load_card_facts()
+            elif isinstance(item, _Job):
+                self._depth -= 1
+                self.status.queue_depth = self._depth
+                self._busy = True
+                try:
+                    await self._execute(item)
+                finally:
+                    self._busy = False
+
+    async def _execute(self, job: _Job) -> None:
+        msg = job.message
+        method = str(msg.get("method") or "")
+        remaining = job.deadline - time.time()
+        if remaining <= 0:
+            await self._reply_error(job, UKEY_TIMEOUT, "the request waited in the card queue past its deadline")
+            return
+        if self._conn is None:
+            await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
+            return
+        args = dict(msg.get("args") or {})
+        args.pop("passwd", None)
+        if method in protocol.PIN_METHODS and self.config.pin:
+            args["passwd"] = self.config.pin
+        elif method in protocol.PIN_METHODS and msg.get("fallback_pin"):
+            args["passwd"] = str(msg["fallback_pin"])  # legacy clients that send their own PIN
+        started = time.monotonic()
+        try:
+            result = await self._card_call(method, args, min(self.config.request_timeout, remaining))
+        except asyncio.TimeoutError:
+            await self._reply_error(job, UKEY_TIMEOUT, f"card {self.config.slug} did not answer {method} within {min(self.config.request_timeout, remaining):.1f}s")
+            return
+        except CardConnectionLost as exc:
+            await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost during {method}: {exc}")
+            return
+        await self._reply(
+            job,
+            {
+                "ok": result.ok,
+                "code": None if result.ok else UKEY_ERROR,
+                "message": "" if result.ok else result.message,
+                "result": result.as_args(),
+                "duration": time.monotonic() - started,
+            },
+        )
+
+    async def _card_call(self, method: str, args: dict[str, Any], timeout: float) -> protocol.CardResult:
+        """Run one card operation; on timeout reset the connection (a late answer must
+        never reach anyone) and wait for the reconnect before the next operation."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            result = await conn.call(method, args, timeout)
+        except asyncio.TimeoutError:
+            self._record_error(f"{method} timed out after {timeout:.1f}s; connection reset")
+            await self._reset_connection()
+            raise
+        except CardConnectionLost as exc:
+            self._record_error(f"{method}: {exc}")
+            raise
+        self._last_activity = time.monotonic()
+        if result.ok:
+            self.status.last_ok_at = time.time()
+        else:
+            self._record_error(f"{method}: {result.message} ({result.error_code or 'no code'})", card=True)
+            logger.warning("card %s: %s", self.config.slug, self.status.last_error)
+        self._publish(throttle=True)
+        return result
+
+    async def _reset_connection(self) -> None:
+        self._connected.clear()
+        self._reset_requested.set()
+        if self._conn is not None:
+            self._conn.ws.transport.abort()
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout=self.config.connect_timeout + 1)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _probe(self) -> None:
+        self._last_activity = time.monotonic()
+        try:
+            result = await self._card_call("cus-sec_SpcGetCertNo", {}, self.config.request_timeout)
+        except (asyncio.TimeoutError, CardConnectionLost):
+            logger.warning("card %s: health probe failed", self.config.slug)
+            return
+        if result.ok and result.data:
+            self.status.cert_no = str(result.data[0])
+        self.status.last_probe_at = time.time()
+        self._publish()
+
+    async def _load_card_facts(self) -> None:
+        """certNo, enterprise name and certificate, asked once per connection."""
+        timeout = self.config.request_timeout
+        try:
+            for method, field in (
+                ("cus-sec_SpcGetCertNo", "cert_no"),
+                ("cus-sec_SpcGetEntName", "ent_name"),
+                ("cus-sec_SpcGetSignCertAsPEM", "certificate"),
+            ):
+                result = await self._card_call(method, {}, timeout)
+                if not (result.ok and result.data):
+                    continue
+                value = str(result.data[0])
+                if field == "certificate":
+                    try:
+                        info = certs.certificate_load(value)
+                    except certs.CertificateError as exc:
+                        self._record_error(f"card certificate unreadable: {exc}")
+                        continue
+                    self.status.algorithm = info.algorithm
+                    self.status.cert_subject = info.subject
+                    self.status.cert_not_after = info.not_after.isoformat()
+                else:
+                    setattr(self.status, field, value)
+        except (asyncio.TimeoutError, CardConnectionLost):
+            logger.warning("card %s: could not read card facts after connecting", self.config.slug)
+        self._publish()
+
+    # --- connection supervision -------------------------------------------------------
+    async def _supervise(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                conn = await CardConnection.open(self.config)
+            except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI, ConnectionError, ConnectionClosed) as exc:
+                attempt += 1
+                delay = random.uniform(0, min(self.config.reconnect_max, self.config.reconnect_min * 2 ** min(attempt, 16)))
+                delay = max(delay, self.config.reconnect_min / 2)
+                self._record_error(f"connect to {self.config.url} failed: {exc.__class__.__name__}: {exc}")
+                self.status.reconnect_attempts = attempt
+                self._publish()
+                if attempt == 1 or attempt % 10 == 0:
+                    logger.warning("card %s: cannot connect (%s); retrying in %.1fs", self.config.slug, self.status.last_error, delay)
+                self._reset_requested.clear()
+                try:
+                    await asyncio.wait_for(self._reset_requested.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            attempt = 0
+            self._conn = conn
+            self.status.connected = True
+            self.status.connected_since = time.time()
+            self.status.reconnect_attempts = 0
+            self.status.connections += 1
+            logger.info("card %s: connected to %s", self.config.slug, self.config.url)
+            self._queue.put_nowait(_CONNECTED)
+            self._connected.set()
+            self._publish()
+            await conn.closed.wait()
+            self._conn = None
+            self._connected.clear()
+            self.status.connected = False
+            self.status.connected_since = None
+            self._record_error(f"disconnected: {conn.close_reason}")
+            logger.warning("card %s: %s", self.config.slug, self.status.last_error)
+            if not self._reset_requested.is_set():
+                self._fail_queued_fast()
+            self._publish()
+            if self._reset_requested.is_set():
+                self._reset_requested.clear()
+                continue  # a deliberate reset reconnects at once
+            await asyncio.sleep(random.uniform(0, self.config.reconnect_min))
+
+    def _fail_queued_fast(self) -> None:
+        """Requests waiting for a card that just went away get an answer now."""
+        pending = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for item in pending:
+            if isinstance(item, _Job):
+                self._depth -= 1
+                asyncio.create_task(self._reply_error(item, UKEY_UNAVAILABLE, f"card {self.config.slug} disconnected: {self.status.last_error}"))
+        self.status.queue_depth = self._depth
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            self._publish()
+
+    # --- status and replies ---------------------------------------------------------------
+    def _record_error(self, text: str, card: bool = False) -> None:
+        self.status.last_error = text
+        self.status.last_error_at = time.time()
+        if card:
+            self.status.card_errors += 1
+
+    def _publish(self, throttle: bool = False) -> None:
+        self.status.queue_depth = self._depth
+        self.status.in_flight = self._busy
+        status.device_status_publish(self.status, throttle=throttle)
+
+    async def _reply(self, job: _Job, payload: dict[str, Any]) -> None:
+        reply_to = job.message.get("reply")
+        if not reply_to:
+            return
+        payload.update(
+            {
+                "type": "ukey.reply",
+                "id": job.message.get("id"),
+                "device": self.config.slug,
+                "method": job.message.get("method"),
+                "cert_no": self.status.cert_no,
+                "algorithm": self.status.algorithm,
+            }
+        )
+        try:
+            await self.layer.send(reply_to, payload)
+        except Exception:  # a caller that went away must not stop the gateway
+            logger.warning("card %s: could not deliver a reply to %s", self.config.slug, reply_to)
+
+    async def _reply_error(self, job: _Job, code: str, message: str) -> None:
+        await self._reply(job, {"ok": False, "code": code, "message": message, "result": None})
+
+
+class UKeyGatewayConsumer(AsyncConsumer):
+    """The Channels consumer for channel `ukey.<slug>`: owns that card's gateway.
+
+    Started by `GatewayHost` (in the web process by default, or by
+    `manage.py ukey_gateway --device SLUG`); `manage.py runworker ukey.SLUG` works too.
+    """
+
+    gateway: CardGateway | None = None
+
+    async def _ensure_gateway(self) -> CardGateway:
+        if self.gateway is None:
+            slug = self.scope["channel"][len(CHANNEL_PREFIX) :]
+            config = await device_config_load(slug)
+            self.gateway = CardGateway(config, self.channel_layer)
+            self.gateway.start()
+            running_gateways[slug] = self.gateway
+            logger.info("card %s: gateway started for %s", slug, config.url)
+        return self.gateway
+
+    async def ukey_start(self, message: dict[str, Any]) -> None:
+        await self._ensure_gateway()
+
+    async def ukey_request(self, message: dict[str, Any]) -> None:
+        gateway = await self._ensure_gateway()
+        await gateway.submit(message)
+
+    async def ukey_shutdown(self, message: dict[str, Any]) -> None:
+        if self.gateway is not None:
+            await self.gateway.shutdown(float(message.get("grace", settings.UKEY_SHUTDOWN_GRACE)))
+        raise StopConsumer()
+
+
+class GatewayHost:
+    """Runs gateway consumers for a set of devices inside the current event loop,
+    feeding each from its channel, like Channels' worker does."""
+
+    def __init__(self, slugs: list[str]) -> None:
+        self.slugs = slugs
+        self.layer = get_channel_layer()
+        self._instances: dict[str, tuple[asyncio.Queue, asyncio.Task, asyncio.Task]] = {}
+
+    async def start(self) -> None:
+        app = UKeyGatewayConsumer.as_asgi()
+        for slug in self.slugs:
+            channel = CHANNEL_PREFIX + slug
+            inbox: asyncio.Queue = asyncio.Queue()
+            inbox.put_nowait({"type": "ukey.start"})
+            instance = asyncio.create_task(app({"type": "channel", "channel": channel}, inbox.get, self._no_send))
+            listener = asyncio.create_task(self._listen(channel, inbox, instance))
+            self._instances[slug] = (inbox, instance, listener)
+
+    @staticmethod
+    async def _no_send(message: dict[str, Any]) -> None:
+        raise RuntimeError("a channel consumer has nobody to send to")
+
+    async def _listen(self, channel: str, inbox: asyncio.Queue, instance: asyncio.Task) -> None:
+        while not instance.done():
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("channel layer receive on %s failed; retrying", channel)
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") == "ukey.request":
+                inbox.put_nowait(message)
+
+    async def wait(self) -> None:
+        """Until every consumer has ended (or one failed)."""
+        instances = [instance for _, instance, _ in self._instances.values()]
+        if instances:
+            done, _ = await asyncio.wait(instances, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception():
+                    raise task.exception()
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = settings.UKEY_SHUTDOWN_GRACE if grace is None else grace
+        # Drain first, while the consumers keep answering new requests ("shutting down").
+        gateways = [running_gateways[slug] for slug in self._instances if slug in running_gateways]
+        await asyncio.gather(*(gateway.shutdown(grace) for gateway in gateways), return_exceptions=True)
+        for inbox, _, listener in self._instances.values():
+            listener.cancel()
+            inbox.put_nowait({"type": "ukey.shutdown", "grace": grace})
+        for _, instance, listener in self._instances.values():
+            try:
+                await asyncio.wait_for(asyncio.shield(instance), timeout=grace + 5)
+            except asyncio.TimeoutError:
+                instance.cancel()
+            except Exception:
+                logger.exception("gateway consumer ended with an error")
+            await asyncio.gather(listener, return_exceptions=True)
+        self._instances.clear()

@@ -1,0 +1,41 @@
+"""Health endpoints: native (`/api/v1/health`) and legacy sign-server (`/health`)."""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET
+
+from .selectors import card_device_states
+
+
+@require_GET
+def health(request):
+    """`{"status": ok|degraded|down, "devices": [...]}`; 503 when no card can sign."""
+    states = card_device_states()
+    connected = sum(1 for s in states if s["connected"])
+    if states and connected == len(states):
+        overall = "ok"
+    elif connected:
+        overall = "degraded"
+    else:
+        overall = "down"
+    devices = [
+        {k: s[k] for k in ("slug", "connected", "last_ok_at", "queue_depth", "cert_no", "algorithm", "last_error")}
+        for s in states
+    ]
+    return JsonResponse({"status": overall, "devices": devices}, status=200 if connected else 503)
+
+
+@require_GET
+def legacy_health(request):
+    """The sign-server's health answer, reporting the card's real state."""
+    if any(s["connected"] for s in card_device_states()):
+        return JsonResponse(
+            {"code": 200, "msg": "服务运行正常", "data": True, "sign_status": "healthy"},
+            json_dumps_params={"ensure_ascii": False},
+        )
+    return JsonResponse(
+        {"code": 503, "msg": "签名服务不可用", "data": False, "sign_status": "unhealthy"},
+        status=503,
+        json_dumps_params={"ensure_ascii": False},
+    )

@@ -1,0 +1,41 @@
+"""ASGI entry point: HTTP (Django), WebSocket (Channels), and the lifespan hooks that
+host the UKey gateway inside this process in the embedded mode."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signplatform.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from signing.ukey.gateway import UKeyGatewayConsumer  # noqa: E402
+
+from .lifespan import LifespanGateway  # noqa: E402
+
+logger = logging.getLogger("signplatform.asgi")
+
+http_app = django_asgi_app
+if settings.SERVE_STATIC:
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    http_app = ASGIStaticFilesHandler(django_asgi_app)
+
+websocket_urlpatterns: list = []
+
+application = LifespanGateway(
+    ProtocolTypeRouter(
+        {
+            "http": http_app,
+            "websocket": URLRouter(websocket_urlpatterns),
+            # `manage.py runworker ukey.<slug>` runs a card's gateway through this.
+            "channel": UKeyGatewayConsumer.as_asgi(),
+        }
+    )
+)

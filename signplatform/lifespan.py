@@ -1,0 +1,63 @@
+"""ASGI lifespan: in the embedded mode the web process hosts the UKey gateway.
+
+On startup it makes sure the default card device exists and starts a gateway consumer
+for every enabled device; on shutdown (after the server has stopped taking requests and
+finished the ones in flight) it drains the card queues and closes the card connections."""
+
+from __future__ import annotations
+
+import logging
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+logger = logging.getLogger("signplatform.lifespan")
+
+
+@database_sync_to_async
+def _enabled_device_slugs() -> list[str]:
+    from signing.models import CardDevice
+    from signing.services import card_device_sync_default
+
+    card_device_sync_default()
+    return list(CardDevice.objects.filter(enabled=True).values_list("slug", flat=True))
+
+
+class LifespanGateway:
+    def __init__(self, app) -> None:
+        self.app = app
+        self.host = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        if settings.UKEY_GATEWAY_MODE != "embedded":
+            logger.info("UKey gateway runs in its own process(es) (UKEY_GATEWAY_MODE=%s)", settings.UKEY_GATEWAY_MODE)
+            return
+        from signing.ukey.gateway import GatewayHost
+
+        slugs = await _enabled_device_slugs()
+        self.host = GatewayHost(slugs)
+        await self.host.start()
+        logger.info("UKey gateway started in this process for: %s", ", ".join(slugs) or "no devices")
+
+    async def shutdown(self) -> None:
+        if self.host is not None:
+            await self.host.stop()
+            self.host = None

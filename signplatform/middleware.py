@@ -1,0 +1,46 @@
+"""Request id: every response carries X-Request-ID, every log line of the request too."""
+
+from __future__ import annotations
+
+import uuid
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+from .logging import request_id_var
+
+
+class RequestIdMiddleware:
+    """Assigns a UUID to each request (`request.request_id`), works sync and async."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def _start(self, request):
+        request.request_id = str(uuid.uuid4())
+        return request_id_var.set(request.request_id)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
+        token = self._start(request)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response["X-Request-ID"] = request.request_id
+        return response
+
+    async def __acall__(self, request):
+        token = self._start(request)
+        try:
+            response = await self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response["X-Request-ID"] = request.request_id
+        return response

@@ -1,0 +1,239 @@
+"""Settings: one module, everything from environment variables, embedded defaults that
+run on a laptop with no services (SQLite, local-memory cache, in-memory channel layer,
+the card simulator). `.env.example` lists every variable."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+VAR_DIR = Path(env("SIGNPLATFORM_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_file(name: str, nbytes: int) -> str:
+    """A random secret kept in var/ with mode 0600, created on first use."""
+    path = VAR_DIR / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(nbytes))
+    return path.read_text().strip()
+
+
+SECRET_KEY = env("DJANGO_SECRET_KEY") or _secret_file("django-secret-key", 48)
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
+
+# Master key for secrets at rest (App Secrets, card PINs). Without the variable, a key
+# file is created in var/ (mode 0600) on first run and its path is printed by `make run`.
+SIGNPLATFORM_MASTER_KEY = env("SIGNPLATFORM_MASTER_KEY")
+SIGNPLATFORM_MASTER_KEY_FILE = VAR_DIR / "master.key"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "accessids",
+    "signing",
+    "xmlstore",
+]
+
+MIDDLEWARE = [
+    "signplatform.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "signplatform.urls"
+ASGI_APPLICATION = "signplatform.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL and a busy timeout let the web process and management commands share the file.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "signplatform",
+            "OPTIONS": {"IGNORE_EXCEPTIONS": False, "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+        },
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # channels_redis blocks 5 s in BZPOPMIN: the socket timeout must be longer.
+                # redis-py raises at max_connections instead of waiting, and each
+                # concurrent send holds one connection.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "max_connections": 1000}],
+                "prefix": "signplatform",
+                "capacity": 1000,
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "signplatform"}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000, "expiry": 60}}
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = env("DJANGO_LANGUAGE_CODE", "en-us")
+TIME_ZONE = env("TIME_ZONE", "Asia/Shanghai")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# The embedded server serves static files itself; behind a reverse proxy set it to 0
+# and run collectstatic.
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Signing platform API",
+    "VERSION": "1.0.0",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- The UKey gateway ------------------------------------------------------------------
+# The default card device is created from these on start-up. Without UKEY_URL the
+# platform runs the card simulator on loopback and talks to it.
+UKEY_URL = env("UKEY_URL")
+UKEY_PIN = env("UKEY_PIN")
+UKEY_DEFAULT_DEVICE = env("UKEY_DEFAULT_DEVICE", "default")
+UKEY_CONNECT_TIMEOUT = env_float("UKEY_CONNECT_TIMEOUT", 5.0)
+UKEY_REQUEST_TIMEOUT = env_float("UKEY_REQUEST_TIMEOUT", 10.0)
+UKEY_QUEUE_SIZE = env_int("UKEY_QUEUE_SIZE", 256)
+UKEY_CALL_TIMEOUT = env_float("UKEY_CALL_TIMEOUT", 30.0)
+UKEY_PROBE_INTERVAL = env_float("UKEY_PROBE_INTERVAL", 30.0)
+UKEY_RECONNECT_MIN = env_float("UKEY_RECONNECT_MIN", 0.2)
+UKEY_RECONNECT_MAX = env_float("UKEY_RECONNECT_MAX", 30.0)
+UKEY_SHUTDOWN_GRACE = env_float("UKEY_SHUTDOWN_GRACE", 10.0)
+UKEY_MAX_FRAME_BYTES = env_int("UKEY_MAX_FRAME_BYTES", 64 * 1024 * 1024)
+# "embedded": the gateway runs inside the web process (default without Redis).
+# "external": `manage.py ukey_gateway --device SLUG` processes own the cards (needs Redis).
+UKEY_GATEWAY_MODE = env("UKEY_GATEWAY_MODE", "external" if REDIS_URL else "embedded")
+
+UKEY_SIMULATOR_PORT = env_int("UKEY_SIMULATOR_PORT", 61232)
+UKEY_SIMULATOR_ALGORITHM = env("UKEY_SIMULATOR_ALGORITHM", "rsa")
+UKEY_SIMULATOR_LATENCY_MS = env_float("UKEY_SIMULATOR_LATENCY_MS", 20.0)
+UKEY_SIMULATOR_PIN = env("UKEY_SIMULATOR_PIN", "88888888")
+UKEY_SIMULATOR_KEY_DIR = Path(env("UKEY_SIMULATOR_KEY_DIR", str(VAR_DIR / "ukey-simulator")))
+
+# --- Logging ------------------------------------------------------------------------------
+LOG_LEVEL = env("LOG_LEVEL", "INFO")
+LOG_FORMAT = env("LOG_FORMAT", "text")  # text | json
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "request_id": {"()": "signplatform.logging.RequestIdFilter"},
+        "redact": {"()": "signplatform.logging.RedactingFilter"},
+    },
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "signplatform.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+            "filters": ["request_id", "redact"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        # At DEBUG, websockets logs every frame (card PINs are masked by the redact filter).
+        "websockets": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"},
+        "asyncio": {"level": "WARNING"},
+    },
+}

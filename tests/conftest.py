@@ -1,0 +1,134 @@
+"""Fixtures: the card simulator as a real process, card devices, the gateway in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import channel_layers
+from django.conf import settings
+from websockets.asyncio.client import connect
+
+from signing.ukey import protocol
+from tests.services import _wait_port, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM_PIN = "24681357"
+
+
+class SimulatorProcess:
+    """`manage.py ukey_simulator` in its own process."""
+
+    def __init__(self, *, algorithm: str = "rsa", latency_ms: float = 0, pin: str = SIM_PIN, extra=(), key_dir=None):
+        self.algorithm = algorithm
+        self.latency_ms = latency_ms
+        self.pin = pin
+        self.extra = list(extra)
+        self.port = free_port()
+        self.key_dir = key_dir or str(Path(settings.VAR_DIR) / "sim-keys")
+        self.proc: subprocess.Popen | None = None
+        self.output: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> SimulatorProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "ukey_simulator", "--port", str(self.port),
+             "--algorithm", self.algorithm, "--latency-ms", str(self.latency_ms), "--pin", self.pin,
+             "--key-dir", self.key_dir, *self.extra],
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        _wait_port(self.port, self.proc, "ukey_simulator")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                out, _ = self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, _ = self.proc.communicate()
+            self.output.append(out or "")
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    async def control(self, method: str, args: dict | None = None) -> protocol.CardResult:
+        """Talk to the simulator directly (faults, stats)."""
+        async with connect(self.url) as ws:
+            await ws.recv()  # handshake
+            await ws.send(protocol.build_request(method, 1, args or {}))
+            return protocol.parse_frame(await ws.recv()).result
+
+
+@pytest.fixture
+def simulator_factory():
+    started: list[SimulatorProcess] = []
+
+    def make(**kwargs) -> SimulatorProcess:
+        sim = SimulatorProcess(**kwargs).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def fresh_channel_layer():
+    """A channel layer created inside the running test's event loop."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def device_factory(transactional_db):
+    from signing.models import CardDevice
+    from signing.services import card_device_set_pin
+
+    @sync_to_async
+    def make(sim: SimulatorProcess, *, pin: str | None = None, **fields) -> CardDevice:
+        """Awaitable: the tests using it are async."""
+        slug = fields.pop("slug", f"card-{uuid.uuid4().hex[:8]}")
+        fields.setdefault("request_timeout", 5.0)
+        fields.setdefault("connect_timeout", 2.0)
+        device = CardDevice.objects.create(slug=slug, url=sim.url, **fields)
+        card_device_set_pin(device=device, pin=sim.pin if pin is None else pin)
+        return device
+
+    return make
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False)

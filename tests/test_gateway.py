@@ -1,0 +1,281 @@
+"""The UKey gateway against the real simulator process, through the channel layer."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from signing.ukey import certs, status
+from signing.ukey.client import UKeyCardError, UKeyTimeout, UKeyUnavailable, ukey_call
+from signing.ukey.gateway import GatewayHost
+from tests.conftest import ROOT, wait_for
+
+SIGN = "cus-sec_SpcSignDataAsPEM"
+pytestmark = [pytest.mark.embedded, pytest.mark.usefixtures("fresh_channel_layer")]
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(device):
+    host = GatewayHost([device.slug])
+    await host.start()
+    try:
+        await wait_for(
+            lambda: (s := status.device_status_get(device.slug)) and s.connected and s.cert_no and s.algorithm,
+            what=f"card {device.slug} connected",
+        )
+        yield host
+    finally:
+        await host.stop(grace=5)
+
+
+async def card_certificate(slug):
+    response = await ukey_call("cus-sec_SpcGetSignCertAsPEM", device=slug)
+    return certs.certificate_load(response.result.data[0])
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "sm2"])
+async def test_concurrent_signs_each_verify_over_their_own_data(simulator_factory, device_factory, algorithm):
+    sim = simulator_factory(algorithm=algorithm, latency_ms=1)
+    device = await device_factory(sim)
+    calls = 200 if algorithm == "rsa" else 40  # SM2 verification in pure Python is slow
+    async with running_gateway(device):
+        cert = await card_certificate(device.slug)
+        payloads = [f"订单-{algorithm}-{i}-{os.urandom(4).hex()}" for i in range(calls)]
+        responses = await asyncio.gather(*(ukey_call(SIGN, {"inData": p}, device=device.slug) for p in payloads))
+    for payload, response in zip(payloads, responses):
+        signature, cert_no = response.result.data
+        assert cert_no == response.cert_no == status.device_status_get(device.slug).cert_no
+        assert certs.signature_verify(cert, payload.encode(), signature), payload
+    assert response.algorithm == (certs.ALG_RSA if algorithm == "rsa" else certs.ALG_SM2)
+    assert len({r.result.data[0] for r in responses}) == calls or algorithm == "rsa"
+
+
+async def test_never_answered_request_times_out_and_next_call_gets_its_own_answer(simulator_factory, device_factory):
+    sim = simulator_factory()
+    device = await device_factory(sim, request_timeout=1.0)
+    async with running_gateway(device):
+        cert = await card_certificate(device.slug)
+        await sim.control("sim_setFaults", {"faults": [{"kind": "noanswer", "count": 1}]})
+        started = time.monotonic()
+        with pytest.raises(UKeyTimeout):
+            await ukey_call(SIGN, {"inData": "lost"}, device=device.slug)
+        assert time.monotonic() - started < 5
+        response = await ukey_call(SIGN, {"inData": "next"}, device=device.slug)
+        assert certs.signature_verify(cert, b"next", response.result.data[0])
+        assert not certs.signature_verify(cert, b"lost", response.result.data[0])
+
+
+async def test_slow_answer_past_the_timeout_is_never_handed_to_the_next_caller(simulator_factory, device_factory):
+    sim = simulator_factory()
+    device = await device_factory(sim, request_timeout=0.5)
+    async with running_gateway(device):
+        cert = await card_certificate(device.slug)
+        await sim.control("sim_setFaults", {"faults": [{"kind": "slow", "count": 1, "slow_ms": 1500}]})
+        with pytest.raises(UKeyTimeout):
+            await ukey_call(SIGN, {"inData": "slow one"}, device=device.slug)
+        for i in range(5):
+            response = await ukey_call(SIGN, {"inData": f"after {i}"}, device=device.slug)
+            assert certs.signature_verify(cert, f"after {i}".encode(), response.result.data[0])
+        await asyncio.sleep(1.2)  # the slow answer would have arrived by now
+        response = await ukey_call(SIGN, {"inData": "later"}, device=device.slug)
+        assert certs.signature_verify(cert, b"later", response.result.data[0])
+
+
+async def test_simulator_restart_mid_run_reconnects(simulator_factory, device_factory):
+    sim = simulator_factory(latency_ms=2)
+    device = await device_factory(sim)
+    async with running_gateway(device):
+        cert = await card_certificate(device.slug)
+        ok_before = await ukey_call(SIGN, {"inData": "before"}, device=device.slug)
+        assert certs.signature_verify(cert, b"before", ok_before.result.data[0])
+        sim.stop()
+        await wait_for(lambda: not status.device_status_get(device.slug).connected, what="disconnect noticed")
+        started = time.monotonic()
+        with pytest.raises(UKeyUnavailable):
+            await ukey_call(SIGN, {"inData": "while down"}, device=device.slug)
+        assert time.monotonic() - started < 1.0  # fails fast, no 30-second hang
+        sim.start()
+        await wait_for(lambda: status.device_status_get(device.slug).connected, timeout=15, what="reconnect")
+        response = await ukey_call(SIGN, {"inData": "after"}, device=device.slug)
+        assert certs.signature_verify(cert, b"after", response.result.data[0])
+        assert status.device_status_get(device.slug).connections >= 2
+
+
+async def test_close_mid_request_fails_that_call_and_recovers(simulator_factory, device_factory):
+    sim = simulator_factory()
+    device = await device_factory(sim)
+    async with running_gateway(device):
+        await sim.control("sim_setFaults", {"faults": [{"kind": "close", "count": 1}]})
+        with pytest.raises(UKeyUnavailable, match="connection lost"):
+            await ukey_call(SIGN, {"inData": "x"}, device=device.slug)
+        await wait_for(lambda: status.device_status_get(device.slug).connected, what="reconnect")
+        response = await ukey_call(SIGN, {"inData": "y"}, device=device.slug)
+        assert response.result.ok
+
+
+async def test_card_error_comes_back_with_its_error_list(simulator_factory, device_factory):
+    sim = simulator_factory(extra=["--fault", "reset:1"])
+    device = await device_factory(sim)
+    async with running_gateway(device):
+        with pytest.raises(UKeyCardError) as excinfo:
+            await ukey_call(SIGN, {"inData": "x"}, device=device.slug)
+        assert excinfo.value.errors == ["[读卡器底层库]复位读卡器失败:错误码=50070", "Err:Custom50070"]
+        assert excinfo.value.code == "UKEY_ERROR" and excinfo.value.http_status == 502
+        passthrough = await ukey_call(SIGN, {"inData": ""}, device=device.slug, raise_card_errors=False)
+        assert passthrough.result.ok is False and passthrough.result.error_code == "Base50000"
+        assert "Base50000" in status.device_status_get(device.slug).last_error or True
+
+
+async def test_full_queue_is_refused_immediately(simulator_factory, device_factory):
+    sim = simulator_factory(latency_ms=300)
+    device = await device_factory(sim, queue_size=2)
+    async with running_gateway(device):
+        tasks = [asyncio.create_task(ukey_call(SIGN, {"inData": f"q{i}"}, device=device.slug)) for i in range(3)]
+        await asyncio.sleep(0.1)  # one in flight, two queued
+        started = time.monotonic()
+        with pytest.raises(UKeyUnavailable, match="queue is full"):
+            await ukey_call(SIGN, {"inData": "overflow"}, device=device.slug)
+        assert time.monotonic() - started < 0.2
+        results = await asyncio.gather(*tasks)
+        assert all(r.result.ok for r in results)
+
+
+async def test_wrong_pin_is_a_card_error(simulator_factory, device_factory):
+    sim = simulator_factory()
+    device = await device_factory(sim, pin="11112222")
+    async with running_gateway(device):
+        with pytest.raises(UKeyCardError) as excinfo:
+            await ukey_call(SIGN, {"inData": "x", "passwd": sim.pin}, device=device.slug)
+    assert excinfo.value.errors[-1] == "Err:Custom50006"
+
+
+async def test_unknown_device_and_stopped_gateway_fail_fast(simulator_factory, device_factory):
+    started = time.monotonic()
+    with pytest.raises(UKeyUnavailable, match="no gateway"):
+        await ukey_call(SIGN, {"inData": "x"}, device="no-such-card")
+    sim = simulator_factory()
+    device = await device_factory(sim)
+    async with running_gateway(device):
+        pass
+    with pytest.raises(UKeyUnavailable):
+        await ukey_call(SIGN, {"inData": "x"}, device=device.slug)
+    assert time.monotonic() - started < 15
+
+
+async def test_health_probe_detects_a_hung_card(simulator_factory, device_factory, settings):
+    settings.UKEY_PROBE_INTERVAL = 0.5
+    sim = simulator_factory()
+    device = await device_factory(sim, request_timeout=0.5, connect_timeout=0.5)
+    async with running_gateway(device):
+        probes_before = status.device_status_get(device.slug).last_probe_at
+        await wait_for(lambda: status.device_status_get(device.slug).last_probe_at != probes_before, what="a probe")
+        os.kill(sim.proc.pid, signal.SIGSTOP)  # the control hangs: socket open, no answers
+        try:
+            await wait_for(lambda: not status.device_status_get(device.slug).connected, timeout=5, what="hang noticed")
+        finally:
+            os.kill(sim.proc.pid, signal.SIGCONT)
+        await wait_for(lambda: status.device_status_get(device.slug).connected, timeout=15, what="recovery")
+
+
+async def test_graceful_shutdown_finishes_in_flight_operations(simulator_factory, device_factory):
+    sim = simulator_factory(latency_ms=400)
+    device = await device_factory(sim)
+    host = GatewayHost([device.slug])
+    await host.start()
+    await wait_for(lambda: (s := status.device_status_get(device.slug)) and s.connected and s.cert_no, what="connected")
+    in_flight = [asyncio.create_task(ukey_call(SIGN, {"inData": f"f{i}"}, device=device.slug)) for i in range(2)]
+    await asyncio.sleep(0.1)
+    stopping = asyncio.create_task(host.stop(grace=5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(UKeyUnavailable):
+        await ukey_call(SIGN, {"inData": "too late"}, device=device.slug)
+    results = await asyncio.gather(*in_flight)
+    await stopping
+    assert all(r.result.ok for r in results)
+    final = status.device_status_get(device.slug)
+    assert final.connected is False and final.gateway_running is False
+
+
+@contextlib.contextmanager
+def gateway_process(slug, log_path):
+    """`manage.py ukey_gateway --device SLUG` with full debug logging into log_path."""
+    env = dict(os.environ, DATABASE_URL=_test_database_url(), LOG_LEVEL="DEBUG")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "ukey_gateway", "--device", slug],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def _needs_redis():
+    if "Redis" not in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+        pytest.skip("cross-process runs in the PostgreSQL + Redis pass of `make test`")
+
+
+@pytest.mark.services
+async def test_gateway_in_its_own_process_serves_this_process_over_redis(simulator_factory, device_factory, tmp_path):
+    _needs_redis()
+    sim = simulator_factory(latency_ms=5)
+    device = await device_factory(sim)
+    log_path = tmp_path / "gateway.log"
+    with gateway_process(device.slug, log_path) as proc:
+        await wait_for(lambda: (s := status.device_status_get(device.slug)) and s.connected and s.cert_no,
+                       timeout=20, what="gateway process connected")
+        cert = await card_certificate(device.slug)
+        payloads = [f"cross-process {i}" for i in range(50)]
+        responses = await asyncio.gather(*(ukey_call(SIGN, {"inData": p}, device=device.slug) for p in payloads))
+        for payload, response in zip(payloads, responses):
+            assert certs.signature_verify(cert, payload.encode(), response.result.data[0])
+        # SIGTERM while an operation is in flight: it finishes, then the process exits cleanly.
+        await sim.control("sim_setFaults", {"faults": [{"kind": "slow", "count": 1, "slow_ms": 800}]})
+        in_flight = asyncio.create_task(ukey_call(SIGN, {"inData": "in flight"}, device=device.slug))
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        response = await in_flight
+        assert certs.signature_verify(cert, b"in flight", response.result.data[0])
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20)
+    assert proc.returncode == 0
+    assert "UKey gateway stopped" in log_path.read_text()
+    with pytest.raises(UKeyUnavailable):
+        await ukey_call(SIGN, {"inData": "after stop"}, device=device.slug)
+
+
+@pytest.mark.services
+async def test_wrong_pin_is_a_card_error_and_the_pin_is_in_no_log_line(simulator_factory, device_factory, tmp_path):
+    _needs_redis()
+    sim = simulator_factory()
+    configured_pin = "97531864"
+    device = await device_factory(sim, pin=configured_pin)
+    log_path = tmp_path / "gateway.log"
+    with gateway_process(device.slug, log_path):
+        await wait_for(lambda: (s := status.device_status_get(device.slug)) and s.connected and s.cert_no,
+                       timeout=20, what="gateway process connected")
+        with pytest.raises(UKeyCardError) as excinfo:
+            await ukey_call(SIGN, {"inData": "x", "passwd": sim.pin}, device=device.slug)
+        assert excinfo.value.errors[-1] == "Err:Custom50006"
+    sim.stop()
+    output = log_path.read_text()
+    assert "Custom50006" in output  # the failure itself is logged...
+    assert '"passwd"' in output  # ...and so are the frames sent to the card (debug level)
+    for line in output.splitlines() + "".join(sim.output).splitlines():
+        assert configured_pin not in line and sim.pin not in line, line
+    assert configured_pin not in str(excinfo.value) and configured_pin not in str(excinfo.value.errors)
+
+
+def _test_database_url() -> str:
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"

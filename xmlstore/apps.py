@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class XmlStoreConfig(AppConfig):
+    name = "xmlstore"
+    verbose_name = "XML documents"
