@@ -7,7 +7,7 @@ direct WebSocket call of the simulator, p50 and p99."
 Run from the project root:
 
     .venv/bin/python bench/gateway_bench.py [--latency-ms 20] [--concurrency 16]
-        [--duration 10] [--single-calls 300] [--algorithm rsa] [--json] [--trace]
+        [--duration 10] [--single-calls 300] [--algorithm rsa] [--json]
 
 It starts `manage.py ukey_simulator` as a separate process on a free loopback port, migrates
 a throw-away SQLite database in a temporary SIGNPLATFORM_VAR_DIR (unless DATABASE_URL /
@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,11 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from signplatform.ports import port_free, port_wait_listening  # noqa: E402
+
 UTILISATION_TARGET = 0.97
 SIGN_METHOD = "cus-sec_SpcSignDataAsPEM"
 BENCH_PIN = "13572468"
@@ -57,24 +61,12 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            raise BenchError(f"ukey_simulator exited with status {proc.returncode} while starting:\n{out}")
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise BenchError(f"ukey_simulator did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+    try:
+        port_wait_listening(port, proc, "ukey_simulator", timeout)
+    except RuntimeError as exc:
+        out = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""
+        raise BenchError(f"{exc}\n{out}") from None
 
 
 def ms(seconds: float) -> float:
@@ -121,56 +113,16 @@ class Simulator:
         self.output = out or ""
 
 
-# --- optional tracing of the gateway's card connection (in this process only) ---------------
+async def card_stats(url: str) -> dict:
+    """The simulator's own counters (`sim_stats`): how long the card spent executing."""
+    from websockets.asyncio.client import connect
 
+    from signing.ukey import protocol
 
-class CardTrace:
-    """With --trace: when each request left the gateway and when its answer frame arrived,
-    to split the time between card operations into gateway side and simulator side."""
-
-    def __init__(self) -> None:
-        self.sent: list[float] = []
-        self.received: list[float] = []
-        self.enabled = False
-
-    def install(self) -> None:
-        from signing.ukey import gateway, protocol
-
-        trace = self
-        original_call = gateway.CardConnection.call
-        original_parse = protocol.parse_frame
-
-        async def call(conn, method, args, timeout):
-            if trace.enabled:
-                trace.sent.append(time.perf_counter())
-            return await original_call(conn, method, args, timeout)
-
-        def parse_frame(text):
-            frame = original_parse(text)
-            if trace.enabled and frame.kind == "response":
-                trace.received.append(time.perf_counter())
-            return frame
-
-        gateway.CardConnection.call = call
-        gateway.protocol.parse_frame = parse_frame  # the same module object as `protocol`
-
-    def summary(self, latency_s: float) -> dict:
-        n = min(len(self.sent), len(self.received))
-        if n < 3:
-            return {}
-        round_trips = [self.received[i] - self.sent[i] for i in range(n)]
-        gaps = [self.sent[i + 1] - self.received[i] for i in range(n - 1)]
-        overhead = [rt - latency_s for rt in round_trips]
-        return {
-            "operations": n,
-            "round_trip_p50_ms": ms(percentile(round_trips, 50)),
-            "round_trip_minus_card_p50_ms": ms(percentile(overhead, 50)),
-            "round_trip_minus_card_p99_ms": ms(percentile(overhead, 99)),
-            "round_trip_minus_card_mean_ms": ms(sum(overhead) / len(overhead)),
-            "gateway_gap_p50_ms": ms(percentile(gaps, 50)),
-            "gateway_gap_p99_ms": ms(percentile(gaps, 99)),
-            "gateway_gap_mean_ms": ms(sum(gaps) / len(gaps)),
-        }
+    async with connect(url) as ws:
+        await ws.recv()  # handshake
+        await ws.send(protocol.build_request("sim_stats", 1, {}))
+        return protocol.parse_frame(await ws.recv()).result.data[0]
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -334,7 +286,7 @@ async def single_phase(args, slug: str, sim_url: str, pin: str, signatures: Sign
     }
 
 
-async def run_async(args, slug: str, sim: Simulator, report: dict, trace: CardTrace | None) -> None:
+async def run_async(args, slug: str, sim: Simulator, report: dict) -> None:
     from signing.ukey import certs
     from signing.ukey.client import ukey_call
     from signing.ukey.gateway import GatewayHost
@@ -348,12 +300,13 @@ async def run_async(args, slug: str, sim: Simulator, report: dict, trace: CardTr
         report["card"] = {"cert_no": current.cert_no, "algorithm": cert.algorithm, "subject": cert.subject}
 
         signatures = Signatures()
-        if trace:
-            trace.enabled = True
+        before = await card_stats(sim.url)
+        started = time.perf_counter()
         report["throughput"] = t = await throughput_phase(args, slug, signatures, current.cert_no)
-        if trace:
-            trace.enabled = False
-            report["trace"] = trace.summary(args.latency_ms / 1000.0)
+        after = await card_stats(sim.url)
+        # The card's own view over the whole phase (warm-up included): busy time / wall time.
+        t["card_busy_fraction"] = round((after["busy_seconds"] - before["busy_seconds"]) /
+                                        (time.perf_counter() - started), 4)
         if t["errors"]:
             raise BenchError(f"{t['errors']} errors in the throughput phase, e.g. {t['error_samples'][:3]}")
         report["single"] = await single_phase(args, slug, sim.url, BENCH_PIN, signatures)
@@ -382,14 +335,8 @@ def print_report(args, report: dict, command: str) -> None:
               f"utilisation {t['utilisation']:.4f} (target >= {UTILISATION_TARGET})")
         print(f"    caller latency p50 {t['caller_latency_p50_ms']:.2f} ms, p99 {t['caller_latency_p99_ms']:.2f} ms; "
               f"errors {t['errors']}")
-    tr = report.get("trace")
-    if tr:
-        print(f"  trace (throughput phase, {tr['operations']} card ops): between an answer arriving at the gateway "
-              f"and its next request leaving: p50 {tr['gateway_gap_p50_ms']:.3f} ms, mean {tr['gateway_gap_mean_ms']:.3f} ms, "
-              f"p99 {tr['gateway_gap_p99_ms']:.3f} ms;")
-        print(f"    request sent -> answer received, minus the card's {args.latency_ms:g} ms: "
-              f"p50 {tr['round_trip_minus_card_p50_ms']:.3f} ms, mean {tr['round_trip_minus_card_mean_ms']:.3f} ms, "
-              f"p99 {tr['round_trip_minus_card_p99_ms']:.3f} ms")
+    if t.get("card_busy_fraction") is not None:
+        print(f"    the simulator's own clock: card busy {t['card_busy_fraction']:.4f} of the phase")
     if s:
         print(f"  single caller ({s['calls']} calls each way, interleaved):")
         print(f"    through gateway: p50 {s['gateway_p50_ms']:.3f} ms, p99 {s['gateway_p99_ms']:.3f} ms")
@@ -413,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before the window")
     parser.add_argument("--single-calls", type=int, default=300, help="sequential calls each way (gateway, direct)")
     parser.add_argument("--algorithm", choices=["rsa", "sm2"], default="rsa")
+    parser.add_argument("--pipeline-depth", type=int, default=2,
+                        help="requests outstanding at the control (the card device's pipeline_depth)")
     parser.add_argument("--json", action="store_true", help="print one JSON object of the figures")
-    parser.add_argument("--trace", action="store_true",
-                        help="also time each card request/answer at the gateway's socket (adds a little overhead)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.duration <= 0 or args.single_calls < 1 or args.latency_ms < 0:
@@ -426,9 +373,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SIGNPLATFORM_VAR_DIR"] = tmp
     os.environ["DJANGO_SETTINGS_MODULE"] = "signplatform.settings"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
     report: dict = {"command": command, "latency_ms": args.latency_ms, "algorithm": args.algorithm, "problems": []}
     sim: Simulator | None = None
     device = None
@@ -447,20 +391,18 @@ def main(argv: list[str] | None = None) -> int:
         report["channel_layer"] = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
         call_command("migrate", verbosity=0, interactive=False)
 
-        sim = Simulator(port=free_port(), latency_ms=args.latency_ms, pin=BENCH_PIN,
+        sim = Simulator(port=port_free(), latency_ms=args.latency_ms, pin=BENCH_PIN,
                         key_dir=str(Path(tmp) / "sim-keys"), algorithm=args.algorithm, env=os.environ.copy())
         sim.start()
 
         slug = f"bench-{uuid.uuid4().hex[:8]}"
         device = CardDevice.objects.create(slug=slug, name="gateway benchmark", url=sim.url,
-                                           request_timeout=10.0, connect_timeout=5.0, queue_size=256)
+                                           request_timeout=10.0, connect_timeout=5.0, queue_size=256,
+                                           pipeline_depth=args.pipeline_depth)
+        report["pipeline_depth"] = args.pipeline_depth
         card_device_set_pin(device=device, pin=BENCH_PIN)
 
-        trace = None
-        if args.trace:
-            trace = CardTrace()
-            trace.install()
-        asyncio.run(run_async(args, slug, sim, report, trace))
+        asyncio.run(run_async(args, slug, sim, report))
 
         t = report["throughput"]
         if args.latency_ms == 20 and args.concurrency >= 2 and t["utilisation"] < UTILISATION_TARGET:
@@ -468,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             report["problems"].append(
                 f"utilisation {t['utilisation']:.4f} < {UTILISATION_TARGET}: {t['ops_per_second']:.2f} ops/s means "
                 f"{gap:.3f} ms between card operations on average; at most "
-                f"{args.latency_ms * (1 / UTILISATION_TARGET - 1):.3f} ms is allowed (run with --trace to split it)"
+                f"{args.latency_ms * (1 / UTILISATION_TARGET - 1):.3f} ms is allowed"
             )
             exit_code = 1
     except BaseException as exc:  # noqa: BLE001 - report, clean up, exit non-zero

@@ -19,7 +19,10 @@ class CardDeviceForm(forms.ModelForm):
 
     class Meta:
         model = CardDevice
-        fields = ["slug", "name", "url", "enabled", "connect_timeout", "request_timeout", "queue_size", "signature_method"]
+        fields = [
+            "slug", "name", "url", "enabled", "connect_timeout", "request_timeout", "queue_size",
+            "pipeline_depth", "signature_method",
+        ]
 
 
 @admin.register(CardDevice)
@@ -32,7 +35,8 @@ class CardDeviceAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["slug", "name", "url", "enabled"]}),
         ("PIN", {"fields": ["pin", "clear_pin", "pin_set"]}),
-        ("Timeouts and queue", {"fields": ["connect_timeout", "request_timeout", "queue_size", "signature_method"]}),
+        ("Timeouts and queue", {"fields": ["connect_timeout", "request_timeout", "queue_size", "pipeline_depth",
+                                            "signature_method"]}),
         ("Live state", {"fields": ["state", "cert_no", "queue_depth", "last_error", "created_at", "updated_at"]}),
     ]
 
@@ -55,10 +59,12 @@ class CardDeviceAdmin(admin.ModelAdmin):
     def state(self, obj):
         status = self._status(obj)
         if status is None or not status.alive:
-            return format_html('<span style="color:#888">gateway not running</span>')
-        if status.connected:
-            return format_html('<span style="color:#1a7f37;font-weight:bold">connected</span>')
-        return format_html('<span style="color:#cf222e;font-weight:bold">disconnected</span>')
+            color, text = "#888", "gateway not running"
+        elif status.connected:
+            color, text = "#1a7f37", "connected"
+        else:
+            color, text = "#cf222e", "disconnected"
+        return format_html('<span style="color:{};font-weight:bold">{}</span>', color, text)
 
     @admin.display(description="certNo")
     def cert_no(self, obj):

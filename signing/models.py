@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,49}$", "Lower-case letters, digits, - and _ only.")
@@ -23,6 +23,14 @@ class CardDevice(models.Model):
         default=10.0, validators=[MinValueValidator(0.1)], help_text="seconds one card operation may take"
     )
     queue_size = models.PositiveIntegerField(default=256, validators=[MinValueValidator(1)])
+    pipeline_depth = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(4)],
+        help_text=(
+            "Requests outstanding at the control at once. The card still executes one at a time; "
+            "2 lets the next request wait at the control so the card is never idle between operations."
+        ),
+    )
     signature_method = models.CharField(
         max_length=10,
         blank=True,

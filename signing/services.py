@@ -47,6 +47,7 @@ def card_device_sync_default() -> CardDevice:
             "connect_timeout": settings.UKEY_CONNECT_TIMEOUT,
             "request_timeout": settings.UKEY_REQUEST_TIMEOUT,
             "queue_size": settings.UKEY_QUEUE_SIZE,
+            "pipeline_depth": settings.UKEY_PIPELINE_DEPTH,
         },
     )
     pin = default_device_pin()

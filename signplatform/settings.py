@@ -192,6 +192,9 @@ UKEY_DEFAULT_DEVICE = env("UKEY_DEFAULT_DEVICE", "default")
 UKEY_CONNECT_TIMEOUT = env_float("UKEY_CONNECT_TIMEOUT", 5.0)
 UKEY_REQUEST_TIMEOUT = env_float("UKEY_REQUEST_TIMEOUT", 10.0)
 UKEY_QUEUE_SIZE = env_int("UKEY_QUEUE_SIZE", 256)
+# Requests outstanding at the control at once (the card still executes one at a time).
+# 2 hides the WebSocket round trip between operations; 1 for a control not known to queue.
+UKEY_PIPELINE_DEPTH = env_int("UKEY_PIPELINE_DEPTH", 1 if UKEY_URL else 2)
 UKEY_CALL_TIMEOUT = env_float("UKEY_CALL_TIMEOUT", 30.0)
 UKEY_PROBE_INTERVAL = env_float("UKEY_PROBE_INTERVAL", 30.0)
 UKEY_RECONNECT_MIN = env_float("UKEY_RECONNECT_MIN", 0.2)

@@ -16,6 +16,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from django.conf import settings
+from django.db import connections
 from websockets.asyncio.client import connect
 
 from signing.ukey import protocol
@@ -113,6 +114,7 @@ def device_factory(transactional_db):
         fields.setdefault("connect_timeout", 2.0)
         device = CardDevice.objects.create(slug=slug, url=sim.url, **fields)
         card_device_set_pin(device=device, pin=sim.pin if pin is None else pin)
+        connections.close_all()  # this runs in a worker thread: leave no session behind
         return device
 
     return make

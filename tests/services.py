@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,27 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from signplatform.ports import port_free, port_wait_listening
+
 _started: list[subprocess.Popen] = []
 _dirs: list[str] = []
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+free_port = port_free
+_wait_port = port_wait_listening
 
 
 def _start_redis(workdir: Path) -> str:
@@ -71,26 +57,31 @@ def _postgres_bin() -> Path:
 def _start_postgres(workdir: Path) -> str:
     bindir = _postgres_bin()
     datadir = workdir / "pgdata"
-    as_postgres: list[str] = []
+    run_as: dict = {}
     if os.geteuid() == 0:
-        # PostgreSQL's server tools refuse to run as root.
+        # PostgreSQL's server tools refuse to run as root: run them as the postgres user
+        # (set in the child itself, so signals reach the server directly).
         pw = pwd.getpwnam("postgres")
         os.chown(workdir, pw.pw_uid, pw.pw_gid)
-        as_postgres = ["runuser", "-u", "postgres", "--"]
+        run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
     subprocess.run(
-        as_postgres + [str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                       "--no-sync", "--locale=C"],
+        [str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+         "--no-sync", "--locale=C"],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        cwd=workdir,
+        **run_as,
     )
     port = free_port()
     proc = subprocess.Popen(
-        as_postgres + [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-k", str(workdir),
+        [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-k", str(workdir),
                        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
                        "-c", "full_page_writes=off", "-c", "max_connections=200"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
+        cwd=workdir,
+        **run_as,
     )
     _started.append(proc)
     _wait_port(port, proc, "postgres")
@@ -117,6 +108,8 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.chmod(base, 0o755)
     _dirs.append(base)
     os.environ["SIGNPLATFORM_VAR_DIR"] = str(Path(base) / "var")
+    # Connections opened in database_sync_to_async threads must not outlive a test.
+    os.environ["DATABASE_CONN_MAX_AGE"] = "0"
     os.environ.pop("UKEY_URL", None)
     os.environ.pop("SIGNPLATFORM_MASTER_KEY", None)
     if mode == "services":

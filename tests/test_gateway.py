@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -41,10 +40,11 @@ async def card_certificate(slug):
     return certs.certificate_load(response.result.data[0])
 
 
-@pytest.mark.parametrize("algorithm", ["rsa", "sm2"])
-async def test_concurrent_signs_each_verify_over_their_own_data(simulator_factory, device_factory, algorithm):
+@pytest.mark.parametrize("algorithm,pipeline_depth", [("rsa", 1), ("rsa", 2), ("sm2", 2)])
+async def test_concurrent_signs_each_verify_over_their_own_data(simulator_factory, device_factory, algorithm,
+                                                                pipeline_depth):
     sim = simulator_factory(algorithm=algorithm, latency_ms=1)
-    device = await device_factory(sim)
+    device = await device_factory(sim, pipeline_depth=pipeline_depth)
     calls = 200 if algorithm == "rsa" else 40  # SM2 verification in pure Python is slow
     async with running_gateway(device):
         cert = await card_certificate(device.slug)
@@ -55,12 +55,16 @@ async def test_concurrent_signs_each_verify_over_their_own_data(simulator_factor
         assert cert_no == response.cert_no == status.device_status_get(device.slug).cert_no
         assert certs.signature_verify(cert, payload.encode(), signature), payload
     assert response.algorithm == (certs.ALG_RSA if algorithm == "rsa" else certs.ALG_SM2)
-    assert len({r.result.data[0] for r in responses}) == calls or algorithm == "rsa"
+    assert len({r.result.data[0] for r in responses}) == calls
+    stats = (await sim.control("sim_stats")).data[0]
+    assert stats["max_in_flight"] == 1  # the card executed one operation at a time
 
 
-async def test_never_answered_request_times_out_and_next_call_gets_its_own_answer(simulator_factory, device_factory):
+@pytest.mark.parametrize("pipeline_depth", [1, 2])
+async def test_never_answered_request_times_out_and_next_call_gets_its_own_answer(simulator_factory, device_factory,
+                                                                                 pipeline_depth):
     sim = simulator_factory()
-    device = await device_factory(sim, request_timeout=1.0)
+    device = await device_factory(sim, request_timeout=1.0, pipeline_depth=pipeline_depth)
     async with running_gateway(device):
         cert = await card_certificate(device.slug)
         await sim.control("sim_setFaults", {"faults": [{"kind": "noanswer", "count": 1}]})
@@ -73,9 +77,11 @@ async def test_never_answered_request_times_out_and_next_call_gets_its_own_answe
         assert not certs.signature_verify(cert, b"lost", response.result.data[0])
 
 
-async def test_slow_answer_past_the_timeout_is_never_handed_to_the_next_caller(simulator_factory, device_factory):
+@pytest.mark.parametrize("pipeline_depth", [1, 2])
+async def test_slow_answer_past_the_timeout_is_never_handed_to_the_next_caller(simulator_factory, device_factory,
+                                                                              pipeline_depth):
     sim = simulator_factory()
-    device = await device_factory(sim, request_timeout=0.5)
+    device = await device_factory(sim, request_timeout=0.5, pipeline_depth=pipeline_depth)
     async with running_gateway(device):
         cert = await card_certificate(device.slug)
         await sim.control("sim_setFaults", {"faults": [{"kind": "slow", "count": 1, "slow_ms": 1500}]})
@@ -131,7 +137,6 @@ async def test_card_error_comes_back_with_its_error_list(simulator_factory, devi
         assert excinfo.value.code == "UKEY_ERROR" and excinfo.value.http_status == 502
         passthrough = await ukey_call(SIGN, {"inData": ""}, device=device.slug, raise_card_errors=False)
         assert passthrough.result.ok is False and passthrough.result.error_code == "Base50000"
-        assert "Base50000" in status.device_status_get(device.slug).last_error or True
 
 
 async def test_full_queue_is_refused_immediately(simulator_factory, device_factory):
@@ -243,7 +248,7 @@ async def test_gateway_in_its_own_process_serves_this_process_over_redis(simulat
         # SIGTERM while an operation is in flight: it finishes, then the process exits cleanly.
         await sim.control("sim_setFaults", {"faults": [{"kind": "slow", "count": 1, "slow_ms": 800}]})
         in_flight = asyncio.create_task(ukey_call(SIGN, {"inData": "in flight"}, device=device.slug))
-        await asyncio.sleep(0.3)
+        await wait_for(_card_busy(sim), what="the slow operation executing on the card")
         proc.send_signal(signal.SIGTERM)
         response = await in_flight
         assert certs.signature_verify(cert, b"in flight", response.result.data[0])
@@ -276,6 +281,58 @@ async def test_wrong_pin_is_a_card_error_and_the_pin_is_in_no_log_line(simulator
     assert configured_pin not in str(excinfo.value) and configured_pin not in str(excinfo.value.errors)
 
 
+def _card_busy(sim):
+    async def busy():
+        return (await sim.control("sim_stats")).data[0]["in_flight"] == 1
+
+    return busy
+
+
 def _test_database_url() -> str:
     s = connection.settings_dict
     return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+async def test_pipelined_calls_around_a_lost_request_never_get_another_callers_answer(simulator_factory,
+                                                                                     device_factory):
+    sim = simulator_factory(latency_ms=5)
+    device = await device_factory(sim, request_timeout=0.5, pipeline_depth=2)
+    async with running_gateway(device):
+        cert = await card_certificate(device.slug)
+        await sim.control("sim_setFaults", {"faults": [{"kind": "noanswer", "count": 1}]})
+        payloads = [f"pipelined {i}" for i in range(30)]
+        results = await asyncio.gather(
+            *(ukey_call(SIGN, {"inData": p}, device=device.slug) for p in payloads), return_exceptions=True
+        )
+    answered = [(p, r) for p, r in zip(payloads, results) if not isinstance(r, Exception)]
+    failed = [r for r in results if isinstance(r, Exception)]
+    assert failed and all(isinstance(r, (UKeyTimeout, UKeyUnavailable)) for r in failed)
+    assert len(answered) >= 25
+    for payload, response in answered:
+        assert certs.signature_verify(cert, payload.encode(), response.result.data[0]), payload
+
+
+async def test_several_cards_are_served_at_once(simulator_factory, device_factory):
+    rsa_device = await device_factory(simulator_factory(algorithm="rsa", latency_ms=100))
+    sm2_device = await device_factory(simulator_factory(algorithm="sm2", latency_ms=100))
+    host = GatewayHost([rsa_device.slug, sm2_device.slug])
+    await host.start()
+    try:
+        for device in (rsa_device, sm2_device):
+            await wait_for(lambda d=device: (s := status.device_status_get(d.slug)) and s.connected and s.algorithm,
+                           what=f"{device.slug} connected")
+        rsa_cert, sm2_cert = await card_certificate(rsa_device.slug), await card_certificate(sm2_device.slug)
+        started = time.monotonic()
+        rsa_calls = [ukey_call(SIGN, {"inData": f"r{i}"}, device=rsa_device.slug) for i in range(5)]
+        sm2_calls = [ukey_call(SIGN, {"inData": f"s{i}"}, device=sm2_device.slug) for i in range(5)]
+        results = await asyncio.gather(*rsa_calls, *sm2_calls)
+        elapsed = time.monotonic() - started
+    finally:
+        await host.stop(grace=5)
+    assert rsa_cert.algorithm == certs.ALG_RSA and sm2_cert.algorithm == certs.ALG_SM2
+    for i, response in enumerate(results[:5]):
+        assert certs.signature_verify(rsa_cert, f"r{i}".encode(), response.result.data[0])
+    for i, response in enumerate(results[5:]):
+        assert certs.signature_verify(sm2_cert, f"s{i}".encode(), response.result.data[0])
+    # 5 operations of 100 ms on each card: about 0.5 s in parallel, 1.0 s one card after the other.
+    assert elapsed < 0.85

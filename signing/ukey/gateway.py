@@ -20,6 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -69,6 +70,7 @@ class DeviceConfig:
     reconnect_min: float
     reconnect_max: float
     max_frame_bytes: int
+    pipeline_depth: int = 1
 
     def __repr__(self) -> str:  # never show the PIN
         return f"DeviceConfig(slug={self.slug!r}, url={self.url!r})"
@@ -94,18 +96,22 @@ def device_config_load(slug: str) -> DeviceConfig:
         reconnect_min=settings.UKEY_RECONNECT_MIN,
         reconnect_max=settings.UKEY_RECONNECT_MAX,
         max_frame_bytes=settings.UKEY_MAX_FRAME_BYTES,
+        pipeline_depth=device.pipeline_depth,
     )
 
 
 class CardConnection:
-    """One open WebSocket to an E-Port control, after its handshake frame."""
+    """One open WebSocket to an E-Port control, after its handshake frame.
+
+    Up to `pipeline_depth` requests may be outstanding; answers are matched by `_id`.
+    A bare `{Result,...}` answer carries no `_id`: the control answers in order, so it
+    belongs to the oldest outstanding request."""
 
     def __init__(self, ws: ClientConnection, slug: str) -> None:
         self.ws = ws
         self.slug = slug
         self._next_id = 0
-        self._inflight_id: int | None = None
-        self._inflight: asyncio.Future | None = None
+        self._pending: dict[int, asyncio.Future] = {}  # insertion order = send order
         self.closed = asyncio.Event()
         self.close_reason = ""
         self._reader = asyncio.create_task(self._read(), name=f"ukey-reader-{slug}")
@@ -130,6 +136,10 @@ class CardConnection:
             raise
         return cls(ws, config.slug)
 
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
     async def _read(self) -> None:
         try:
             async for message in self.ws:
@@ -138,13 +148,17 @@ class CardConnection:
                 except protocol.FrameError:
                     logger.warning("card %s sent a frame that is not a JSON object; dropped", self.slug)
                     continue
-                future = self._inflight
-                if frame.kind == "response" and frame.id == self._inflight_id and future and not future.done():
+                if frame.kind == "response" and frame.id in self._pending:
+                    future = self._pending.pop(frame.id)
+                elif frame.kind == "bare" and self._pending:
+                    future = self._pending.pop(next(iter(self._pending)))
+                else:
+                    if frame.kind != "handshake":
+                        logger.info("card %s: dropped a %s frame with _id %s that matches no request",
+                                    self.slug, frame.kind, frame.id)
+                    continue
+                if not future.done():
                     future.set_result(frame.result)
-                elif frame.kind == "bare" and future and not future.done():
-                    future.set_result(frame.result)
-                elif frame.kind != "handshake":
-                    logger.info("card %s: dropped a %s frame with _id %s that matches no request", self.slug, frame.kind, frame.id)
             self.close_reason = "the control closed the connection"
         except ConnectionClosed as exc:
             self.close_reason = f"connection closed ({exc.__class__.__name__})"
@@ -153,24 +167,29 @@ class CardConnection:
             logger.exception("card %s reader failed", self.slug)
         finally:
             self.closed.set()
-            if self._inflight and not self._inflight.done():
-                self._inflight.set_exception(CardConnectionLost(self.close_reason))
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(CardConnectionLost(self.close_reason))
 
-    async def call(self, method: str, args: dict[str, Any], timeout: float) -> protocol.CardResult:
-        """Send one request and wait for its answer. One at a time (the caller serialises)."""
+    async def send(self, method: str, args: dict[str, Any]) -> asyncio.Future:
+        """Send one request; returns the future of its answer."""
         if self.closed.is_set():
             raise CardConnectionLost(self.close_reason or "connection closed")
         self._next_id += 1
         request_id = self._next_id
         future = asyncio.get_running_loop().create_future()
-        self._inflight_id, self._inflight = request_id, future
+        self._pending[request_id] = future
         try:
             await self.ws.send(protocol.build_request(method, request_id, args))
-            return await asyncio.wait_for(future, timeout)
         except ConnectionClosed as exc:
+            self._pending.pop(request_id, None)
             raise CardConnectionLost(f"connection closed ({exc.__class__.__name__})") from None
-        finally:
-            self._inflight_id, self._inflight = None, None
+        return future
+
+    def abort(self) -> None:
+        """Drop the connection at once (after a timeout: no late answer may arrive)."""
+        self.ws.transport.abort()
 
     async def close(self) -> None:
         await self.ws.close()
@@ -203,7 +222,10 @@ class CardGateway:
         self._depth = 0
         self._conn: CardConnection | None = None
         self._stopping = False
-        self._busy = False
+        self._outstanding = 0
+        self._slots = asyncio.Semaphore(max(1, config.pipeline_depth))
+        self._answer_tasks: set[asyncio.Task] = set()
+        self._holding: _Job | None = None  # taken from the queue, waiting for a pipeline slot
         self._reset_requested = asyncio.Event()
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -226,15 +248,19 @@ class CardGateway:
         if self._stopping:
             return
         self._stopping = True
-        logger.info("card %s: gateway stopping (%d queued, in flight: %s)", self.config.slug, self._depth, self._busy)
+        logger.info("card %s: gateway stopping (%d queued, %d in flight)", self.config.slug, self._depth, self._outstanding)
         deadline = time.monotonic() + grace
-        while (self._depth > 0 or self._busy) and time.monotonic() < deadline:
+        while (self._depth > 0 or self._outstanding > 0) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._answer_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        left = [self._holding] if self._holding else []
         while not self._queue.empty():
-            item = self._queue.get_nowait()
+            left.append(self._queue.get_nowait())
+        for item in left:
             if isinstance(item, _Job):
                 await self._reply_error(item, UKEY_UNAVAILABLE, "the gateway is shutting down")
         if self._conn is not None:
@@ -263,14 +289,19 @@ class CardGateway:
             self.status.queue_depth = self._depth
             self._queue.put_nowait(job)
 
+    async def _next_item(self, timeout: float):
+        if not self._queue.empty():
+            return self._queue.get_nowait()  # no task or timer when work is waiting
+        return await asyncio.wait_for(self._queue.get(), timeout=timeout)
+
     async def _execute_loop(self) -> None:
         while True:
             idle_for = time.monotonic() - self._last_activity
             wait = max(0.05, self.config.probe_interval - idle_for)
             try:
-                item = await asyncio.wait_for(self._queue.get(), timeout=wait)
+                item = await self._next_item(wait)
             except asyncio.TimeoutError:
-                if self._conn is not None and not self._stopping:
+                if self._conn is not None and not self._stopping and self._outstanding == 0:
                     await self._probe()
                 else:
                     self._last_activity = time.monotonic()
@@ -278,39 +309,70 @@ class CardGateway:
             if item is _CONNECTED:
                 await self._load_card_facts()
             elif isinstance(item, _Job):
-                self._depth -= 1
-                self.status.queue_depth = self._depth
-                self._busy = True
-                try:
-                    await self._execute(item)
-                finally:
-                    self._busy = False
+                await self._dispatch(item)
 
-    async def _execute(self, job: _Job) -> None:
-        msg = job.message
-        method = str(msg.get("method") or "")
-        remaining = job.deadline - time.time()
-        if remaining <= 0:
-            await self._reply_error(job, UKEY_TIMEOUT, "the request waited in the card queue past its deadline")
-            return
-        if self._conn is None:
-            await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
-            return
-        args = dict(msg.get("args") or {})
-        args.pop("passwd", None)
-        if method in protocol.PIN_METHODS and self.config.pin:
-            args["passwd"] = self.config.pin
-        elif method in protocol.PIN_METHODS and msg.get("fallback_pin"):
-            args["passwd"] = str(msg["fallback_pin"])  # legacy clients that send their own PIN
-        started = time.monotonic()
+    async def _dispatch(self, job: _Job) -> None:
+        """Send one job to the card once a pipeline slot is free; its answer is awaited
+        (and replied to) in a task of its own so the next request can go out meanwhile."""
+        self._holding = job
+        await self._slots.acquire()
+        self._holding = None
+        # Waiting for a slot still counts as queued; from here on it is the card's.
+        self._depth -= 1
+        self.status.queue_depth = self._depth
+        released = False
         try:
-            result = await self._card_call(method, args, min(self.config.request_timeout, remaining))
+            if self._reset_requested.is_set():
+                await self._wait_connected()
+            method = str(job.message.get("method") or "")
+            remaining = job.deadline - time.time()
+            if remaining <= 0:
+                await self._reply_error(job, UKEY_TIMEOUT, "the request waited in the card queue past its deadline")
+                return
+            conn = self._conn
+            if conn is None:
+                await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
+                return
+            args = dict(job.message.get("args") or {})
+            args.pop("passwd", None)
+            if method in protocol.PIN_METHODS and self.config.pin:
+                args["passwd"] = self.config.pin
+            elif method in protocol.PIN_METHODS and job.message.get("fallback_pin"):
+                args["passwd"] = str(job.message["fallback_pin"])  # legacy clients that send their own PIN
+            # A request queued behind others at the control gets their time too.
+            timeout = min(self.config.request_timeout * (conn.outstanding + 1), remaining)
+            started = time.monotonic()
+            try:
+                future = await conn.send(method, args)
+            except CardConnectionLost as exc:
+                self._record_error(f"{method}: {exc}")
+                await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost: {exc}")
+                return
+            self._outstanding += 1
+            released = True
+            task = asyncio.create_task(self._answer(job, conn, method, future, timeout, started))
+            self._answer_tasks.add(task)
+            task.add_done_callback(self._answer_tasks.discard)
+        finally:
+            if not released:
+                self._slots.release()
+
+    async def _answer(self, job: _Job, conn: CardConnection, method: str, future: asyncio.Future,
+                      timeout: float, started: float) -> None:
+        try:
+            result = await self._await_result(conn, method, future, timeout)
         except asyncio.TimeoutError:
-            await self._reply_error(job, UKEY_TIMEOUT, f"card {self.config.slug} did not answer {method} within {min(self.config.request_timeout, remaining):.1f}s")
+            # Answer once the reset connection is back, so the caller's next request finds
+            # the card connected (bounded by the connect timeout).
+            await self._wait_connected()
+            await self._reply_error(job, UKEY_TIMEOUT, f"card {self.config.slug} did not answer {method} within {timeout:.1f}s")
             return
         except CardConnectionLost as exc:
             await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost during {method}: {exc}")
             return
+        finally:
+            self._outstanding -= 1
+            self._slots.release()
         await self._reply(
             job,
             {
@@ -322,16 +384,18 @@ class CardGateway:
             },
         )
 
-    async def _card_call(self, method: str, args: dict[str, Any], timeout: float) -> protocol.CardResult:
-        """Run one card operation; on timeout reset the connection (a late answer must
-        never reach anyone) and wait for the reconnect before the next operation."""
-        conn = self._conn
-        assert conn is not None
+    async def _await_result(self, conn: CardConnection, method: str, future: asyncio.Future,
+                            timeout: float) -> protocol.CardResult:
+        """Wait for one answer; on timeout reset the connection (a late answer must never
+        reach anyone) and let the next request wait for the reconnect."""
         try:
-            result = await conn.call(method, args, timeout)
+            result = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
-            self._record_error(f"{method} timed out after {timeout:.1f}s; connection reset")
-            await self._reset_connection()
+            if self._conn is conn and not self._reset_requested.is_set():
+                self._record_error(f"{method} timed out after {timeout:.1f}s; connection reset")
+                self._reset_requested.set()
+                self._connected.clear()
+                conn.abort()
             raise
         except CardConnectionLost as exc:
             self._record_error(f"{method}: {exc}")
@@ -345,11 +409,26 @@ class CardGateway:
         self._publish(throttle=True)
         return result
 
-    async def _reset_connection(self) -> None:
-        self._connected.clear()
-        self._reset_requested.set()
-        if self._conn is not None:
-            self._conn.ws.transport.abort()
+    async def _card_call(self, method: str, args: dict[str, Any], timeout: float) -> protocol.CardResult:
+        """One card operation for the gateway itself (probe, card facts)."""
+        async with self._slot():
+            if self._reset_requested.is_set():
+                await self._wait_connected()
+            conn = self._conn
+            if conn is None:
+                raise CardConnectionLost("not connected")
+            future = await conn.send(method, args)
+            return await self._await_result(conn, method, future, timeout)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self):
+        await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def _wait_connected(self) -> None:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout=self.config.connect_timeout + 1)
         except asyncio.TimeoutError:
@@ -397,6 +476,8 @@ class CardGateway:
 
     # --- connection supervision -------------------------------------------------------
     async def _supervise(self) -> None:
+        """Connect, wait for the connection to end, reconnect: at once after a deliberate
+        reset, otherwise with capped exponential backoff and full jitter."""
         attempt = 0
         while True:
             try:
@@ -407,14 +488,14 @@ class CardGateway:
                 delay = max(delay, self.config.reconnect_min / 2)
                 self._record_error(f"connect to {self.config.url} failed: {exc.__class__.__name__}: {exc}")
                 self.status.reconnect_attempts = attempt
+                if self._reset_requested.is_set():
+                    # The reset could not reconnect: requests waiting for it now fail fast.
+                    self._reset_requested.clear()
+                    self._fail_queued_fast()
                 self._publish()
                 if attempt == 1 or attempt % 10 == 0:
                     logger.warning("card %s: cannot connect (%s); retrying in %.1fs", self.config.slug, self.status.last_error, delay)
-                self._reset_requested.clear()
-                try:
-                    await asyncio.wait_for(self._reset_requested.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    pass
+                await asyncio.sleep(delay)
                 continue
             attempt = 0
             self._conn = conn
@@ -424,6 +505,7 @@ class CardGateway:
             self.status.connections += 1
             logger.info("card %s: connected to %s", self.config.slug, self.config.url)
             self._queue.put_nowait(_CONNECTED)
+            self._reset_requested.clear()
             self._connected.set()
             self._publish()
             await conn.closed.wait()
@@ -431,14 +513,14 @@ class CardGateway:
             self._connected.clear()
             self.status.connected = False
             self.status.connected_since = None
+            if self._reset_requested.is_set():
+                logger.warning("card %s: connection reset after a timeout; reconnecting", self.config.slug)
+                self._publish()
+                continue  # a deliberate reset reconnects at once; queued requests wait for it
             self._record_error(f"disconnected: {conn.close_reason}")
             logger.warning("card %s: %s", self.config.slug, self.status.last_error)
-            if not self._reset_requested.is_set():
-                self._fail_queued_fast()
+            self._fail_queued_fast()
             self._publish()
-            if self._reset_requested.is_set():
-                self._reset_requested.clear()
-                continue  # a deliberate reset reconnects at once
             await asyncio.sleep(random.uniform(0, self.config.reconnect_min))
 
     def _fail_queued_fast(self) -> None:
@@ -466,7 +548,7 @@ class CardGateway:
 
     def _publish(self, throttle: bool = False) -> None:
         self.status.queue_depth = self._depth
-        self.status.in_flight = self._busy
+        self.status.in_flight = self._outstanding
         status.device_status_publish(self.status, throttle=throttle)
 
     async def _reply(self, job: _Job, payload: dict[str, Any]) -> None:
@@ -584,5 +666,6 @@ class GatewayHost:
                 instance.cancel()
             except Exception:
                 logger.exception("gateway consumer ended with an error")
-            await asyncio.gather(listener, return_exceptions=True)
+            # A channel layer's receive may not end at once on cancel; never wait for ever.
+            await asyncio.wait([listener], timeout=2)
         self._instances.clear()

@@ -235,6 +235,9 @@ class SimulatorStats:
     in_flight: int = 0
     max_in_flight: int = 0
     connections: int = 0
+    busy_seconds: float = 0.0  # time the card spent executing operations
+    first_start: float = 0.0
+    last_end: float = 0.0
 
 
 class CardSimulator:
@@ -255,7 +258,10 @@ class CardSimulator:
         self.faults = faults or FaultPlan()
         self.bare_responses = bare_responses
         self.stats = SimulatorStats()
-        self._card_lock = asyncio.Lock()  # the card executes one operation at a time
+        # The card executes one operation at a time, in arrival order.
+        self._card_queue: asyncio.Queue = asyncio.Queue()
+        self._card_task: asyncio.Task | None = None
+        self._reply_tasks: set[asyncio.Task] = set()
         self._connections: set[ServerConnection] = set()
 
     async def serve(self, host: str = "127.0.0.1", port: int = 61232):
@@ -265,7 +271,8 @@ class CardSimulator:
     async def _handle_connection(self, ws: ServerConnection) -> None:
         self.stats.connections += 1
         self._connections.add(ws)
-        tasks: set[asyncio.Task] = set()
+        if self._card_task is None or self._card_task.done():
+            self._card_task = asyncio.create_task(self._card_worker(), name="simulated-card")
         try:
             await ws.send(protocol.build_handshake())
             async for message in ws:
@@ -276,45 +283,58 @@ class CardSimulator:
                     continue
                 if frame.kind != "request" or frame.id is None or not frame.method:
                     continue
-                task = asyncio.create_task(self._handle_request(ws, frame))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                method = frame.method
+                if method.startswith("sim_"):
+                    self._send_later(ws, frame.id, method, self._control(method, frame.args or {}))
+                    continue
+                fault = self.faults.draw(method)
+                if fault and fault.kind == "noanswer":
+                    logger.info("simulator fault: request %s (%s) will never be answered", frame.id, method)
+                    continue
+                self._card_queue.put_nowait((ws, frame, fault))
         except ConnectionClosed:
             pass
         finally:
             self._connections.discard(ws)
-            for task in tasks:
-                task.cancel()
 
-    async def _handle_request(self, ws: ServerConnection, frame: protocol.Frame) -> None:
-        method, args = frame.method or "", frame.args or {}
-        if method.startswith("sim_"):
-            await self._reply(ws, frame.id, method, self._control(method, args))
-            return
-        fault = self.faults.draw(method)
-        if fault and fault.kind == "noanswer":
-            logger.info("simulator fault: request %s (%s) will never be answered", frame.id, method)
-            return
-        async with self._card_lock:
+    async def _card_worker(self) -> None:
+        """The card: takes requests in arrival order and executes them one at a time.
+        A request that arrived while the card was busy starts the moment it is free."""
+        while True:
+            ws, frame, fault = await self._card_queue.get()
+            if ws not in self._connections:
+                continue  # the control drops requests of a closed connection
+            method, args = frame.method or "", frame.args or {}
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             try:
-                deadline = time.perf_counter() + self.latency
+                op_start = time.perf_counter()
+                if not self.stats.first_start:
+                    self.stats.first_start = op_start
+                deadline = op_start + self.latency
                 if fault and fault.kind == "slow":
                     deadline += fault.slow_ms / 1000.0
                 if fault and fault.kind == "close":
                     logger.info("simulator fault: closing the socket mid-request %s", frame.id)
                     ws.transport.abort()
-                    return
+                    continue
                 if fault and fault.kind == "reset":
                     result = protocol.card_error("[读卡器底层库]复位读卡器失败:错误码=50070", "Custom", 50070)
                 else:
                     result = self.execute(method, args)
                 await _sleep_until(deadline)
                 self.stats.operations += 1
+                self.stats.last_end = time.perf_counter()
+                self.stats.busy_seconds += self.stats.last_end - op_start
             finally:
                 self.stats.in_flight -= 1
-        await self._reply(ws, frame.id, method, result)
+            self._send_later(ws, frame.id, method, result)
+
+    def _send_later(self, ws: ServerConnection, request_id: int, method: str, result: protocol.CardResult) -> None:
+        """Answer without holding up the card."""
+        task = asyncio.create_task(self._reply(ws, request_id, method, result))
+        self._reply_tasks.add(task)
+        task.add_done_callback(self._reply_tasks.discard)
 
     async def _reply(self, ws: ServerConnection, request_id: int, method: str, result: protocol.CardResult) -> None:
         text = protocol.build_bare_response(result) if self.bare_responses else protocol.build_response(
@@ -451,7 +471,9 @@ async def _sleep_until(deadline: float) -> None:
     millisecond-accurate, and the benchmark's utilisation figure depends on a 20 ms
     card taking 20 ms, not 21."""
     remaining = deadline - time.perf_counter()
-    if remaining > 0.002:
-        await asyncio.sleep(remaining - 0.0015)
+    if remaining > 0.004:
+        # asyncio rounds timer waits up to whole milliseconds (twice, on Python 3.11), so a
+        # sleep can end ~2 ms late: sleep short, then spin to the deadline.
+        await asyncio.sleep(remaining - 0.003)
     while time.perf_counter() < deadline:
         pass

@@ -27,7 +27,7 @@ class DeviceStatus:
     last_error_at: float | None = None
     last_probe_at: float | None = None
     queue_depth: int = 0
-    in_flight: bool = False
+    in_flight: int = 0
     cert_no: str = ""
     algorithm: str = ""
     ent_name: str = ""

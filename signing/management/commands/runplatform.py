@@ -1,6 +1,5 @@
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,13 +10,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accessids.encryption import master_key_file_ensure
 from signing.models import CardDevice
+from signplatform.ports import port_is_open
 from signing.services import card_device_sync_default
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
 
 
 class Command(BaseCommand):
@@ -40,14 +34,14 @@ class Command(BaseCommand):
         try:
             if not settings.UKEY_URL:
                 port = settings.UKEY_SIMULATOR_PORT
-                if _port_open("127.0.0.1", port):
+                if port_is_open(port):
                     raise CommandError(
                         f"port {port} is taken; set UKEY_SIMULATOR_PORT, or UKEY_URL to use a real card"
                     )
                 self.stdout.write(f"No UKEY_URL set: starting the card simulator on ws://127.0.0.1:{port}")
                 children.append(subprocess.Popen(manage + ["ukey_simulator", "--port", str(port)]))
                 deadline = time.monotonic() + 20
-                while not _port_open("127.0.0.1", port):
+                while not port_is_open(port):
                     if children[-1].poll() is not None or time.monotonic() > deadline:
                         raise CommandError("the card simulator did not start")
                     time.sleep(0.1)
