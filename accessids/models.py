@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from signing.models import CardDevice
+
+SCOPES = ("sign", "sign_xml", "sign_179", "rpc", "xml_read", "xml_write", "rotate_self")
+
+
+class AccessId(models.Model):
+    """One client system's identity for the signing API."""
+
+    key = models.CharField("access ID", max_length=40, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Leave empty for no expiry.")
+    allowed_networks = models.JSONField(
+        default=list, blank=True, help_text="Client addresses allowed, as CIDR (e.g. 10.0.0.0/8). Empty: any."
+    )
+    scopes = models.JSONField(default=list, blank=True)
+    allowed_methods = models.JSONField(default=list, blank=True, help_text="Card methods allowed through /rpc.")
+    rate_limit_per_minute = models.PositiveIntegerField(default=600, validators=[MinValueValidator(1)])
+    devices = models.ManyToManyField(CardDevice, blank=True, help_text="Cards it may use. Empty: the default card.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_secret_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "access ID"
+        permissions = [("rotate_accessid", "Can rotate and revoke access ID secrets")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key})"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+class AppSecret(models.Model):
+    """One version of an access ID's App Secret, stored encrypted."""
+
+    CURRENT, PREVIOUS, REVOKED = "current", "previous", "revoked"
+    STATES = [(CURRENT, "current"), (PREVIOUS, "previous (grace period)"), (REVOKED, "revoked")]
+
+    access_id = models.ForeignKey(AccessId, on_delete=models.CASCADE, related_name="secrets")
+    version = models.PositiveIntegerField()
+    secret_encrypted = models.TextField(editable=False)
+    fingerprint = models.CharField(max_length=16, editable=False)
+    state = models.CharField(max_length=10, choices=STATES, default=CURRENT)
+    valid_until = models.DateTimeField(null=True, blank=True, help_text="End of the grace period (previous secret).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["access_id", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["access_id", "version"], name="app_secret_version_unique"),
+            models.UniqueConstraint(
+                fields=["access_id"], condition=models.Q(state="current"), name="app_secret_one_current"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.version} {self.fingerprint} ({self.state})"

@@ -1,0 +1,95 @@
+"""AppSecretService: the single way to find an access ID's valid secrets.
+
+Look-ups are cached (django-redis when configured, so every process shares the entry)
+and the entry is deleted on every change, after the transaction commits; a rotation or
+a disable therefore takes effect at once everywhere. The cache holds the encrypted
+secrets only: plaintext exists just in the memory of the request that verifies."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from .encryption import secret_decrypt
+
+SECRET_PURPOSE = "app-secret"
+CACHE_TTL = 300
+
+
+@dataclass(frozen=True)
+class AccessIdAuthInfo:
+    key: str
+    pk: int
+    enabled: bool
+    expires_at: datetime.datetime | None
+    allowed_networks: tuple[str, ...]
+    scopes: tuple[str, ...]
+    allowed_methods: tuple[str, ...]
+    rate_limit_per_minute: int
+    # (version, encrypted secret, valid_until or None) for the current and previous secret
+    secrets: tuple[tuple[int, str, datetime.datetime | None], ...]
+
+
+@dataclass(frozen=True)
+class ValidSecret:
+    version: int
+    secret: str
+
+
+class AppSecretService:
+    @staticmethod
+    def _cache_key(key: str) -> str:
+        return f"accessid:auth:{key}"
+
+    @classmethod
+    def lookup(cls, key: str) -> AccessIdAuthInfo | None:
+        """What authentication needs to know about an access ID (None if it does not exist)."""
+        cached = cache.get(cls._cache_key(key))
+        if cached is not None:
+            return cached or None
+        from .models import AccessId, AppSecret
+
+        access = AccessId.objects.filter(key=key).first()
+        if access is None:
+            cache.set(cls._cache_key(key), False, 30)  # remember misses briefly
+            return None
+        secrets = tuple(
+            (s.version, s.secret_encrypted, s.valid_until)
+            for s in access.secrets.filter(state__in=[AppSecret.CURRENT, AppSecret.PREVIOUS]).order_by("-version")
+        )
+        info = AccessIdAuthInfo(
+            key=access.key,
+            pk=access.pk,
+            enabled=access.enabled,
+            expires_at=access.expires_at,
+            allowed_networks=tuple(access.allowed_networks or ()),
+            scopes=tuple(access.scopes or ()),
+            allowed_methods=tuple(access.allowed_methods or ()),
+            rate_limit_per_minute=access.rate_limit_per_minute,
+            secrets=secrets,
+        )
+        cache.set(cls._cache_key(key), info, CACHE_TTL)
+        return info
+
+    @classmethod
+    def valid_secrets(cls, key: str, *, now: datetime.datetime | None = None) -> list[ValidSecret]:
+        """The secrets a request of this access ID may be signed with right now:
+        the current one, and the previous one until its grace period ends."""
+        info = cls.lookup(key)
+        if info is None:
+            return []
+        now = now or timezone.now()
+        return [
+            ValidSecret(version=version, secret=secret_decrypt(stored, purpose=SECRET_PURPOSE))
+            for version, stored, valid_until in info.secrets
+            if valid_until is None or valid_until > now
+        ]
+
+    @classmethod
+    def invalidate(cls, key: str) -> None:
+        """Drop the cached entry once the surrounding transaction has committed."""
+        transaction.on_commit(lambda: cache.delete(cls._cache_key(key)))
