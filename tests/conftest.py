@@ -16,7 +16,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 from websockets.asyncio.client import connect
 
 from signing.ukey import protocol
@@ -134,3 +134,12 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, wha
 
 def dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False)
+
+
+def test_database_url() -> str:
+    """The URL of the PostgreSQL test database, for server processes a test starts."""
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+test_database_url.__test__ = False  # a helper, not a test

@@ -10,12 +10,11 @@ import time
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from signing.ukey import certs, status
 from signing.ukey.client import UKeyCardError, UKeyTimeout, UKeyUnavailable, ukey_call
 from signing.ukey.gateway import GatewayHost
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, test_database_url, wait_for
 
 SIGN = "cus-sec_SpcSignDataAsPEM"
 pytestmark = [pytest.mark.embedded, pytest.mark.usefixtures("fresh_channel_layer")]
@@ -212,7 +211,7 @@ async def test_graceful_shutdown_finishes_in_flight_operations(simulator_factory
 @contextlib.contextmanager
 def gateway_process(slug, log_path):
     """`manage.py ukey_gateway --device SLUG` with full debug logging into log_path."""
-    env = dict(os.environ, DATABASE_URL=_test_database_url(), LOG_LEVEL="DEBUG")
+    env = dict(os.environ, DATABASE_URL=test_database_url(), LOG_LEVEL="DEBUG")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "ukey_gateway", "--device", slug],
@@ -286,11 +285,6 @@ def _card_busy(sim):
         return (await sim.control("sim_stats")).data[0]["in_flight"] == 1
 
     return busy
-
-
-def _test_database_url() -> str:
-    s = connection.settings_dict
-    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
 
 
 async def test_pipelined_calls_around_a_lost_request_never_get_another_callers_answer(simulator_factory,

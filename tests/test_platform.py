@@ -13,9 +13,8 @@ import urllib.request
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, test_database_url
 from tests.services import _wait_port, free_port
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -163,8 +162,7 @@ def test_web_process_with_separate_gateway_process_over_redis(simulator_factory,
     if not os.environ.get("REDIS_URL"):
         pytest.skip("runs in the PostgreSQL + Redis pass of `make test`")
     sim = simulator_factory()
-    s = connection.settings_dict
-    env = dict(os.environ, DATABASE_URL=f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}",
+    env = dict(os.environ, DATABASE_URL=test_database_url(),
                UKEY_URL=sim.url, UKEY_PIN=sim.pin, UKEY_DEFAULT_DEVICE="redis-card",
                SIGNPLATFORM_VAR_DIR=str(tmp_path / "var"))
     platform = Platform(env, tmp_path).start()
