@@ -5,8 +5,10 @@ from django.db import models
 from django.utils import timezone
 
 from signing.models import CardDevice
+from signing.ukey.protocol import RPC_METHODS
 
 SCOPES = ("sign", "sign_xml", "sign_179", "rpc", "xml_read", "xml_write", "rotate_self")
+DEFAULT_RPC_METHODS = RPC_METHODS
 
 
 class AccessId(models.Model):
@@ -21,7 +23,9 @@ class AccessId(models.Model):
         default=list, blank=True, help_text="Client addresses allowed, as CIDR (e.g. 10.0.0.0/8). Empty: any."
     )
     scopes = models.JSONField(default=list, blank=True)
-    allowed_methods = models.JSONField(default=list, blank=True, help_text="Card methods allowed through /rpc.")
+    allowed_methods = models.JSONField(
+        default=list, blank=True, help_text="Card methods allowed through /api/v1/rpc (needs the rpc scope)."
+    )
     rate_limit_per_minute = models.PositiveIntegerField(default=600, validators=[MinValueValidator(1)])
     devices = models.ManyToManyField(CardDevice, blank=True, help_text="Cards it may use. Empty: the default card.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -41,6 +45,12 @@ class AccessId(models.Model):
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
 
+    @property
+    def status(self) -> str:
+        if not self.enabled:
+            return "disabled"
+        return "expired" if self.is_expired else "enabled"
+
 
 class AppSecret(models.Model):
     """One version of an access ID's App Secret, stored encrypted."""
@@ -57,6 +67,11 @@ class AppSecret(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # A one-time ticket that lets the admin who created or rotated this secret see it once
+    # (its SHA-256 only; cleared when used or after a few minutes).
+    reveal_token_hash = models.CharField(max_length=64, blank=True, editable=False)
+    reveal_user_id = models.IntegerField(null=True, blank=True, editable=False)
+    reveal_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["access_id", "-version"]

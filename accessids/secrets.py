@@ -30,6 +30,7 @@ class AccessIdAuthInfo:
     scopes: tuple[str, ...]
     allowed_methods: tuple[str, ...]
     rate_limit_per_minute: int
+    devices: tuple[str, ...]  # card slugs it may use; empty: the default card
     # (version, encrypted secret, valid_until or None) for the current and previous secret
     secrets: tuple[tuple[int, str, datetime.datetime | None], ...]
 
@@ -70,10 +71,16 @@ class AppSecretService:
             scopes=tuple(access.scopes or ()),
             allowed_methods=tuple(access.allowed_methods or ()),
             rate_limit_per_minute=access.rate_limit_per_minute,
+            devices=tuple(access.devices.order_by("slug").values_list("slug", flat=True)),
             secrets=secrets,
         )
         cache.set(cls._cache_key(key), info, CACHE_TTL)
         return info
+
+    @staticmethod
+    def is_active(info: AccessIdAuthInfo, *, now: datetime.datetime | None = None) -> bool:
+        """Enabled and not expired."""
+        return info.enabled and (info.expires_at is None or info.expires_at > (now or timezone.now()))
 
     @classmethod
     def valid_secrets(cls, key: str, *, now: datetime.datetime | None = None) -> list[ValidSecret]:

@@ -1,4 +1,8 @@
-"""Access ID writes: creation, secret rotation with a grace period, revocation, enable/disable."""
+"""Access ID writes: creation, changes, secret rotation with a grace period, revocation,
+enable/disable, one-time reveal tickets, last-use bookkeeping.
+
+Every change writes its audit event in the same transaction (`actor` is the admin user,
+`source` says where the change came from: admin, command or api)."""
 
 from __future__ import annotations
 
@@ -6,17 +10,24 @@ import datetime
 import hashlib
 import re
 import secrets
+from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from .encryption import secret_encrypt
-from .models import SCOPES, AccessId, AppSecret
+from audit.models import AuditEvent
+from audit.services import audit_event_record
+
+from .encryption import secret_decrypt, secret_encrypt
+from .models import DEFAULT_RPC_METHODS, SCOPES, AccessId, AppSecret
 from .secrets import SECRET_PURPOSE, AppSecretService
 
 GRACE_CHOICES = {"0": datetime.timedelta(0), "1h": datetime.timedelta(hours=1),
                  "24h": datetime.timedelta(hours=24), "7d": datetime.timedelta(days=7)}
 DEFAULT_GRACE = GRACE_CHOICES["24h"]
+MAX_GRACE = GRACE_CHOICES["7d"]
+REVEAL_TTL = datetime.timedelta(minutes=10)
 _GRACE_RE = re.compile(r"^(\d+)([smhd]?)$")
 
 
@@ -24,13 +35,42 @@ class AccessIdError(ValueError):
     """An operator asked for something that cannot be done (bad scope, grace, ...)."""
 
 
+@dataclass(frozen=True)
+class ChangeContext:
+    """Who makes a change and from where, for its audit event."""
+
+    source: str = "command"
+    actor: Any = None
+    request_id: str = ""
+    client_ip: str | None = None
+    endpoint: str = ""
+
+    def record(self, *, event_type: str, access: AccessId, **fields) -> AuditEvent:
+        return audit_event_record(
+            event_type=event_type,
+            access_id=access,
+            actor=self.actor,
+            source=self.source,
+            request_id=self.request_id,
+            client_ip=self.client_ip,
+            endpoint=self.endpoint,
+            **fields,
+        )
+
+
+COMMAND = ChangeContext(source="command")
+
+
 def grace_parse(text: str) -> datetime.timedelta:
-    """`0`, `1h`, `24h`, `7d` (or any `<n>[s|m|h|d]`) → timedelta."""
+    """`0`, `1h`, `24h`, `7d` (or any `<n>[s|m|h|d]`) → timedelta, at most 7 days."""
     match = _GRACE_RE.match(text.strip().lower())
     if not match:
         raise AccessIdError(f"grace {text!r} is not like 0, 1h, 24h or 7d")
     number, unit = int(match.group(1)), match.group(2) or "s"
-    return datetime.timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+    grace = datetime.timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+    if grace > MAX_GRACE:
+        raise AccessIdError(f"grace {text!r} is longer than 7 days")
+    return grace
 
 
 def scopes_parse(text: str | None) -> list[str]:
@@ -62,27 +102,63 @@ def _secret_new(access: AccessId, version: int) -> tuple[AppSecret, str]:
 
 
 @transaction.atomic
-def access_id_create(*, name: str, scopes: list[str] | None = None, description: str = "") -> tuple[AccessId, str]:
-    """Create an access ID and its first secret. Returns the secret in clear: show it once."""
+def access_id_create(
+    *,
+    name: str,
+    scopes: list[str] | None = None,
+    description: str = "",
+    allowed_methods: list[str] | None = None,
+    context: ChangeContext = COMMAND,
+    **fields: Any,
+) -> tuple[AccessId, str]:
+    """Create an access ID and its first secret. Returns the secret in clear: show it once.
+    `fields` may set enabled, expires_at, allowed_networks, rate_limit_per_minute."""
     if not name.strip():
         raise AccessIdError("an access ID needs a name")
+    devices = fields.pop("devices", None)
     access = AccessId.objects.create(
         key="AK" + secrets.token_hex(10).upper(),
         name=name.strip(),
         description=description,
         scopes=list(SCOPES) if scopes is None else scopes,
+        allowed_methods=list(DEFAULT_RPC_METHODS) if allowed_methods is None else allowed_methods,
+        **fields,
     )
-    _, secret = _secret_new(access, 1)
+    if devices:
+        access.devices.set(devices)
+    row, secret = _secret_new(access, 1)
+    context.record(
+        event_type=AuditEvent.ACCESS_ID_CREATED,
+        access=access,
+        secret_version=row.version,
+        details={"name": access.name, "scopes": access.scopes, "fingerprint": row.fingerprint},
+    )
     AppSecretService.invalidate(access.key)
     return access, secret
 
 
 @transaction.atomic
-def app_secret_rotate(*, access_id: AccessId, grace: datetime.timedelta = DEFAULT_GRACE) -> tuple[AppSecret, str]:
+def access_id_update(*, access_id: AccessId, changed: list[str], context: ChangeContext) -> AccessId:
+    """Save edits made to `access_id` (an admin form) and record which fields changed."""
+    access_id.save()
+    if changed:
+        context.record(event_type=AuditEvent.ACCESS_ID_CHANGED, access=access_id, details={"changed": sorted(changed)})
+    AppSecretService.invalidate(access_id.key)
+    return access_id
+
+
+@transaction.atomic
+def app_secret_rotate(
+    *, access_id: AccessId, grace: datetime.timedelta = DEFAULT_GRACE, context: ChangeContext = COMMAND,
+    **event_fields: Any,
+) -> tuple[AppSecret, str]:
     """Issue a new current secret. The old current one stays valid for `grace` (none: revoked
     now); an older previous secret is revoked at once. Returns the new secret in clear."""
+    if grace < datetime.timedelta(0) or grace > MAX_GRACE:
+        raise AccessIdError("the grace period must be between 0 and 7 days")
     access = AccessId.objects.select_for_update().get(pk=access_id.pk)
     now = timezone.now()
+    revoked = list(access.secrets.filter(state=AppSecret.PREVIOUS).values_list("version", flat=True))
     access.secrets.filter(state=AppSecret.PREVIOUS).update(state=AppSecret.REVOKED, revoked_at=now)
     current = access.secrets.filter(state=AppSecret.CURRENT).first()
     if current is not None:
@@ -90,24 +166,100 @@ def app_secret_rotate(*, access_id: AccessId, grace: datetime.timedelta = DEFAUL
             current.state, current.valid_until = AppSecret.PREVIOUS, now + grace
         else:
             current.state, current.revoked_at = AppSecret.REVOKED, now
+            revoked.append(current.version)
         current.save(update_fields=["state", "valid_until", "revoked_at"])
     latest = access.secrets.order_by("-version").values_list("version", flat=True).first() or 0
     row, secret = _secret_new(access, latest + 1)
+    details = {
+        "new_version": row.version,
+        "fingerprint": row.fingerprint,
+        "grace_seconds": int(grace.total_seconds()),
+        "previous_version": current.version if current is not None else None,
+        "previous_valid_until": current.valid_until.isoformat() if current and current.valid_until else None,
+        "revoked_versions": sorted(revoked),
+    }
+    details.update(event_fields.pop("details", {}))
+    context.record(event_type=AuditEvent.ACCESS_ID_ROTATED, access=access, details=details, **event_fields)
     AppSecretService.invalidate(access.key)
+    row.previous = current  # what the caller reports about the old secret
     return row, secret
 
 
 @transaction.atomic
-def app_secret_revoke_previous(*, access_id: AccessId) -> int:
+def app_secret_revoke_previous(*, access_id: AccessId, context: ChangeContext = COMMAND) -> int:
     """End the grace period now. Returns how many secrets were revoked."""
-    count = access_id.secrets.filter(state=AppSecret.PREVIOUS).update(state=AppSecret.REVOKED, revoked_at=timezone.now())
+    versions = list(access_id.secrets.filter(state=AppSecret.PREVIOUS).values_list("version", flat=True))
+    count = access_id.secrets.filter(state=AppSecret.PREVIOUS).update(
+        state=AppSecret.REVOKED, revoked_at=timezone.now()
+    )
+    if count:
+        context.record(
+            event_type=AuditEvent.ACCESS_ID_PREVIOUS_REVOKED, access=access_id, details={"revoked_versions": versions}
+        )
     AppSecretService.invalidate(access_id.key)
     return count
 
 
 @transaction.atomic
-def access_id_set_enabled(*, access_id: AccessId, enabled: bool) -> AccessId:
+def access_id_set_enabled(*, access_id: AccessId, enabled: bool, context: ChangeContext = COMMAND) -> AccessId:
+    changed = access_id.enabled != enabled
     access_id.enabled = enabled
     access_id.save(update_fields=["enabled", "updated_at"])
+    if changed:
+        context.record(
+            event_type=AuditEvent.ACCESS_ID_ENABLED if enabled else AuditEvent.ACCESS_ID_DISABLED, access=access_id
+        )
     AppSecretService.invalidate(access_id.key)
     return access_id
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def app_secret_reveal_ticket(*, secret: AppSecret, user: Any) -> str:
+    """A one-time token that lets `user` see this secret once, within REVEAL_TTL."""
+    token = secrets.token_urlsafe(24)
+    AppSecret.objects.filter(pk=secret.pk).update(
+        reveal_token_hash=_token_hash(token), reveal_user_id=user.pk, reveal_expires_at=timezone.now() + REVEAL_TTL
+    )
+    return token
+
+
+@transaction.atomic
+def app_secret_reveal(*, access_id: AccessId, token: str, user: Any) -> tuple[AppSecret, str] | None:
+    """Redeem a reveal ticket: the secret in clear the first time, None ever after."""
+    if not token:
+        return None
+    row = (
+        AppSecret.objects.select_for_update()
+        .filter(access_id=access_id, reveal_token_hash=_token_hash(token), reveal_user_id=user.pk)
+        .exclude(state=AppSecret.REVOKED)
+        .first()
+    )
+    if row is None:
+        return None
+    fresh = row.reveal_expires_at is not None and row.reveal_expires_at > timezone.now()
+    AppSecret.objects.filter(pk=row.pk).update(reveal_token_hash="", reveal_user_id=None, reveal_expires_at=None)
+    if not fresh:
+        return None
+    return row, secret_decrypt(row.secret_encrypted, purpose=SECRET_PURPOSE)
+
+
+# Last use is written at most this often per access ID and secret version (the audit
+# events carry the exact version of every request).
+LAST_USED_EVERY = datetime.timedelta(seconds=30)
+_last_used_written: dict[tuple[int, int], datetime.datetime] = {}
+
+
+def access_id_mark_used(*, access_pk: int, version: int, when: datetime.datetime | None = None) -> bool:
+    """Record that a request verified with this secret version. Returns whether it wrote."""
+    when = when or timezone.now()
+    key = (access_pk, version)
+    last = _last_used_written.get(key)
+    if last is not None and when - last < LAST_USED_EVERY:
+        return False
+    _last_used_written[key] = when
+    AccessId.objects.filter(pk=access_pk).update(last_used_at=when, last_secret_version=version)
+    AppSecret.objects.filter(access_id_id=access_pk, version=version).update(last_used_at=when)
+    return True

@@ -53,3 +53,15 @@ class CardDevice(models.Model):
     @property
     def channel_name(self) -> str:
         return f"ukey.{self.slug}"
+
+
+class UsedNonce(models.Model):
+    """Nonces already accepted, when no Redis is configured: the unique constraint makes
+    the claim atomic across every process sharing the database."""
+
+    access_key = models.CharField(max_length=40)
+    nonce = models.CharField(max_length=64)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["access_key", "nonce"], name="used_nonce_unique")]

@@ -1,13 +1,23 @@
-"""Card device writes: the default device from the environment, PINs encrypted at rest."""
+"""Card devices (the default one from the environment, PINs encrypted at rest) and the
+card operations the API performs: sign, pass-through calls, the certificate."""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 
 from accessids.encryption import secret_decrypt, secret_encrypt
+from signplatform.errors import invalid_request, permission_denied
 
 from .models import CardDevice
+from .ukey.certs import CertificateError, certificate_load
+from .ukey.client import UKeyCardError, ukey_call
+from .ukey.status import device_status_get
 
 PIN_PURPOSE = "card-pin"
 
@@ -63,3 +73,89 @@ def card_device_sync_default() -> CardDevice:
     if changed:
         device.save()
     return device
+
+
+# --- Card operations for the API ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignResult:
+    signature: str
+    cert_no: str
+    algorithm: str
+    device: str
+
+
+def device_choose(*, allowed: tuple[str, ...], requested: str | None) -> str:
+    """The card a request will use: the one asked for (if the access ID may use it), else
+    the access ID's first card, else the platform's default card."""
+    if requested:
+        if allowed and requested not in allowed:
+            raise permission_denied(f"this access ID may not use card device {requested!r}")
+        if not CardDevice.objects.filter(slug=requested, enabled=True).exists():
+            raise invalid_request(f"no enabled card device {requested!r}", {"device": ["unknown card device"]})
+        return requested
+    return allowed[0] if allowed else settings.UKEY_DEFAULT_DEVICE
+
+
+async def data_sign(*, data: str, no_hash: bool, device: str) -> SignResult:
+    """Sign text with the card: `SpcSignDataAsPEM` (the card hashes), or with `no_hash`
+    the hex SHA-1 of the UTF-8 text sent to `SpcSignDataNoHashAsPEM`."""
+    if no_hash:
+        method, in_data = "cus-sec_SpcSignDataNoHashAsPEM", hashlib.sha1(data.encode("utf-8")).hexdigest()
+    else:
+        method, in_data = "cus-sec_SpcSignDataAsPEM", data
+    response = await ukey_call(method, {"inData": in_data}, device=device)
+    values = response.result.data
+    if not values or not isinstance(values[0], str):
+        raise UKeyCardError(f"card {device} answered {method} without a signature", device=device)
+    cert_no = str(values[1]) if len(values) > 1 else response.cert_no
+    return SignResult(signature=values[0], cert_no=cert_no, algorithm=response.algorithm, device=device)
+
+
+async def card_rpc(*, method: str, args: dict[str, Any], device: str) -> dict[str, Any]:
+    """Run an allowed card method; returns the card's envelope. A `Result:false` answer
+    raises UKeyCardError carrying the envelope."""
+    clean = {k: v for k, v in args.items() if k != "passwd"}
+    response = await ukey_call(method, clean, device=device, raise_card_errors=False)
+    envelope = {"_method": method, "_status": "00", "_args": response.result.as_args()}
+    if not response.result.ok:
+        error = UKeyCardError(f"card {device} refused {method}: {response.result.message}", device=device,
+                              errors=response.result.errors)
+        error.envelope = envelope
+        raise error
+    return envelope
+
+
+async def certificate_get(*, device: str) -> dict[str, Any]:
+    """The card's signing certificate and what it says, cached per device and certNo."""
+    current = device_status_get(device)
+    cert_no = current.cert_no if current else ""
+    cache_key = f"ukey:cert:{device}:{cert_no}"
+    if cert_no:
+        cached = await cache.aget(cache_key)
+        if cached:
+            return cached
+    response = await ukey_call("cus-sec_SpcGetSignCertAsPEM", device=device)
+    try:
+        info = certificate_load(str(response.result.data[0]))
+    except (CertificateError, IndexError):
+        raise UKeyCardError(f"card {device} returned no readable certificate", device=device) from None
+    if not cert_no:
+        cert_no = str((await ukey_call("cus-sec_SpcGetCertNo", device=device)).result.data[0])
+    ent_name = current.ent_name if current and current.ent_name else ""
+    if not ent_name:
+        ent = await ukey_call("cus-sec_SpcGetEntName", device=device, raise_card_errors=False)
+        ent_name = str(ent.result.data[0]) if ent.result.ok and ent.result.data else ""
+    result = {
+        "cert_no": cert_no,
+        "algorithm": info.algorithm,
+        "certificate_pem": info.pem,
+        "subject": info.subject,
+        "not_before": info.not_before.isoformat(),
+        "not_after": info.not_after.isoformat(),
+        "ent_name": ent_name,
+        "device": device,
+    }
+    await cache.aset(f"ukey:cert:{device}:{cert_no}", result, 300)
+    return result

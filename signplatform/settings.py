@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "audit",
     "accessids",
     "signing",
     "xmlstore",
@@ -129,6 +130,13 @@ if REDIS_URL:
             "KEY_PREFIX": "signplatform",
             "OPTIONS": {"IGNORE_EXCEPTIONS": False, "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
         },
+        # The nonce store and rate limits: must raise on connection errors (fail closed).
+        "nonces": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "signplatform",
+            "OPTIONS": {"IGNORE_EXCEPTIONS": False, "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+        },
     }
     CHANNEL_LAYERS = {
         "default": {
@@ -145,7 +153,10 @@ if REDIS_URL:
         }
     }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "signplatform"}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "signplatform"},
+        "nonces": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "signplatform-limits"},
+    }
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000, "expiry": 60}}
     }
@@ -172,8 +183,22 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "signplatform.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+
+# --- The signed API (shared/spec/signing-api.md) -------------------------------------------
+API_TIMESTAMP_TOLERANCE_SECONDS = env_int("API_TIMESTAMP_TOLERANCE_SECONDS", 300)
+# A nonce is remembered for twice the timestamp window.
+API_NONCE_TTL_SECONDS = env_int("API_NONCE_TTL_SECONDS", 2 * API_TIMESTAMP_TOLERANCE_SECONDS)
+# "redis" (SET NX, needs REDIS_URL) or "database" (a unique-constraint table).
+NONCE_STORE = env("NONCE_STORE", "redis" if REDIS_URL else "database")
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 10 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+# Reverse proxies whose X-Forwarded-For is believed (CIDR list); empty: the peer address is the client.
+TRUSTED_PROXIES = [p.strip() for p in env("TRUSTED_PROXIES").split(",") if p.strip()]
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Signing platform API",

@@ -24,6 +24,26 @@ PIN_METHODS = frozenset(
     }
 )
 
+# Card methods a client system may reach through `POST /api/v1/rpc` (each access ID
+# further limits itself to a subset). PIN changes, decryption and the `swc_`/`security_`
+# families are never passed through.
+RPC_METHODS = (
+    "cus-sec_SpcSignDataAsPEM",
+    "cus-sec_SpcSignDataNoHashAsPEM",
+    "cus-sec_SpcGetCertNo",
+    "cus-sec_SpcGetEntName",
+    "cus-sec_SpcGetSignCertAsPEM",
+    "cus-sec_SpcGetEnvCertAsPEM",
+    "cus-sec_SpcGetValidTimeFromCert",
+    "cus-sec_SpcSHA1DigestAsPEM",
+    "cus-sec_SpcVerifySignData",
+    "cus-sec_SpcGetCardID",
+    "cus-sec_SpcGetUName",
+    "cus-sec_SpcGetEntID",
+    "cus-sec_SpcGetEntMode",
+    "cus-sec_SpcGetCardUserInfo",
+)
+
 _ERROR_CODE_RE = re.compile(r"^Err:([A-Za-z]+)(\d+)$")
 
 

@@ -63,7 +63,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{'ACCESS ID':<24} {'STATUS':<9} {'SECRET':<14} {'LAST USED':<20} NAME / SCOPES")
         for access in rows:
             current = next((s for s in access.secrets.all() if s.state == AppSecret.CURRENT), None)
-            status = "expired" if access.is_expired else ("enabled" if access.enabled else "disabled")
+            status = access.status
             used = access.last_used_at.strftime("%Y-%m-%d %H:%M:%S") if access.last_used_at else "never"
             self.stdout.write(
                 f"{access.key:<24} {status:<9} {current.fingerprint if current else '-':<14} {used:<20} "

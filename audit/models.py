@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class AuditEvent(models.Model):
+    """One thing that happened: an API request (any outcome) or a change made by an
+    administrator or an operator command. Never holds a secret, a PIN or signed data
+    (only its SHA-256)."""
+
+    API_REQUEST = "api.request"
+    ACCESS_ID_CREATED = "accessid.created"
+    ACCESS_ID_CHANGED = "accessid.changed"
+    ACCESS_ID_ROTATED = "accessid.rotated"
+    ACCESS_ID_PREVIOUS_REVOKED = "accessid.previous_revoked"
+    ACCESS_ID_ENABLED = "accessid.enabled"
+    ACCESS_ID_DISABLED = "accessid.disabled"
+    EVENT_TYPES = [
+        (API_REQUEST, "API request"),
+        (ACCESS_ID_CREATED, "Access ID created"),
+        (ACCESS_ID_CHANGED, "Access ID changed"),
+        (ACCESS_ID_ROTATED, "Secret rotated"),
+        (ACCESS_ID_PREVIOUS_REVOKED, "Previous secret revoked"),
+        (ACCESS_ID_ENABLED, "Access ID enabled"),
+        (ACCESS_ID_DISABLED, "Access ID disabled"),
+    ]
+    OK = "OK"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    event_type = models.CharField(max_length=40, choices=EVENT_TYPES, db_index=True)
+    request_id = models.CharField(max_length=36, blank=True, db_index=True)
+    # The access ID as claimed (kept when it does not exist, and when the row is gone).
+    access_key = models.CharField("access ID", max_length=64, blank=True, db_index=True)
+    access_id = models.ForeignKey(
+        "accessids.AccessId", null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField("acting user", max_length=150, blank=True)
+    source = models.CharField(max_length=20, blank=True, help_text="api, admin or command")
+    endpoint = models.CharField(max_length=200, blank=True, db_index=True)
+    outcome = models.CharField("outcome code", max_length=40, default=OK, db_index=True)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    device = models.CharField("card device", max_length=50, blank=True)
+    cert_no = models.CharField("certNo", max_length=64, blank=True, db_index=True)
+    data_sha256 = models.CharField("SHA-256 of the signed data", max_length=64, blank=True, db_index=True)
+    secret_version = models.PositiveIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["access_id", "-created_at"], name="audit_access_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.event_type} {self.outcome}"

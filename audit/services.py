@@ -1,0 +1,57 @@
+"""Audit writes. Call `audit_event_record` inside the same `transaction.atomic` block as
+the change it describes, so that either both are stored or neither is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .models import AuditEvent
+
+_MAX_MESSAGE = 500
+
+
+def audit_event_record(
+    *,
+    event_type: str,
+    outcome: str = AuditEvent.OK,
+    request_id: str = "",
+    access_id: Any = None,
+    access_key: str = "",
+    actor: Any = None,
+    source: str = "",
+    endpoint: str = "",
+    http_status: int | None = None,
+    duration_ms: float | None = None,
+    client_ip: str | None = None,
+    device: str = "",
+    cert_no: str = "",
+    data_sha256: str = "",
+    secret_version: int | None = None,
+    message: str = "",
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Store one audit event. `access_id` is an AccessId (or its pk); `access_key` the
+    access ID string as claimed by a request (kept even when no such access ID exists)."""
+    access_pk = getattr(access_id, "pk", access_id)
+    if access_id is not None and not access_key:
+        access_key = getattr(access_id, "key", "")
+    return AuditEvent.objects.create(
+        event_type=event_type,
+        outcome=outcome,
+        request_id=request_id or "",
+        access_id_id=access_pk,
+        access_key=(access_key or "")[:64],
+        actor=actor if getattr(actor, "pk", None) else None,
+        actor_name=getattr(actor, "get_username", lambda: "")() if actor is not None else "",
+        source=source,
+        endpoint=endpoint[:200],
+        http_status=http_status,
+        duration_ms=duration_ms,
+        client_ip=client_ip,
+        device=device[:50],
+        cert_no=cert_no[:64],
+        data_sha256=data_sha256,
+        secret_version=secret_version,
+        message=message[:_MAX_MESSAGE],
+        details=details or {},
+    )
