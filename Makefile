@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test install install-test services bench bench-gateway clean
+.PHONY: run test install install-test services bench bench-gateway bench-api clean
 
 $(PY):
 	@echo "==> creating virtual environment in $(VENV)"
@@ -40,10 +40,14 @@ test: install-test services
 	@echo "==> gateway tests against the embedded defaults (SQLite, in-memory channel layer)"
 	SIGNPLATFORM_TEST_BACKENDS=embedded $(PY) -m pytest -m "embedded and not services"
 
-bench: bench-gateway
+bench: bench-gateway bench-api
 
 bench-gateway: install
 	$(PY) bench/gateway_bench.py
+
+# The HTTP API through uvicorn; it starts the platform with tests/live.py, hence install-test.
+bench-api: install-test
+	$(PY) bench/api_bench.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

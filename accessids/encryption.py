@@ -25,7 +25,7 @@ class MasterKeyError(RuntimeError):
     """The master key is missing, malformed, or does not match a stored value."""
 
 
-def _parse_key(text: str) -> bytes:
+def master_key_parse(text: str) -> bytes:
     text = text.strip()
     for decode in (lambda t: base64.urlsafe_b64decode(t + "=" * (-len(t) % 4)), bytes.fromhex):
         try:
@@ -61,13 +61,18 @@ def master_key_file_ensure() -> Path | None:
 @lru_cache(maxsize=4)
 def _key_for(configured: str, file_path: str) -> bytes:
     if configured:
-        return _parse_key(configured)
+        return master_key_parse(configured)
     path = master_key_file_ensure()
-    return _parse_key(Path(path or file_path).read_text())
+    return master_key_parse(Path(path or file_path).read_text())
 
 
 def master_key() -> bytes:
     return _key_for(settings.SIGNPLATFORM_MASTER_KEY, str(settings.SIGNPLATFORM_MASTER_KEY_FILE))
+
+
+def master_key_forget() -> None:
+    """Drop the key this process has read, so the next use reads it again."""
+    _key_for.cache_clear()
 
 
 def key_id(key: bytes) -> str:

@@ -8,6 +8,7 @@ secrets only: plaintext exists just in the memory of the request that verifies."
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -16,8 +17,19 @@ from django.utils import timezone
 
 from .encryption import secret_decrypt
 
+logger = logging.getLogger(__name__)
+
 SECRET_PURPOSE = "app-secret"
 CACHE_TTL = 300
+
+
+def _cache_call(operation: str, *args):
+    """The cache only speeds look-ups up: when it is unreachable, read the database."""
+    try:
+        return getattr(cache, operation)(*args)
+    except Exception as exc:
+        logger.warning("access ID cache unavailable (%s): %s", operation, type(exc).__name__)
+        return None
 
 
 @dataclass(frozen=True)
@@ -49,14 +61,14 @@ class AppSecretService:
     @classmethod
     def lookup(cls, key: str) -> AccessIdAuthInfo | None:
         """What authentication needs to know about an access ID (None if it does not exist)."""
-        cached = cache.get(cls._cache_key(key))
+        cached = _cache_call("get", cls._cache_key(key))
         if cached is not None:
             return cached or None
         from .models import AccessId, AppSecret
 
         access = AccessId.objects.filter(key=key).first()
         if access is None:
-            cache.set(cls._cache_key(key), False, 30)  # remember misses briefly
+            _cache_call("set", cls._cache_key(key), False, 30)  # remember misses briefly
             return None
         secrets = tuple(
             (s.version, s.secret_encrypted, s.valid_until)
@@ -74,7 +86,7 @@ class AppSecretService:
             devices=tuple(access.devices.order_by("slug").values_list("slug", flat=True)),
             secrets=secrets,
         )
-        cache.set(cls._cache_key(key), info, CACHE_TTL)
+        _cache_call("set", cls._cache_key(key), info, CACHE_TTL)
         return info
 
     @staticmethod
@@ -99,4 +111,4 @@ class AppSecretService:
     @classmethod
     def invalidate(cls, key: str) -> None:
         """Drop the cached entry once the surrounding transaction has committed."""
-        transaction.on_commit(lambda: cache.delete(cls._cache_key(key)))
+        transaction.on_commit(lambda: _cache_call("delete", cls._cache_key(key)))

@@ -263,3 +263,29 @@ def access_id_mark_used(*, access_pk: int, version: int, when: datetime.datetime
     AccessId.objects.filter(pk=access_pk).update(last_used_at=when, last_secret_version=version)
     AppSecret.objects.filter(access_id_id=access_pk, version=version).update(last_used_at=when)
     return True
+
+
+@transaction.atomic
+def master_key_rotate(*, old_key: bytes, new_key: bytes) -> dict[str, int]:
+    """Re-encrypt every stored secret (App Secrets, card PINs) from `old_key` to `new_key`
+    in one transaction: if any value does not decrypt, nothing changes."""
+    from signing.models import CardDevice
+    from signing.services import PIN_PURPOSE
+
+    counts = {"secrets": 0, "pins": 0}
+    for row in AppSecret.objects.select_for_update().exclude(secret_encrypted=""):
+        plain = secret_decrypt(row.secret_encrypted, purpose=SECRET_PURPOSE, key=old_key)
+        AppSecret.objects.filter(pk=row.pk).update(
+            secret_encrypted=secret_encrypt(plain, purpose=SECRET_PURPOSE, key=new_key)
+        )
+        counts["secrets"] += 1
+    for device in CardDevice.objects.select_for_update().exclude(pin_encrypted=""):
+        plain = secret_decrypt(device.pin_encrypted, purpose=PIN_PURPOSE, key=old_key)
+        CardDevice.objects.filter(pk=device.pk).update(
+            pin_encrypted=secret_encrypt(plain, purpose=PIN_PURPOSE, key=new_key)
+        )
+        counts["pins"] += 1
+    audit_event_record(event_type=AuditEvent.MASTER_KEY_ROTATED, source="command", details=dict(counts))
+    for key in AccessId.objects.values_list("key", flat=True):
+        AppSecretService.invalidate(key)
+    return counts

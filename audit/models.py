@@ -17,6 +17,7 @@ class AuditEvent(models.Model):
     ACCESS_ID_PREVIOUS_REVOKED = "accessid.previous_revoked"
     ACCESS_ID_ENABLED = "accessid.enabled"
     ACCESS_ID_DISABLED = "accessid.disabled"
+    MASTER_KEY_ROTATED = "platform.master_key_rotated"
     EVENT_TYPES = [
         (API_REQUEST, "API request"),
         (ACCESS_ID_CREATED, "Access ID created"),
@@ -25,6 +26,7 @@ class AuditEvent(models.Model):
         (ACCESS_ID_PREVIOUS_REVOKED, "Previous secret revoked"),
         (ACCESS_ID_ENABLED, "Access ID enabled"),
         (ACCESS_ID_DISABLED, "Access ID disabled"),
+        (MASTER_KEY_ROTATED, "Master key rotated"),
     ]
     OK = "OK"
 

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 __all__ = ["ApiError", "SignClient", "canonical_query", "sign_headers", "string_to_sign"]
 
@@ -56,7 +56,8 @@ def sign_headers(method: str, url: str, body: bytes, access_id: str, secret: str
     parts = urlsplit(url)
     timestamp = str(int(time.time() * 1000))
     nonce = secrets.token_hex(16)
-    text = string_to_sign(method, parts.path or "/", parts.query, access_id, timestamp, nonce, body)
+    # The spec signs the percent-decoded path (what the server sees after decoding the URL).
+    text = string_to_sign(method, unquote(parts.path) or "/", parts.query, access_id, timestamp, nonce, body)
     signature = hmac.new(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()
     return {"X-Access-Id": access_id, "X-Timestamp": timestamp, "X-Nonce": nonce, "X-Signature": signature}
 
@@ -107,5 +108,13 @@ class SignClient:
         return self.request("POST", "/api/v1/access-ids/self/rotate", {"grace_seconds": grace_seconds})
 
     def health(self) -> dict:
-        with urllib.request.urlopen(self.base_url + "/api/v1/health", timeout=self.timeout) as response:
-            return json.loads(response.read())
+        """The health answer; also when the platform reports it with HTTP 503 (no card can sign)."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/api/v1/health", timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise ApiError(exc.code, "HTTP_ERROR", raw[:200].decode("utf-8", "replace")) from None

@@ -8,11 +8,11 @@ reported as failed (nothing is answered as a success without its audit record)."
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import transaction
 from rest_framework import exceptions
 from rest_framework.views import APIView
@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from accessids.services import access_id_mark_used
 from audit.models import AuditEvent
 from audit.services import audit_event_record
+from signplatform.dbthread import db_sync_to_async
 from signplatform.errors import ApiError, error_response, not_found
 
 from .auth import HmacSignatureAuthentication, client_address
@@ -42,18 +43,20 @@ class SignedAPIView(APIView):
         self.request = drf_request
         self.headers = self.default_response_headers
         try:
-            await sync_to_async(self.initial)(drf_request, *args, **kwargs)
+            await db_sync_to_async(self.initial)(drf_request, *args, **kwargs)
             method = request.method.lower()
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:
                 raise exceptions.MethodNotAllowed(request.method)
-            response = await handler(drf_request, *args, **kwargs)
+            response = handler(drf_request, *args, **kwargs)
+            if inspect.isawaitable(response):  # DRF's own OPTIONS handler is synchronous
+                response = await response
         except Exception as exc:
             response = self.handle_exception(exc)
         response = self.finalize_response(drf_request, response, *args, **kwargs)
         if not getattr(request, "audit_recorded", False):
             try:
-                await sync_to_async(self._audit_request)(request, response, started)
+                await db_sync_to_async(self._audit_request)(request, response, started)
             except Exception:
                 logger.exception("the audit event of this request could not be written")
                 failure = ApiError("INTERNAL_ERROR", "the request could not be recorded in the audit log", status=500)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 
-from asgiref.sync import sync_to_async
 from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
@@ -14,6 +13,7 @@ from rest_framework.response import Response
 from accessids.models import AccessId
 from accessids.services import ChangeContext, access_id_mark_used, app_secret_rotate
 from audit.models import AuditEvent
+from signplatform.dbthread import db_sync_to_async
 from signplatform.errors import permission_denied
 from signing.ukey.protocol import RPC_METHODS
 
@@ -26,7 +26,7 @@ ERRORS = {code: s.ErrorSerializer for code in (400, 401, 403, 409, 413, 429, 502
 
 
 async def _device(request, requested: str | None) -> str:
-    device = await sync_to_async(device_choose)(allowed=request.user.access.devices, requested=requested)
+    device = await db_sync_to_async(device_choose)(allowed=request.user.access.devices, requested=requested)
     request.audit["device"] = device
     return device
 
@@ -98,7 +98,7 @@ class RotateSelfView(SignedAPIView):
         serializer = s.RotateRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         grace = datetime.timedelta(seconds=serializer.validated_data["grace_seconds"])
-        body = await sync_to_async(self._rotate)(request, grace)
+        body = await db_sync_to_async(self._rotate)(request, grace)
         response = Response(body)
         response["Cache-Control"] = "no-store"
         return response

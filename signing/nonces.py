@@ -33,13 +33,14 @@ class NonceStore:
 
 
 class RedisNonceStore(NonceStore):
-    def __init__(self, ttl_seconds: int, alias: str = "nonces"):
+    def __init__(self, ttl_seconds: int, cache=None):
         super().__init__(ttl_seconds)
-        self.alias = alias
+        self._cache = cache
 
     def claim(self, access_key: str, nonce: str) -> bool:
+        store = self._cache if self._cache is not None else caches["nonces"]
         try:
-            claimed = caches[self.alias].set(f"nonce:{access_key}:{nonce}", 1, timeout=self.ttl, nx=True)
+            claimed = store.set(f"nonce:{access_key}:{nonce}", 1, timeout=self.ttl, nx=True)
         except Exception as exc:  # any client or connection error: we cannot know
             logger.error("nonce store unreachable: %s", type(exc).__name__)
             raise NonceStoreUnavailable(str(exc)) from None

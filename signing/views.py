@@ -4,13 +4,35 @@ from __future__ import annotations
 
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.response import Response
 
 from .selectors import card_device_states
 
 
-@require_GET
+class _DeviceHealthSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    connected = serializers.BooleanField()
+    last_ok_at = serializers.DateTimeField(allow_null=True)
+    queue_depth = serializers.IntegerField()
+    cert_no = serializers.CharField(allow_null=True)
+    algorithm = serializers.CharField(allow_null=True)
+    last_error = serializers.CharField(allow_blank=True)
+
+
+class _HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "degraded", "down"])
+    devices = _DeviceHealthSerializer(many=True)
+
+
+@extend_schema(responses={200: _HealthSerializer, 503: _HealthSerializer}, auth=[])
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([])
 def health(request):
-    """`{"status": ok|degraded|down, "devices": [...]}`; 503 when no card can sign."""
+    """`{"status": ok|degraded|down, "devices": [...]}`; 503 when no card can sign. No signature needed."""
     states = card_device_states()
     connected = sum(1 for s in states if s["connected"])
     if states and connected == len(states):
@@ -23,7 +45,7 @@ def health(request):
         {k: s[k] for k in ("slug", "connected", "last_ok_at", "queue_depth", "cert_no", "algorithm", "last_error")}
         for s in states
     ]
-    return JsonResponse({"status": overall, "devices": devices}, status=200 if connected else 503)
+    return Response({"status": overall, "devices": devices}, status=200 if connected else 503)
 
 
 @require_GET

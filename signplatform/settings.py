@@ -195,6 +195,8 @@ API_TIMESTAMP_TOLERANCE_SECONDS = env_int("API_TIMESTAMP_TOLERANCE_SECONDS", 300
 API_NONCE_TTL_SECONDS = env_int("API_NONCE_TTL_SECONDS", 2 * API_TIMESTAMP_TOLERANCE_SECONDS)
 # "redis" (SET NX, needs REDIS_URL) or "database" (a unique-constraint table).
 NONCE_STORE = env("NONCE_STORE", "redis" if REDIS_URL else "database")
+# Threads that run the API's database work (one with SQLite), each keeping its connection.
+API_DB_THREADS = env_int("API_DB_THREADS", 4)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # Reverse proxies whose X-Forwarded-For is believed (CIDR list); empty: the peer address is the client.

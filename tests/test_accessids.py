@@ -3,15 +3,17 @@
 import datetime
 import io
 import json
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.utils import timezone
 
 from accessids.models import SCOPES, AccessId, AppSecret
 from accessids.secrets import AppSecretService
+from audit.models import AuditEvent
+from tests.conftest import database_text
 from accessids.services import (
     AccessIdError,
     access_id_create,
@@ -29,16 +31,6 @@ def _valid(key):
     return {(s.version, s.secret) for s in AppSecretService.valid_secrets(key)}
 
 
-def _all_text_in_database() -> str:
-    """Every row of every table of the platform, as text."""
-    chunks = []
-    with connection.cursor() as cursor:
-        for table in connection.introspection.table_names():
-            cursor.execute(f'SELECT * FROM "{table}"')
-            chunks.extend(repr(row) for row in cursor.fetchall())
-    return "\n".join(chunks)
-
-
 def test_create_returns_a_256_bit_secret_stored_only_encrypted():
     access, secret = access_id_create(name="ERP")
     assert access.key.startswith("AK") and len(access.key) == 22
@@ -46,7 +38,7 @@ def test_create_returns_a_256_bit_secret_stored_only_encrypted():
     assert sorted(access.scopes) == sorted(SCOPES)
     row = access.secrets.get()
     assert row.state == AppSecret.CURRENT and row.version == 1 and len(row.fingerprint) == 12
-    assert secret not in _all_text_in_database()
+    assert secret not in database_text()
     assert _valid(access.key) == {(1, secret)}
 
 
@@ -75,7 +67,7 @@ def test_second_rotation_revokes_the_older_previous_secret():
     app_secret_revoke_previous(access_id=access)
     assert _valid(access.key) == {(3, third)}
     for secret in (first, second, third):
-        assert secret not in _all_text_in_database()
+        assert secret not in database_text()
 
 
 def test_changes_take_effect_through_the_shared_cache_at_once():
@@ -138,3 +130,71 @@ def test_command_rotate_list_disable_enable():
         call_command("accessid", "rotate", "AKMISSING")
     with pytest.raises(CommandError, match="unknown scope"):
         call_command("accessid", "create", "--name", "x", "--scopes", "everything")
+
+
+def test_rotate_master_key_reencrypts_secrets_and_pins(tmp_path, settings):
+    from accessids.encryption import MasterKeyError, master_key, secret_decrypt
+    from signing.models import CardDevice
+    from signing.services import card_device_pin, card_device_set_pin
+
+    key_file = tmp_path / "master.key"
+    key_file.write_text(Path(settings.SIGNPLATFORM_MASTER_KEY_FILE).read_text())
+    settings.SIGNPLATFORM_MASTER_KEY_FILE = key_file
+    old_key = master_key()
+    access, secret = access_id_create(name="ERP")
+    device = card_device_set_pin(device=CardDevice.objects.create(slug="k", url="ws://127.0.0.1:9"), pin="12345678")
+    old_stored = access.secrets.get().secret_encrypted
+
+    out = io.StringIO()
+    call_command("rotate_master_key", stdout=out)
+    assert "Re-encrypted 1 App Secret(s) and 1 card PIN(s)" in out.getvalue()
+    assert (tmp_path / "master.key.previous").read_text() != key_file.read_text()
+    assert (key_file.stat().st_mode & 0o777) == 0o600
+    assert master_key() != old_key
+    assert _valid(access.key) == {(1, secret)}
+    device.refresh_from_db()
+    assert card_device_pin(device=device) == "12345678"
+    assert access.secrets.get().secret_encrypted != old_stored
+    with pytest.raises(MasterKeyError):
+        secret_decrypt(access.secrets.get().secret_encrypted, purpose="app-secret", key=old_key)
+    assert AuditEvent.objects.filter(event_type=AuditEvent.MASTER_KEY_ROTATED).count() == 1
+
+
+def test_rotate_master_key_changes_nothing_when_a_value_does_not_decrypt(tmp_path, settings, monkeypatch):
+    from accessids.encryption import master_key_generate
+    from signing.models import CardDevice
+
+    key_file = tmp_path / "master.key"
+    key_file.write_text(Path(settings.SIGNPLATFORM_MASTER_KEY_FILE).read_text())
+    settings.SIGNPLATFORM_MASTER_KEY_FILE = key_file
+    access, secret = access_id_create(name="ERP")
+    CardDevice.objects.create(slug="broken", url="ws://127.0.0.1:9", pin_encrypted="gcm1:00000000:AAAA")
+    before = key_file.read_text()
+    monkeypatch.setenv("NEW_MASTER_KEY", master_key_generate())
+    with pytest.raises(CommandError, match="nothing was changed"):
+        call_command("rotate_master_key", "--new-key-env", "NEW_MASTER_KEY")
+    assert key_file.read_text() == before and not (tmp_path / "master.key.new").exists()
+    assert _valid(access.key) == {(1, secret)}
+
+
+def test_every_change_writes_one_audit_event_without_secrets():
+    out = io.StringIO()
+    call_command("accessid", "create", "--name", "ERP", "--json", stdout=out)
+    pair = json.loads(out.getvalue())
+    call_command("accessid", "rotate", pair["access_id"], "--grace", "1h", "--json", stdout=out)
+    second = json.loads(out.getvalue().splitlines()[-1])["secret"]
+    call_command("accessid", "disable", pair["access_id"], stdout=out)
+    call_command("accessid", "disable", pair["access_id"], stdout=out)  # no change, no event
+    call_command("accessid", "enable", pair["access_id"], stdout=out)
+    access = AccessId.objects.get(key=pair["access_id"])
+    app_secret_revoke_previous(access_id=access)
+    events = list(AuditEvent.objects.filter(access_id=access).order_by("id"))
+    assert [e.event_type for e in events] == [
+        AuditEvent.ACCESS_ID_CREATED, AuditEvent.ACCESS_ID_ROTATED, AuditEvent.ACCESS_ID_DISABLED,
+        AuditEvent.ACCESS_ID_ENABLED, AuditEvent.ACCESS_ID_PREVIOUS_REVOKED,
+    ]
+    assert all(e.source == "command" and e.access_key == access.key for e in events)
+    assert events[1].details["grace_seconds"] == 3600 and events[1].details["new_version"] == 2
+    assert events[4].details["revoked_versions"] == [1]
+    rows = database_text()
+    assert pair["secret"] not in rows and second not in rows

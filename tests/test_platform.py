@@ -1,82 +1,26 @@
 """The whole platform as `make run` starts it: a real ASGI server, the gateway inside it
 (or in its own process with Redis), a real card simulator, health as the specs say."""
 
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 from django.core.management import call_command
 
-from tests.conftest import ROOT, test_database_url
-from tests.services import _wait_port, free_port
+from tests.conftest import test_database_url
+from tests.live import Platform, embedded_env, get_json, http, poll
+from tests.services import free_port
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers, exc.read()
-
-
-def get_json(url):
-    status, headers, body = get(url)
-    return status, headers, json.loads(body)
-
-
-def poll(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class Platform:
-    def __init__(self, env, tmp_path):
-        self.port = free_port()
-        self.log_path = tmp_path / "platform.log"
-        self.env = dict(env, PORT=str(self.port), HOST="127.0.0.1")
-        self.proc = None
-
-    @property
-    def base(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self):
-        with open(self.log_path, "w") as log:
-            subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True,
-                           stdout=log, stderr=subprocess.STDOUT)
-            self.proc = subprocess.Popen([sys.executable, "manage.py", "runplatform"], cwd=ROOT, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        _wait_port(self.port, self.proc, "runplatform", timeout=60)
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-
-    @property
-    def log(self):
-        return self.log_path.read_text()
+    return http("GET", url)
 
 
 def _embedded_env(tmp_path, **extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "UKEY_GATEWAY_MODE")}
-    env.update(SIGNPLATFORM_VAR_DIR=str(tmp_path / "var"), **extra)
-    return env
+    return embedded_env(tmp_path / "var", **extra)
 
 
 def test_embedded_platform_reports_real_card_state(simulator_factory, tmp_path):

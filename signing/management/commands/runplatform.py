@@ -23,16 +23,27 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument(
+            "--web-only",
+            action="store_true",
+            help="only the ASGI server: another process (with UKEY_GATEWAY_MODE=external) owns the cards; "
+            "run several of these behind a load balancer, sharing REDIS_URL and DATABASE_URL",
+        )
 
     def handle(self, *args, **options):
         key_file = master_key_file_ensure()
         if key_file:
             self.stdout.write(f"Master key: {key_file} (set SIGNPLATFORM_MASTER_KEY to use your own)")
+        web_only = options["web_only"]
+        if web_only and settings.UKEY_GATEWAY_MODE != "external":
+            raise CommandError("--web-only needs UKEY_GATEWAY_MODE=external (and REDIS_URL): the cards are served elsewhere")
         device = card_device_sync_default()
         children: list[subprocess.Popen] = []
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         try:
-            if not settings.UKEY_URL:
+            if web_only:
+                self.stdout.write("Web process only: the card gateways run elsewhere")
+            elif not settings.UKEY_URL:
                 port = settings.UKEY_SIMULATOR_PORT
                 if port_is_open(port):
                     raise CommandError(
@@ -47,7 +58,7 @@ class Command(BaseCommand):
                     time.sleep(0.1)
             else:
                 self.stdout.write(f"Card: {device.url} (UKEY_URL)")
-            if settings.UKEY_GATEWAY_MODE == "external":
+            if settings.UKEY_GATEWAY_MODE == "external" and not web_only:
                 for slug in CardDevice.objects.filter(enabled=True).values_list("slug", flat=True):
                     self.stdout.write(f"Starting the UKey gateway process for card {slug}")
                     children.append(subprocess.Popen(manage + ["ukey_gateway", "--device", slug]))

@@ -1,0 +1,435 @@
+"""The admin for access IDs: the main interface for the people who run the platform.
+
+Every write goes through accessids.services (which records the audit event). A new App
+Secret is shown exactly once: after creating or rotating, the admin is redirected to a
+reveal URL that carries a one-time ticket (not the secret); the first GET shows the
+secret with Cache-Control: no-store, a reload only says it was already shown.
+
+Permissions: view_accessid looks, change_accessid edits and enables/disables,
+add_accessid creates, rotate_accessid rotates and revokes. Nobody deletes (disable
+instead): audit events refer to access IDs."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Prefetch, Q
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from signing.auth import client_address
+
+from .forms import GRACE_LABELS, SCOPE_LABELS, AccessIdForm, RotateSecretForm
+from .models import SCOPES, AccessId, AppSecret
+from .services import (
+    GRACE_CHOICES,
+    ChangeContext,
+    access_id_create,
+    access_id_set_enabled,
+    access_id_update,
+    app_secret_reveal,
+    app_secret_reveal_ticket,
+    app_secret_revoke_previous,
+    app_secret_rotate,
+)
+
+ROTATE_PERMISSION = "accessids.rotate_accessid"
+ADD_PERMISSION = "accessids.add_accessid"
+# Fields the change form may edit, compared before/after to name what changed.
+EDITABLE_FIELDS = ("name", "description", "expires_at", "scopes", "allowed_methods", "allowed_networks",
+                   "rate_limit_per_minute")
+STATUS_COLORS = {"enabled": "#1a7f37", "disabled": "#6e7781", "expired": "#cf222e"}
+STATE_COLORS = {AppSecret.CURRENT: "#1a7f37", AppSecret.PREVIOUS: "#9a6700", AppSecret.REVOKED: "#6e7781"}
+
+
+def change_context(request) -> ChangeContext:
+    return ChangeContext(
+        source="admin",
+        actor=request.user,
+        request_id=getattr(request, "request_id", ""),
+        client_ip=client_address(request),
+        endpoint=request.path[:200],
+    )
+
+
+def _badge(color: str, text: str):
+    return format_html('<span style="color:{};font-weight:bold">{}</span>', color, text)
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("enabled", "Enabled"), ("disabled", "Disabled"), ("expired", "Expired")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        not_expired = Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        if self.value() == "enabled":
+            return queryset.filter(not_expired, enabled=True)
+        if self.value() == "disabled":
+            return queryset.filter(enabled=False)
+        if self.value() == "expired":
+            return queryset.filter(enabled=True, expires_at__lte=now)
+        return queryset
+
+
+class ScopeFilter(admin.SimpleListFilter):
+    title = "scope"
+    parameter_name = "scope"
+
+    def lookups(self, request, model_admin):
+        return [(scope, scope) for scope in SCOPES]
+
+    def queryset(self, request, queryset):
+        scope = self.value()
+        if scope in SCOPES:
+            # The JSON text holds each scope in quotes; works on PostgreSQL and SQLite alike.
+            return queryset.filter(scopes__icontains=f'"{scope}"')
+        return queryset
+
+
+class AppSecretInline(admin.TabularInline):
+    """The secret versions of an access ID: read-only, with their last use."""
+
+    model = AppSecret
+    verbose_name = "App Secret version"
+    verbose_name_plural = "App Secret versions (last use per version)"
+    fields = ["version", "fingerprint", "state_display", "valid_until", "last_used_at", "created_at", "revoked_at"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+
+    @admin.display(description="state")
+    def state_display(self, obj):
+        if obj.state == AppSecret.PREVIOUS and obj.valid_until and obj.valid_until <= timezone.now():
+            return _badge(STATE_COLORS[AppSecret.REVOKED], "previous (grace period over)")
+        return _badge(STATE_COLORS.get(obj.state, "#000"), obj.get_state_display())
+
+    # Seen by whoever may see the access ID; never added, changed or deleted here.
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("accessids.view_accessid") or request.user.has_perm("accessids.change_accessid")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AccessId)
+class AccessIdAdmin(admin.ModelAdmin):
+    form = AccessIdForm
+    list_display = ["name", "key", "status_display", "scopes_display", "current_fingerprint", "last_use_display"]
+    list_display_links = ["name", "key"]
+    list_filter = [StatusFilter, ScopeFilter]
+    search_fields = ["name", "key", "description"]
+    filter_horizontal = ["devices"]
+    actions = ["disable_selected", "enable_selected"]
+    inlines = [AppSecretInline]
+    change_form_template = "admin/accessids/accessid/change_form.html"
+    # Shown instead of the raw JSON to people who may only look.
+    readable = {"scopes": "scopes_display", "allowed_methods": "allowed_methods_display",
+                "allowed_networks": "allowed_networks_display", "devices": "devices_display",
+                "enabled": "status_display"}
+
+    # --- lists and pages -------------------------------------------------------------
+
+    def get_queryset(self, request):
+        current = AppSecret.objects.filter(state=AppSecret.CURRENT)
+        return super().get_queryset(request).prefetch_related(
+            Prefetch("secrets", queryset=current, to_attr="current_secrets")
+        )
+
+    def get_fieldsets(self, request, obj=None):
+        main = ["name", "description"]
+        if obj is None:
+            main.append("enabled")
+        else:
+            main = ["key", *main, "status_display"]
+        fieldsets = [
+            (None, {"fields": main}),
+            ("What it may do", {"fields": ["scopes", "allowed_methods", "devices"]}),
+            ("Limits", {"fields": ["allowed_networks", "rate_limit_per_minute", "expires_at"]}),
+        ]
+        if obj is not None:
+            fieldsets.append(("Use", {"fields": ["current_fingerprint", "last_used_at", "last_secret_version",
+                                                 "created_at", "updated_at"]}))
+        if obj is not None and not self.has_change_permission(request, obj):
+            fieldsets = [
+                (title, {"fields": list(dict.fromkeys(self.readable.get(f, f) for f in opts["fields"]))})
+                for title, opts in fieldsets
+            ]
+        return fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["key", "status_display", "current_fingerprint", "last_used_at", "last_secret_version",
+                "created_at", "updated_at"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "devices" and field is not None:
+            field.widget.can_add_related = False  # card devices are set up on their own page
+            field.help_text = AccessIdForm._meta.help_texts["devices"]  # without "hold down Control"
+        return field
+
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None else []
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # disable instead: the audit history refers to access IDs
+
+    # --- display columns ------------------------------------------------------------
+
+    @admin.display(description="status", ordering="enabled")
+    def status_display(self, obj):
+        return _badge(STATUS_COLORS.get(obj.status, "#000"), obj.status)
+
+    @admin.display(description="scopes")
+    def scopes_display(self, obj):
+        if not obj.scopes:
+            return "none"
+        return format_html_join(", ", '<span title="{}">{}</span>',
+                                ((SCOPE_LABELS.get(s, s), s) for s in obj.scopes))
+
+    @admin.display(description="card methods allowed through RPC")
+    def allowed_methods_display(self, obj):
+        return format_html_join(mark_safe("<br>"), "{}", ((m,) for m in obj.allowed_methods)) or "none"
+
+    @admin.display(description="allowed client networks")
+    def allowed_networks_display(self, obj):
+        return format_html_join(mark_safe("<br>"), "{}", ((n,) for n in obj.allowed_networks)) or "any address"
+
+    @admin.display(description="last request", ordering="last_used_at")
+    def last_use_display(self, obj):
+        if obj.last_used_at is None:
+            return "never"
+        when = timezone.localtime(obj.last_used_at).strftime("%Y-%m-%d %H:%M")
+        if obj.last_secret_version is None:
+            return when
+        return format_html('{} <span class="secret-version" title="signed with secret version {}">v{}</span>',
+                           when, obj.last_secret_version, obj.last_secret_version)
+
+    @admin.display(description="card devices")
+    def devices_display(self, obj):
+        names = [str(d) for d in obj.devices.order_by("slug")]
+        return ", ".join(names) if names else "the default card"
+
+    @admin.display(description="current secret")
+    def current_fingerprint(self, obj):
+        current = self._current_secret(obj)
+        if current is None:
+            return "none"
+        return format_html('<code title="fingerprint of secret version {}">{}</code> (v{})',
+                           current.version, current.fingerprint, current.version)
+
+    @staticmethod
+    def _current_secret(obj):
+        if hasattr(obj, "current_secrets"):
+            return obj.current_secrets[0] if obj.current_secrets else None
+        return obj.secrets.filter(state=AppSecret.CURRENT).first()
+
+    # --- saving: through the services ------------------------------------------------
+
+    def save_model(self, request, obj, form, change):
+        context = change_context(request)
+        data = form.cleaned_data
+        if not change:
+            access, _secret = access_id_create(
+                name=data["name"], scopes=data["scopes"], description=data["description"],
+                allowed_methods=data["allowed_methods"], context=context, enabled=data["enabled"],
+                expires_at=data["expires_at"], allowed_networks=data["allowed_networks"],
+                rate_limit_per_minute=data["rate_limit_per_minute"], devices=list(data["devices"]),
+            )
+            del _secret  # shown once, from the reveal ticket, on the next page only
+            # The admin goes on with `obj` (save_related, the log entry, the redirect).
+            obj.__dict__.update(access.__dict__)
+            row = access.secrets.get(state=AppSecret.CURRENT)
+            obj._reveal_token = app_secret_reveal_ticket(secret=row, user=request.user)
+            return
+        before = AccessId.objects.get(pk=obj.pk)
+        changed = [f for f in EDITABLE_FIELDS if getattr(before, f) != getattr(obj, f)]
+        if "devices" in form.changed_data:
+            old = set(before.devices.values_list("pk", flat=True))
+            if old != {d.pk for d in data["devices"]}:
+                changed.append("devices")
+        access_id_update(access_id=obj, changed=changed, context=context)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        token = getattr(obj, "_reveal_token", None)
+        if not token:
+            return super().response_add(request, obj, post_url_continue)
+        messages.success(request, f"The access ID {obj.key} for “{obj.name}” was created.")
+        return HttpResponseRedirect(self._reveal_url(obj, token))
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if add:
+            context.update(show_save_and_add_another=False, show_save_and_continue=False)
+        if obj is not None:
+            secrets = list(obj.secrets.exclude(state=AppSecret.REVOKED).order_by("-version"))
+            context.update(
+                can_rotate=request.user.has_perm(ROTATE_PERMISSION),
+                can_enable=self.has_change_permission(request, obj),
+                current_secret=next((s for s in secrets if s.state == AppSecret.CURRENT), None),
+                previous_secrets=[s for s in secrets if s.state == AppSecret.PREVIOUS],
+                access=obj,
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # --- actions on the list ------------------------------------------------------------
+
+    def _set_enabled(self, request, queryset, enabled: bool) -> int:
+        count = 0
+        context = change_context(request)
+        for access in queryset:
+            if access.enabled != enabled:
+                access_id_set_enabled(access_id=access, enabled=enabled, context=context)
+                self.log_change(request, access, "Enabled" if enabled else "Disabled")
+                count += 1
+        return count
+
+    @admin.action(description="Disable the selected access IDs", permissions=["change"])
+    def disable_selected(self, request, queryset):
+        count = self._set_enabled(request, queryset, False)
+        self.message_user(request, f"{count} access ID(s) disabled: their requests are refused from now on.")
+
+    @admin.action(description="Enable the selected access IDs", permissions=["change"])
+    def enable_selected(self, request, queryset):
+        count = self._set_enabled(request, queryset, True)
+        self.message_user(request, f"{count} access ID(s) enabled.")
+
+    # --- extra pages: rotate, revoke, reveal, enable/disable ---------------------------------
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        wrap = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/rotate/", wrap(self.rotate_view), name="%s_%s_rotate" % info),
+            path("<path:object_id>/revoke-previous/", wrap(self.revoke_previous_view),
+                 name="%s_%s_revoke_previous" % info),
+            path("<path:object_id>/secret/<str:token>/", wrap(self.reveal_view), name="%s_%s_reveal" % info),
+            path("<path:object_id>/disable/", wrap(self.set_enabled_view), {"enabled": False},
+                 name="%s_%s_disable" % info),
+            path("<path:object_id>/enable/", wrap(self.set_enabled_view), {"enabled": True},
+                 name="%s_%s_enable" % info),
+            *super().get_urls(),
+        ]
+
+    def _url(self, name: str, *args) -> str:
+        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{name}", args=args,
+                       current_app=self.admin_site.name)
+
+    def _reveal_url(self, obj, token: str) -> str:
+        return self._url("reveal", obj.pk, token)
+
+    def _object_or_404(self, request, object_id) -> AccessId:
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404("No such access ID.")
+        return obj
+
+    def _page(self, request, template: str, obj, title: str, **extra):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "original": obj,
+            "access": obj,
+            "title": title,
+            "subtitle": str(obj),
+            "has_view_permission": self.has_view_permission(request, obj),
+            "change_url": self._url("change", obj.pk),
+            **extra,
+        }
+        return TemplateResponse(request, f"admin/accessids/accessid/{template}", context)
+
+    def rotate_view(self, request, object_id):
+        if not request.user.has_perm(ROTATE_PERMISSION):
+            raise PermissionDenied
+        obj = self._object_or_404(request, object_id)
+        form = RotateSecretForm(request.POST if request.method == "POST" else None, user=request.user)
+        if request.method == "POST" and form.is_valid():
+            grace_key = form.cleaned_data["grace"]
+            with transaction.atomic():
+                row, _secret = app_secret_rotate(access_id=obj, grace=GRACE_CHOICES[grace_key],
+                                                 context=change_context(request))
+                del _secret  # shown once, from the reveal ticket
+                token = app_secret_reveal_ticket(secret=row, user=request.user)
+                grace_label = dict(GRACE_LABELS)[grace_key]
+                self.log_change(request, obj, f"Rotated the App Secret to version {row.version} "
+                                              f"(old secret grace: {grace_label})")
+            return HttpResponseRedirect(self._reveal_url(obj, token))
+        current = obj.secrets.filter(state=AppSecret.CURRENT).first()
+        previous = list(obj.secrets.filter(state=AppSecret.PREVIOUS))
+        response = self._page(request, "rotate.html", obj, "Rotate the App Secret", form=form,
+                              current_secret=current, previous_secrets=previous)
+        add_never_cache_headers(response)
+        return response
+
+    def revoke_previous_view(self, request, object_id):
+        if not request.user.has_perm(ROTATE_PERMISSION):
+            raise PermissionDenied
+        obj = self._object_or_404(request, object_id)
+        previous = list(obj.secrets.filter(state=AppSecret.PREVIOUS).order_by("-version"))
+        if request.method == "POST":
+            with transaction.atomic():
+                count = app_secret_revoke_previous(access_id=obj, context=change_context(request))
+                if count:
+                    versions = ", ".join(f"v{s.version}" for s in previous)
+                    self.log_change(request, obj, f"Revoked the previous App Secret ({versions})")
+            if count:
+                messages.success(request, "The previous secret was revoked: requests signed with it are refused "
+                                          "from now on.")
+            else:
+                messages.info(request, "There was no previous secret to revoke.")
+            return HttpResponseRedirect(self._url("change", obj.pk))
+        if not previous:
+            messages.info(request, "There is no previous secret to revoke.")
+            return HttpResponseRedirect(self._url("change", obj.pk))
+        return self._page(request, "revoke_previous.html", obj, "Revoke the previous App Secret",
+                          previous_secrets=previous)
+
+    def reveal_view(self, request, object_id, token):
+        user = request.user
+        if not (user.has_perm(ADD_PERMISSION) or user.has_perm(ROTATE_PERMISSION)):
+            raise PermissionDenied
+        obj = self._object_or_404(request, object_id)
+        revealed = app_secret_reveal(access_id=obj, token=token, user=user)
+        if revealed is None:
+            response = self._page(request, "reveal.html", obj, "App Secret already shown", secret=None)
+            response.status_code = 410
+        else:
+            row, secret = revealed
+            previous = list(obj.secrets.filter(state=AppSecret.PREVIOUS).exclude(pk=row.pk))
+            response = self._page(request, "reveal.html", obj, "New App Secret", secret=secret, secret_row=row,
+                                  previous_secrets=previous)
+        add_never_cache_headers(response)  # includes no-store
+        response["Referrer-Policy"] = "no-referrer"
+        return response
+
+    def set_enabled_view(self, request, object_id, enabled: bool):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        obj = self._object_or_404(request, object_id)
+        if not self.has_change_permission(request, obj):
+            raise PermissionDenied
+        with transaction.atomic():
+            count = self._set_enabled(request, [obj], enabled)
+        if count:
+            messages.success(request, f"{obj.key} is now {'enabled' if enabled else 'disabled'}.")
+        return HttpResponseRedirect(self._url("change", obj.pk))

@@ -1,0 +1,189 @@
+"""Admin forms for access IDs, worded for the customs clerks who use them: scopes and card
+methods as checkboxes, allowed networks one per line, the rotation confirmation."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from .models import DEFAULT_RPC_METHODS, SCOPES, AccessId
+
+SCOPE_LABELS = {
+    "sign": "Sign data (POST /api/v1/sign)",
+    "sign_xml": "Sign customs XML messages",
+    "sign_179": "Sign 179 payment data",
+    "rpc": "Call card methods directly (POST /api/v1/rpc, only the methods ticked below)",
+    "xml_read": "Read stored XML messages",
+    "xml_write": "Store XML messages",
+    "rotate_self": "Rotate its own App Secret through the API",
+}
+SCOPE_CHOICES = [(scope, f"{scope} — {SCOPE_LABELS.get(scope, scope)}") for scope in SCOPES]
+
+METHOD_LABELS = {
+    "cus-sec_SpcSignDataAsPEM": "sign data",
+    "cus-sec_SpcSignDataNoHashAsPEM": "sign a ready-made digest",
+    "cus-sec_SpcGetCertNo": "certificate number",
+    "cus-sec_SpcGetEntName": "company name",
+    "cus-sec_SpcGetSignCertAsPEM": "signing certificate",
+    "cus-sec_SpcGetEnvCertAsPEM": "encryption certificate",
+    "cus-sec_SpcGetValidTimeFromCert": "certificate validity",
+    "cus-sec_SpcSHA1DigestAsPEM": "SHA-1 digest",
+    "cus-sec_SpcVerifySignData": "verify a signature",
+    "cus-sec_SpcGetCardID": "card ID",
+    "cus-sec_SpcGetUName": "card holder name",
+    "cus-sec_SpcGetEntID": "company ID",
+    "cus-sec_SpcGetEntMode": "company mode",
+    "cus-sec_SpcGetCardUserInfo": "card user information",
+}
+METHOD_CHOICES = [
+    (method, f"{method} — {METHOD_LABELS[method]}" if method in METHOD_LABELS else method)
+    for method in DEFAULT_RPC_METHODS
+]
+
+GRACE_LABELS = [
+    ("0", "None — the old secret stops working immediately"),
+    ("1h", "1 hour"),
+    ("24h", "24 hours (recommended)"),
+    ("7d", "7 days"),
+]
+
+
+def networks_parse(text: str) -> list[str]:
+    """One network per line (CIDR, or a single address) → normalised list; raises
+    ValidationError naming every bad line."""
+    networks: list[str] = []
+    errors: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            network = ipaddress.ip_network(line, strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(line, strict=False)
+            except ValueError:
+                errors.append(f"line {number}: “{line}” is not an IP network like 10.0.0.0/8 or 192.168.1.20")
+            else:
+                errors.append(
+                    f"line {number}: “{line}” has host bits set; did you mean {loose.with_prefixlen}?"
+                )
+            continue
+        if str(network) not in networks:
+            networks.append(str(network))
+    if errors:
+        raise ValidationError(errors)
+    return networks
+
+
+class NetworkListField(forms.CharField):
+    """A list of networks edited as text, one per line."""
+
+    widget = forms.Textarea(attrs={"rows": 4, "cols": 40, "spellcheck": "false",
+                                   "placeholder": "10.20.0.0/16\n192.168.1.20"})
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        super().__init__(strip=False, **kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, (list, tuple)):
+            return "\n".join(value)
+        return value
+
+    def to_python(self, value):
+        return networks_parse(super().to_python(value) or "")
+
+    def has_changed(self, initial, data):
+        try:
+            new = self.to_python(data)
+        except ValidationError:
+            return True
+        return list(initial or []) != new
+
+
+class AccessIdForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        label="What it may do (scopes)",
+        choices=SCOPE_CHOICES,
+        widget=forms.CheckboxSelectMultiple(attrs={"class": "radiolist"}),
+        required=False,
+        help_text="Tick only what the client system needs. With nothing ticked it can call no signing endpoint.",
+    )
+    allowed_methods = forms.MultipleChoiceField(
+        label="Card methods allowed through RPC",
+        choices=METHOD_CHOICES,
+        widget=forms.CheckboxSelectMultiple(attrs={"class": "radiolist"}),
+        required=False,
+        help_text="Only used with the “rpc” scope.",
+    )
+    allowed_networks = NetworkListField(
+        label="Allowed client networks",
+        help_text="One network per line, as CIDR (10.20.0.0/16) or a single address (192.168.1.20). "
+        "Leave empty to allow any address.",
+    )
+
+    class Meta:
+        model = AccessId
+        fields = [
+            "name", "description", "enabled", "expires_at", "scopes", "allowed_methods", "allowed_networks",
+            "rate_limit_per_minute", "devices",
+        ]
+        labels = {
+            "name": "Name",
+            "description": "Notes",
+            "enabled": "Enabled",
+            "expires_at": "Expires at",
+            "rate_limit_per_minute": "Requests per minute (limit)",
+            "devices": "Card devices",
+        }
+        help_texts = {
+            "name": "The client system that will use it, e.g. “ERP – Ningbo warehouse”.",
+            "description": "Anything your colleagues should know: contact person, ticket number…",
+            "enabled": "A disabled access ID is refused at once; nothing is deleted.",
+            "expires_at": "Leave empty for no expiry. After this time every request is refused.",
+            "rate_limit_per_minute": "Requests above this number per minute are refused with RATE_LIMITED.",
+            "devices": "The UKey cards it may use. None selected: the default card.",
+        }
+        widgets = {"description": forms.Textarea(attrs={"rows": 3, "cols": 60})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None:
+            self.initial.setdefault("scopes", list(SCOPES))
+            self.initial.setdefault("allowed_methods", list(DEFAULT_RPC_METHODS))
+
+    def clean_name(self):
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise ValidationError("Give it a name.")
+        return name
+
+
+class RotateSecretForm(forms.Form):
+    grace = forms.ChoiceField(
+        label="How long may the old secret still be used?",
+        choices=GRACE_LABELS,
+        initial="24h",
+        widget=forms.RadioSelect(attrs={"class": "radiolist"}),
+        help_text="During this grace period the client system can switch to the new secret without failed "
+        "requests. Choose “None” if the old secret may have leaked.",
+    )
+    password = forms.CharField(
+        label="Your password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
+        help_text="Enter your own admin password again to confirm.",
+    )
+
+    def __init__(self, *args, user, **kwargs):
+        self.user = user
+        super().__init__(*args, **kwargs)
+
+    def clean_password(self):
+        password = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise ValidationError("That is not your password. Nothing was changed.", code="password_incorrect")
+        return password
