@@ -15,7 +15,7 @@ from accessids.services import ChangeContext, access_id_mark_used, app_secret_ro
 from audit.models import AuditEvent
 from signplatform.dbthread import db_sync_to_async
 from signplatform.errors import permission_denied
-from signing.ukey.protocol import RPC_METHODS
+from signing.ukey.protocol import RPC_METHODS, SIGN_METHODS
 
 from . import serializers as s
 from .api import SignedAPIView
@@ -26,7 +26,11 @@ ERRORS = {code: s.ErrorSerializer for code in (400, 401, 403, 409, 413, 429, 502
 
 
 async def _device(request, requested: str | None) -> str:
-    device = await db_sync_to_async(device_choose)(allowed=request.user.access.devices, requested=requested)
+    allowed = request.user.access.devices
+    if requested:  # checked against the database
+        device = await db_sync_to_async(device_choose)(allowed=allowed, requested=requested)
+    else:  # no I/O: no thread hop on the common path
+        device = device_choose(allowed=allowed, requested=None)
     request.audit["device"] = device
     return device
 
@@ -72,7 +76,7 @@ class RpcView(SignedAPIView):
             request.audit["data_sha256"] = hashlib.sha256(args["inData"].encode("utf-8")).hexdigest()
         device = await _device(request, serializer.validated_data.get("device"))
         envelope = await card_rpc(method=method, args=args, device=device)
-        if method in ("cus-sec_SpcSignDataAsPEM", "cus-sec_SpcSignDataNoHashAsPEM"):
+        if method in SIGN_METHODS:
             data = envelope["_args"]["Data"]
             request.audit["cert_no"] = str(data[1]) if len(data) > 1 else ""
         return Response(envelope)

@@ -6,6 +6,7 @@ limit (check 6) are the view's permission and throttle classes."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -38,11 +39,16 @@ def signature_compute(secret: str, text: str) -> str:
     return hmac.new(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in cidrs)
+
+
 def client_address(request) -> str | None:
     """The client's IP: the peer, or — behind a trusted proxy — the right-most address of
     X-Forwarded-For that is not itself a trusted proxy."""
     peer = request.META.get("REMOTE_ADDR") or None
-    trusted = [ipaddress.ip_network(n, strict=False) for n in settings.TRUSTED_PROXIES]
+    trusted = _networks(tuple(settings.TRUSTED_PROXIES))
     if not peer or not trusted:
         return peer
 

@@ -157,5 +157,5 @@ async def certificate_get(*, device: str) -> dict[str, Any]:
         "ent_name": ent_name,
         "device": device,
     }
-    await cache.aset(f"ukey:cert:{device}:{cert_no}", result, 300)
+    await cache.aset(f"ukey:cert:{device}:{cert_no}", result, 300)  # under the certNo now known
     return result

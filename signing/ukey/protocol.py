@@ -24,6 +24,9 @@ PIN_METHODS = frozenset(
     }
 )
 
+# Methods that sign (Data on success: [signatureBase64, certNo]).
+SIGN_METHODS = frozenset({"cus-sec_SpcSignDataAsPEM", "cus-sec_SpcSignDataNoHashAsPEM"})
+
 # Card methods a client system may reach through `POST /api/v1/rpc` (each access ID
 # further limits itself to a subset). PIN changes, decryption and the `swc_`/`security_`
 # families are never passed through.

@@ -35,7 +35,7 @@ from . import certs, protocol
 
 logger = logging.getLogger("signing.ukey.simulator")
 
-SIGN_METHODS = frozenset({"cus-sec_SpcSignDataAsPEM", "cus-sec_SpcSignDataNoHashAsPEM"})
+SIGN_METHODS = protocol.SIGN_METHODS
 FAULT_KINDS = ("reset", "close", "noanswer", "slow")
 ENT_NAME = "模拟海关申报测试有限公司"
 
