@@ -33,6 +33,7 @@ from .services import (
     ChangeContext,
     access_id_create,
     access_id_set_enabled,
+    access_id_set_legacy_key,
     access_id_update,
     app_secret_reveal,
     app_secret_reveal_ticket,
@@ -133,7 +134,8 @@ class AppSecretInline(admin.TabularInline):
 @admin.register(AccessId)
 class AccessIdAdmin(admin.ModelAdmin):
     form = AccessIdForm
-    list_display = ["name", "key", "status_display", "scopes_display", "current_fingerprint", "last_use_display"]
+    list_display = ["name", "key", "status_display", "scopes_display", "current_fingerprint", "legacy_key_column",
+                    "last_use_display"]
     list_display_links = ["name", "key"]
     list_filter = [StatusFilter, ScopeFilter]
     search_fields = ["name", "key", "description"]
@@ -144,7 +146,8 @@ class AccessIdAdmin(admin.ModelAdmin):
     # Shown instead of the raw JSON to people who may only look.
     readable = {"scopes": "scopes_display", "allowed_methods": "allowed_methods_display",
                 "allowed_networks": "allowed_networks_display", "devices": "devices_display",
-                "enabled": "status_display"}
+                "enabled": "status_display", "legacy_aes_key": "legacy_key_display",
+                "legacy_aes_key_remove": "legacy_key_display"}
 
     # --- lists and pages -------------------------------------------------------------
 
@@ -165,6 +168,10 @@ class AccessIdAdmin(admin.ModelAdmin):
             ("What it may do", {"fields": ["scopes", "allowed_methods", "devices"]}),
             ("Limits", {"fields": ["allowed_networks", "rate_limit_per_minute", "expires_at"]}),
         ]
+        legacy = ["legacy_aes_key"] if obj is None else ["legacy_key_display", "legacy_aes_key"]
+        if obj is not None and obj.has_legacy_key:
+            legacy.append("legacy_aes_key_remove")
+        fieldsets.append(("Legacy sign-server API", {"fields": legacy, "classes": ["collapse"] if obj is None else []}))
         if obj is not None:
             fieldsets.append(("Use", {"fields": ["current_fingerprint", "last_used_at", "last_secret_version",
                                                  "created_at", "updated_at"]}))
@@ -179,7 +186,7 @@ class AccessIdAdmin(admin.ModelAdmin):
         if obj is None:
             return []
         return ["key", "status_display", "current_fingerprint", "last_used_at", "last_secret_version",
-                "created_at", "updated_at"]
+                "created_at", "updated_at", "legacy_key_display"]
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
@@ -230,6 +237,16 @@ class AccessIdAdmin(admin.ModelAdmin):
         names = [str(d) for d in obj.devices.order_by("slug")]
         return ", ".join(names) if names else "the default card"
 
+    @admin.display(description="legacy AES key")
+    def legacy_key_display(self, obj):
+        if not obj.has_legacy_key:
+            return "not set (the old sign-server API is not open to this access ID)"
+        return format_html('set <code title="keyed fingerprint">{}</code>', obj.legacy_key_fingerprint[:12])
+
+    @admin.display(description="legacy key", boolean=True)
+    def legacy_key_column(self, obj):
+        return obj.has_legacy_key
+
     @admin.display(description="current secret")
     def current_fingerprint(self, obj):
         current = self._current_secret(obj)
@@ -257,6 +274,8 @@ class AccessIdAdmin(admin.ModelAdmin):
                 rate_limit_per_minute=data["rate_limit_per_minute"], devices=list(data["devices"]),
             )
             del _secret  # shown once, from the reveal ticket, on the next page only
+            if data.get("legacy_aes_key"):
+                access_id_set_legacy_key(access_id=access, legacy_key=data["legacy_aes_key"], context=context)
             # The admin goes on with `obj` (save_related, the log entry, the redirect).
             obj.__dict__.update(access.__dict__)
             row = access.secrets.get(state=AppSecret.CURRENT)
@@ -269,6 +288,8 @@ class AccessIdAdmin(admin.ModelAdmin):
             if old != {d.pk for d in data["devices"]}:
                 changed.append("devices")
         access_id_update(access_id=obj, changed=changed, context=context)
+        if data.get("legacy_aes_key") or data.get("legacy_aes_key_remove"):
+            access_id_set_legacy_key(access_id=obj, legacy_key=data.get("legacy_aes_key") or "", context=context)
 
     def response_add(self, request, obj, post_url_continue=None):
         token = getattr(obj, "_reveal_token", None)

@@ -8,15 +8,19 @@ import ipaddress
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .models import DEFAULT_RPC_METHODS, SCOPES, AccessId
+from signing.legacy_cipher import legacy_key_fold
+
+from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId
+from .services import legacy_key_fingerprint
 
 SCOPE_LABELS = {
     "sign": "Sign data (POST /api/v1/sign)",
     "sign_xml": "Sign customs XML messages",
     "sign_179": "Sign 179 payment data",
     "rpc": "Call card methods directly (POST /api/v1/rpc, only the methods ticked below)",
-    "xml_read": "Read stored XML messages",
-    "xml_write": "Store XML messages",
+    "xml_read": "Read its own stored XML messages",
+    "xml_write": "Store and delete its own XML messages",
+    "xml_read_all": "Read the XML messages of every access ID (not only its own)",
     "rotate_self": "Rotate its own App Secret through the API",
 }
 SCOPE_CHOICES = [(scope, f"{scope} — {SCOPE_LABELS.get(scope, scope)}") for scope in SCOPES]
@@ -125,6 +129,20 @@ class AccessIdForm(forms.ModelForm):
         "Leave empty to allow any address.",
     )
 
+    legacy_aes_key = forms.CharField(
+        label="Legacy AES key",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password", "spellcheck": "false"}),
+        help_text="Only for client systems still calling the old sign-server API (/getCode, /xml-files): the AES key "
+        "they encrypt with. Their calls are then attributed to this access ID. Stored encrypted and never shown "
+        "again; leave empty to keep the current key.",
+    )
+    legacy_aes_key_remove = forms.BooleanField(
+        label="Remove the legacy AES key", required=False,
+        help_text="Old sign-server clients using it are refused from now on.",
+    )
+
     class Meta:
         model = AccessId
         fields = [
@@ -152,8 +170,27 @@ class AccessIdForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.instance.pk is None:
-            self.initial.setdefault("scopes", list(SCOPES))
+            self.initial.setdefault("scopes", list(DEFAULT_SCOPES))
             self.initial.setdefault("allowed_methods", list(DEFAULT_RPC_METHODS))
+
+    def clean_legacy_aes_key(self):
+        key = self.cleaned_data.get("legacy_aes_key") or ""
+        if not key:
+            return ""
+        if key != key.strip():
+            raise ValidationError("The key must not start or end with spaces.")
+        holder = AccessId.objects.filter(legacy_key_fingerprint=legacy_key_fingerprint(legacy_key_fold(key)))
+        if self.instance.pk:
+            holder = holder.exclude(pk=self.instance.pk)
+        if holder.exists():
+            raise ValidationError("Another access ID already has this legacy AES key; each client system needs its own.")
+        return key
+
+    def clean(self):
+        data = super().clean()
+        if data.get("legacy_aes_key") and data.get("legacy_aes_key_remove"):
+            self.add_error("legacy_aes_key_remove", "Either give a new key or remove the key, not both.")
+        return data
 
     def clean_name(self):
         name = self.cleaned_data["name"].strip()

@@ -7,7 +7,10 @@ from django.utils import timezone
 from signing.models import CardDevice
 from signing.ukey.protocol import RPC_METHODS
 
-SCOPES = ("sign", "sign_xml", "sign_179", "rpc", "xml_read", "xml_write", "rotate_self")
+SCOPES = ("sign", "sign_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all", "rotate_self")
+# What a new access ID gets when no scopes are given: everything except reading other
+# access IDs' XML documents, which must be granted on purpose.
+DEFAULT_SCOPES = tuple(scope for scope in SCOPES if scope != "xml_read_all")
 DEFAULT_RPC_METHODS = RPC_METHODS
 
 
@@ -32,6 +35,10 @@ class AccessId(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_secret_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    # The sign-server compatible API: the legacy AES key (encrypted) that identifies this
+    # access ID, and a keyed fingerprint of the folded key so no two access IDs share one.
+    legacy_aes_key_encrypted = models.TextField(blank=True, editable=False)
+    legacy_key_fingerprint = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["name"]
@@ -44,6 +51,10 @@ class AccessId(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def has_legacy_key(self) -> bool:
+        return bool(self.legacy_aes_key_encrypted)
 
     @property
     def status(self) -> str:

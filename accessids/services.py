@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from audit.services import audit_event_record
 
-from .encryption import secret_decrypt, secret_encrypt
-from .models import DEFAULT_RPC_METHODS, SCOPES, AccessId, AppSecret
+from signing.legacy_cipher import legacy_key_fold
+
+from .encryption import master_key, secret_decrypt, secret_encrypt
+from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId, AppSecret
 from .secrets import SECRET_PURPOSE, AppSecretService
 
 GRACE_CHOICES = {"0": datetime.timedelta(0), "1h": datetime.timedelta(hours=1),
@@ -74,9 +77,9 @@ def grace_parse(text: str) -> datetime.timedelta:
 
 
 def scopes_parse(text: str | None) -> list[str]:
-    """Comma-separated scopes; all scopes when empty."""
+    """Comma-separated scopes; the default scopes when empty."""
     if not text:
-        return list(SCOPES)
+        return list(DEFAULT_SCOPES)
     scopes = [s.strip() for s in text.split(",") if s.strip()]
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
@@ -120,7 +123,7 @@ def access_id_create(
         key="AK" + secrets.token_hex(10).upper(),
         name=name.strip(),
         description=description,
-        scopes=list(SCOPES) if scopes is None else scopes,
+        scopes=list(DEFAULT_SCOPES) if scopes is None else scopes,
         allowed_methods=list(DEFAULT_RPC_METHODS) if allowed_methods is None else allowed_methods,
         **fields,
     )
@@ -135,6 +138,53 @@ def access_id_create(
     )
     AppSecretService.invalidate(access.key)
     return access, secret
+
+
+LEGACY_KEY_PURPOSE = "legacy-aes-key"
+
+
+def legacy_key_fingerprint(folded_key: bytes, *, key: bytes | None = None) -> str:
+    """Keyed with the master key: legacy keys are often guessable, so an unkeyed hash in
+    the database would give them away."""
+    return hmac.new(key or master_key(), b"legacy-aes-key:" + folded_key, hashlib.sha256).hexdigest()
+
+
+@transaction.atomic
+def access_id_set_legacy_key(*, access_id: AccessId, legacy_key: str, context: ChangeContext = COMMAND) -> AccessId:
+    """Give the access ID a legacy sign-server AES key (stored encrypted), or remove it with
+    an empty `legacy_key`. Two access IDs never share a key: the key identifies the caller."""
+    access = AccessId.objects.select_for_update().get(pk=access_id.pk)
+    if legacy_key:
+        if legacy_key != legacy_key.strip():
+            raise AccessIdError("the legacy AES key must not start or end with spaces")
+        fingerprint = legacy_key_fingerprint(legacy_key_fold(legacy_key))
+        holder = AccessId.objects.filter(legacy_key_fingerprint=fingerprint).exclude(pk=access.pk).first()
+        if holder is not None:
+            raise AccessIdError(f"this legacy AES key already belongs to access ID {holder.key}; keys must differ")
+        access.legacy_aes_key_encrypted = secret_encrypt(legacy_key, purpose=LEGACY_KEY_PURPOSE)
+        access.legacy_key_fingerprint = fingerprint
+    else:
+        access.legacy_aes_key_encrypted, access.legacy_key_fingerprint = "", None
+    access.save(update_fields=["legacy_aes_key_encrypted", "legacy_key_fingerprint", "updated_at"])
+    context.record(
+        event_type=AuditEvent.ACCESS_ID_CHANGED,
+        access=access,
+        details={"changed": ["legacy_aes_key"], "legacy_aes_key": "set" if legacy_key else "removed",
+                 "legacy_key_fingerprint": (access.legacy_key_fingerprint or "")[:12]},
+    )
+    access_id.legacy_aes_key_encrypted = access.legacy_aes_key_encrypted
+    access_id.legacy_key_fingerprint = access.legacy_key_fingerprint
+    return access
+
+
+def legacy_keys_all() -> list[tuple[str, bytes]]:
+    """(access ID key, folded legacy AES key) for every access ID with a legacy key."""
+    rows = (
+        AccessId.objects.exclude(legacy_aes_key_encrypted="")
+        .order_by("pk")
+        .values_list("key", "legacy_aes_key_encrypted")
+    )
+    return [(key, legacy_key_fold(secret_decrypt(stored, purpose=LEGACY_KEY_PURPOSE))) for key, stored in rows]
 
 
 @transaction.atomic
@@ -267,12 +317,12 @@ def access_id_mark_used(*, access_pk: int, version: int, when: datetime.datetime
 
 @transaction.atomic
 def master_key_rotate(*, old_key: bytes, new_key: bytes) -> dict[str, int]:
-    """Re-encrypt every stored secret (App Secrets, card PINs) from `old_key` to `new_key`
+    """Re-encrypt every stored secret (App Secrets, card PINs, legacy AES keys) from `old_key` to `new_key`
     in one transaction: if any value does not decrypt, nothing changes."""
     from signing.models import CardDevice
     from signing.services import PIN_PURPOSE
 
-    counts = {"secrets": 0, "pins": 0}
+    counts = {"secrets": 0, "pins": 0, "legacy_keys": 0}
     for row in AppSecret.objects.select_for_update().exclude(secret_encrypted=""):
         plain = secret_decrypt(row.secret_encrypted, purpose=SECRET_PURPOSE, key=old_key)
         AppSecret.objects.filter(pk=row.pk).update(
@@ -285,6 +335,13 @@ def master_key_rotate(*, old_key: bytes, new_key: bytes) -> dict[str, int]:
             pin_encrypted=secret_encrypt(plain, purpose=PIN_PURPOSE, key=new_key)
         )
         counts["pins"] += 1
+    for access in AccessId.objects.select_for_update().exclude(legacy_aes_key_encrypted=""):
+        plain = secret_decrypt(access.legacy_aes_key_encrypted, purpose=LEGACY_KEY_PURPOSE, key=old_key)
+        AccessId.objects.filter(pk=access.pk).update(
+            legacy_aes_key_encrypted=secret_encrypt(plain, purpose=LEGACY_KEY_PURPOSE, key=new_key),
+            legacy_key_fingerprint=legacy_key_fingerprint(legacy_key_fold(plain), key=new_key),
+        )
+        counts["legacy_keys"] += 1
     audit_event_record(event_type=AuditEvent.MASTER_KEY_ROTATED, source="command", details=dict(counts))
     for key in AccessId.objects.values_list("key", flat=True):
         AppSecretService.invalidate(key)

@@ -69,14 +69,19 @@ class SignClient:
         self.secret = secret
         self.timeout = timeout
 
-    def request(self, method: str, path: str, payload: Any = None) -> Any:
-        """One signed call; returns the decoded JSON answer or raises ApiError."""
+    def request(self, method: str, path: str, payload: Any = None, *, raw_body: bytes | None = None) -> Any:
+        """One signed call; returns the decoded JSON answer or raises ApiError. `raw_body`
+        sends JSON bytes as they are (e.g. 179 data whose numbers must keep their text)."""
         url = self.base_url + path
-        body = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        if raw_body is not None:
+            body = raw_body
+        else:
+            body = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        has_body = raw_body is not None or payload is not None
         headers = sign_headers(method, url, body, self.access_id, self.secret)
-        if payload is not None:
+        if has_body:
             headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=body if payload is not None else None, method=method, headers=headers)
+        req = urllib.request.Request(url, data=body if has_body else None, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")
@@ -103,6 +108,30 @@ class SignClient:
         if device:
             payload["device"] = device
         return self.request("POST", "/api/v1/rpc", payload)
+
+    def sign_xml(self, xml: str, *, filename: str | None = None, directory: str | None = None,
+                 device: str | None = None) -> dict:
+        """Sign a CEB message; the answer has `signed_xml` and the stored `document_id`."""
+        payload: dict[str, Any] = {"xml": xml}
+        for name, value in (("filename", filename), ("directory", directory), ("device", device)):
+            if value:
+                payload[name] = value
+        return self.request("POST", "/api/v1/sign/xml", payload)
+
+    def verify_xml(self, xml: str) -> dict:
+        """Check a signed CEB message: `valid`, `digest_ok`, `signature_ok`, `reason`."""
+        return self.request("POST", "/api/v1/verify/xml", {"xml": xml})
+
+    def sign_179(self, payload_json: str | bytes, *, upload: bool = False) -> dict:
+        """Sign 179 payment data given as JSON text (sent as it is, so numbers keep their
+        text); `upload` also posts it to customs."""
+        raw = payload_json.encode("utf-8") if isinstance(payload_json, str) else payload_json
+        if upload:
+            text = raw.decode("utf-8").rstrip()
+            if not text.endswith("}"):
+                raise ValueError("179 data must be a JSON object")
+            raw = (text[:-1].rstrip() + ', "upload": true}').encode("utf-8")
+        return self.request("POST", "/api/v1/sign/179", raw_body=raw)
 
     def rotate_self(self, grace_seconds: int = 86400) -> dict:
         return self.request("POST", "/api/v1/access-ids/self/rotate", {"grace_seconds": grace_seconds})

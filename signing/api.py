@@ -33,12 +33,13 @@ class SignedAPIView(APIView):
     authentication_classes = [HmacSignatureAuthentication]
     permission_classes = [HasScope]
     throttle_classes = [AccessIdRateThrottle]
-    required_scopes: tuple[str, ...] = ()
+    required_scopes: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
 
     async def dispatch(self, request, *args, **kwargs):
         started = time.perf_counter()
         self.args, self.kwargs = args, kwargs
         request.audit = {}
+        request.audit_started = started
         drf_request = self.initialize_request(request, *args, **kwargs)
         self.request = drf_request
         self.headers = self.default_response_headers
@@ -70,10 +71,9 @@ class SignedAPIView(APIView):
         return response
 
     @staticmethod
-    def audit_fields(request, response, started: float) -> dict[str, Any]:
-        """The audit event's columns for this request and response."""
-        data = getattr(response, "data", None)
-        failed = response.status_code >= 400
+    def audit_fields_for(request, *, status_code: int, data: Any, started: float) -> dict[str, Any]:
+        """The audit event's columns for this request and its answer (`data`: the error body)."""
+        failed = status_code >= 400
         code = data.get("code") if failed and isinstance(data, dict) else None
         fields = {
             "event_type": AuditEvent.API_REQUEST,
@@ -83,7 +83,7 @@ class SignedAPIView(APIView):
             "access_id": getattr(request, "access_pk", None),
             "endpoint": f"{request.method} {request.path}"[:200],
             "outcome": (code or "ERROR") if failed else AuditEvent.OK,
-            "http_status": response.status_code,
+            "http_status": status_code,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "client_ip": client_address(request),
             "secret_version": getattr(request, "secret_version", None),
@@ -92,8 +92,26 @@ class SignedAPIView(APIView):
         fields.update(getattr(request, "audit", {}))
         return fields
 
+    def commit_with_audit(self, request, write, *, status_code: int = 200):
+        """Run `write()` (a database change) and this request's audit event in one
+        transaction, so the change never exists without its event. Call from a DB thread;
+        `write` may add to `request.audit`. Returns what `write` returned."""
+        django_request = request._request
+        with transaction.atomic():
+            result = write()
+            fields = self.audit_fields_for(
+                django_request, status_code=status_code, data=None, started=django_request.audit_started
+            )
+            audit_event_record(**fields)
+            if fields["access_id"] and fields["secret_version"]:
+                access_id_mark_used(access_pk=fields["access_id"], version=fields["secret_version"])
+            django_request.audit_recorded = True
+        return result
+
     def _audit_request(self, request, response, started: float) -> None:
-        fields = self.audit_fields(request, response, started)
+        fields = self.audit_fields_for(
+            request, status_code=response.status_code, data=getattr(response, "data", None), started=started
+        )
         with transaction.atomic():
             audit_event_record(**fields)
             if fields["access_id"] and fields["secret_version"]:

@@ -64,6 +64,78 @@ class RotateResponseSerializer(serializers.Serializer):
     previous_valid_until = serializers.DateTimeField(allow_null=True)
 
 
+class SignXmlRequestSerializer(serializers.Serializer):
+    xml = serializers.CharField(trim_whitespace=False, help_text="A CEB message (root ceb:CEB<nnn>Message), unsigned.")
+    filename = serializers.CharField(
+        required=False, allow_blank=True, help_text="Store the signed document under this name (.xml added)."
+    )
+    directory = serializers.CharField(required=False, allow_blank=True, help_text="Logical folder in the XML store.")
+    device = serializers.CharField(required=False, allow_blank=True, help_text="Card device slug (optional).")
+
+
+class SignXmlResponseSerializer(serializers.Serializer):
+    signed_xml = serializers.CharField()
+    digest_value = serializers.CharField()
+    signature_value = serializers.CharField()
+    signature_method = serializers.CharField()
+    cert_no = serializers.CharField()
+    algorithm = serializers.CharField()
+    device = serializers.CharField()
+    document_id = serializers.IntegerField()
+    filename = serializers.CharField()
+    directory = serializers.CharField(allow_blank=True)
+    version = serializers.IntegerField()
+    request_id = serializers.CharField()
+
+
+class VerifyXmlRequestSerializer(serializers.Serializer):
+    xml = serializers.CharField(trim_whitespace=False, help_text="A signed CEB message, signed anywhere.")
+
+
+class VerifyXmlResponseSerializer(serializers.Serializer):
+    valid = serializers.BooleanField()
+    digest_ok = serializers.BooleanField()
+    signature_ok = serializers.BooleanField()
+    cert_no = serializers.CharField(allow_blank=True)
+    reason = serializers.CharField(allow_blank=True)
+    digest_value = serializers.CharField(allow_blank=True)
+    signature_method = serializers.CharField(allow_blank=True)
+    algorithm = serializers.CharField(allow_blank=True)
+    certificate_subject = serializers.CharField(allow_blank=True)
+    certificate_not_after = serializers.DateTimeField(allow_null=True)
+
+
+class Pay179RequestSerializer(serializers.Serializer):
+    """Documents the body; the view reads the raw bytes so numbers keep their text."""
+
+    sessionID = serializers.CharField()
+    payExchangeInfoHead = serializers.DictField()
+    payExchangeInfoLists = serializers.ListField(child=serializers.DictField())
+    serviceTime = serializers.JSONField(help_text="Milliseconds, as a number or a digit string.")
+    upload = serializers.BooleanField(default=False, help_text="Also post the signed data to customs.")
+    device = serializers.CharField(required=False, allow_blank=True)
+
+
+class Pay179UploadSerializer(serializers.Serializer):
+    ok = serializers.BooleanField(help_text='True only when customs answered code "10000".')
+    url = serializers.CharField()
+    http_status = serializers.IntegerField(allow_null=True)
+    code = serializers.CharField(allow_blank=True)
+    message = serializers.CharField(allow_blank=True)
+    reply = serializers.JSONField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+    duration_ms = serializers.FloatField()
+
+
+class Pay179ResponseSerializer(serializers.Serializer):
+    sign_string = serializers.CharField()
+    signature = serializers.CharField()
+    cert_no = serializers.CharField()
+    device = serializers.CharField()
+    request_id = serializers.CharField()
+    upload = Pay179UploadSerializer(required=False)
+
+
 class ErrorSerializer(serializers.Serializer):
     success = serializers.BooleanField(default=False)
     code = serializers.CharField()

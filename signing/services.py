@@ -3,6 +3,7 @@ card operations the API performs: sign, pass-through calls, the certificate."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,17 @@ from django.db import transaction
 
 from accessids.encryption import secret_decrypt, secret_encrypt
 from signplatform.errors import invalid_request, permission_denied
+from xmlstore.ceb import (
+    XmlInputError,
+    ceb_digest,
+    ceb_document_check,
+    ceb_signature_insert,
+    ceb_signed_info,
+    ceb_verify,
+    signature_method_uri,
+)
+from xmlstore.pay179 import Pay179Error, pay179_parse, pay179_sign_string, pay179_upload, pay179_upload_form
+from xmlstore.services import xml_input_error
 
 from .models import CardDevice
 from .ukey.certs import CertificateError, certificate_load
@@ -98,14 +110,15 @@ def device_choose(*, allowed: tuple[str, ...], requested: str | None) -> str:
     return allowed[0] if allowed else settings.UKEY_DEFAULT_DEVICE
 
 
-async def data_sign(*, data: str, no_hash: bool, device: str) -> SignResult:
+async def data_sign(*, data: str, no_hash: bool, device: str, fallback_pin: str | None = None) -> SignResult:
     """Sign text with the card: `SpcSignDataAsPEM` (the card hashes), or with `no_hash`
-    the hex SHA-1 of the UTF-8 text sent to `SpcSignDataNoHashAsPEM`."""
+    the hex SHA-1 of the UTF-8 text sent to `SpcSignDataNoHashAsPEM`. `fallback_pin`
+    (legacy clients) is used only when the device has no PIN configured."""
     if no_hash:
         method, in_data = "cus-sec_SpcSignDataNoHashAsPEM", hashlib.sha1(data.encode("utf-8")).hexdigest()
     else:
         method, in_data = "cus-sec_SpcSignDataAsPEM", data
-    response = await ukey_call(method, {"inData": in_data}, device=device)
+    response = await ukey_call(method, {"inData": in_data}, device=device, fallback_pin=fallback_pin)
     values = response.result.data
     if not values or not isinstance(values[0], str):
         raise UKeyCardError(f"card {device} answered {method} without a signature", device=device)
@@ -159,3 +172,105 @@ async def certificate_get(*, device: str) -> dict[str, Any]:
     }
     await cache.aset(f"ukey:cert:{device}:{cert_no}", result, 300)  # under the certNo now known
     return result
+
+
+# --- Customs payloads: CEB XML messages and 179 payment data -------------------------------
+
+
+@dataclass(frozen=True)
+class CebSignResult:
+    signed_xml: str
+    message_type: str
+    digest_value: str
+    signature_value: str
+    signature_method: str
+    cert_no: str
+    algorithm: str
+    device: str
+
+
+def card_signature_method_override(*, device: str) -> str:
+    """The device's configured XML SignatureMethod ("" = from the certificate)."""
+    return CardDevice.objects.filter(slug=device).values_list("signature_method", flat=True).first() or ""
+
+
+async def ceb_xml_sign(*, xml: str, device: str, signature_method: str = "") -> CebSignResult:
+    """Sign a CEB message (shared/spec/ceb-xml-and-179.md §1) and verify the result before
+    returning it. Refuses hostile or unsuitable XML with INVALID_REQUEST; a signature that
+    does not verify with the card's certificate is never returned (UKEY_ERROR)."""
+    def prepare():
+        document = ceb_document_check(xml)
+        return document.message_type, ceb_digest(xml)
+
+    try:
+        # lxml work on a multi-megabyte message must not stall the event loop.
+        message_type, digest = await asyncio.to_thread(prepare)
+    except XmlInputError as exc:
+        raise xml_input_error(exc) from None
+    certificate = await certificate_get(device=device)
+    method_uri = signature_method_uri(certificate["algorithm"], signature_method)
+    signed_info = ceb_signed_info(signature_method_uri=method_uri, digest=digest)
+    signed = await data_sign(data=signed_info, no_hash=False, device=device)
+    der_b64 = certificate_load(certificate["certificate_pem"]).der_base64
+
+    def assemble():
+        text = ceb_signature_insert(
+            xml, signed_info=signed_info, signature_value=signed.signature, cert_no=signed.cert_no,
+            certificate_b64=der_b64,
+        )
+        return text, ceb_verify(text)
+
+    signed_xml, check = await asyncio.to_thread(assemble)
+    if not check.valid:
+        raise UKeyCardError(
+            f"card {device} produced a signature that does not verify, so it was not returned: {check.reason}",
+            device=device,
+        )
+    return CebSignResult(
+        signed_xml=signed_xml,
+        message_type=message_type,
+        digest_value=digest,
+        signature_value=signed.signature,
+        signature_method=method_uri,
+        cert_no=signed.cert_no,
+        algorithm=signed.algorithm,
+        device=device,
+    )
+
+
+@dataclass(frozen=True)
+class Pay179SignResult:
+    sign_string: str
+    signature: str
+    cert_no: str
+    upload: dict[str, Any] | None
+
+
+async def pay179_sign(*, raw_body: bytes, device: str, upload: bool) -> Pay179SignResult:
+    """Build the exact 179 string (ceb-xml-and-179.md §2), sign it with the card, and when
+    asked post it to customs (CUSTOMS_179_UPLOAD_URL); the upload's outcome is reported,
+    never raised: the signature stays valid whatever customs answers."""
+    try:
+        payload = pay179_parse(raw_body)
+        sign_string = pay179_sign_string(payload)
+    except Pay179Error as exc:
+        raise invalid_request(exc.message, exc.field_errors) from None
+    signed = await data_sign(data=sign_string, no_hash=False, device=device)
+    report = None
+    if upload:
+        result = await pay179_upload(
+            url=settings.CUSTOMS_179_UPLOAD_URL,
+            pay_ex_info_str=pay179_upload_form(payload, cert_no=signed.cert_no, sign_value=signed.signature),
+            timeout=settings.CUSTOMS_179_UPLOAD_TIMEOUT,
+        )
+        report = {
+            "ok": result.ok,
+            "url": result.url,
+            "http_status": result.http_status,
+            "code": result.code,
+            "message": result.message,
+            "reply": result.reply,
+            "error": result.error,
+            "duration_ms": result.duration_ms,
+        }
+    return Pay179SignResult(sign_string=sign_string, signature=signed.signature, cert_no=signed.cert_no, upload=report)

@@ -202,6 +202,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # Reverse proxies whose X-Forwarded-For is believed (CIDR list); empty: the peer address is the client.
 TRUSTED_PROXIES = [p.strip() for p in env("TRUSTED_PROXIES").split(",") if p.strip()]
 
+# --- Customs payloads (shared/spec/ceb-xml-and-179.md) ---------------------------------------
+# Where `POST /api/v1/sign/179` with "upload": true posts the signed 179 data. Default: customs'
+# test system; production is https://customs.chinaport.gov.cn/ceb2grab/grab/realTimeDataUpload
+CUSTOMS_179_UPLOAD_URL = env(
+    "CUSTOMS_179_UPLOAD_URL", "https://swapptest.singlewindow.cn/ceb2grab/grab/realTimeDataUpload"
+)
+CUSTOMS_179_UPLOAD_TIMEOUT = env_float("CUSTOMS_179_UPLOAD_TIMEOUT", 15.0)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Signing platform API",
     "VERSION": "1.0.0",

@@ -10,19 +10,22 @@ from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from accessids.models import SCOPES, AccessId, AppSecret
+from accessids.models import DEFAULT_SCOPES, AccessId, AppSecret
 from accessids.secrets import AppSecretService
 from audit.models import AuditEvent
-from tests.conftest import database_text
 from accessids.services import (
     AccessIdError,
     access_id_create,
     access_id_set_enabled,
+    access_id_set_legacy_key,
     app_secret_revoke_previous,
     app_secret_rotate,
     grace_parse,
+    legacy_keys_all,
     scopes_parse,
 )
+from signing.legacy_cipher import legacy_key_fold
+from tests.conftest import database_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,7 +38,7 @@ def test_create_returns_a_256_bit_secret_stored_only_encrypted():
     access, secret = access_id_create(name="ERP")
     assert access.key.startswith("AK") and len(access.key) == 22
     assert len(secret) >= 43  # 32 random bytes, base64url
-    assert sorted(access.scopes) == sorted(SCOPES)
+    assert sorted(access.scopes) == sorted(DEFAULT_SCOPES) and "xml_read_all" not in access.scopes
     row = access.secrets.get()
     assert row.state == AppSecret.CURRENT and row.version == 1 and len(row.fingerprint) == 12
     assert secret not in database_text()
@@ -97,7 +100,7 @@ def test_grace_and_scope_parsing():
     with pytest.raises(AccessIdError):
         grace_parse("soon")
     assert scopes_parse("sign, rpc") == ["sign", "rpc"]
-    assert scopes_parse(None) == list(SCOPES)
+    assert scopes_parse(None) == list(DEFAULT_SCOPES)
     with pytest.raises(AccessIdError, match="unknown scope"):
         scopes_parse("sign,admin")
 
@@ -144,10 +147,17 @@ def test_rotate_master_key_reencrypts_secrets_and_pins(tmp_path, settings):
     access, secret = access_id_create(name="ERP")
     device = card_device_set_pin(device=CardDevice.objects.create(slug="k", url="ws://127.0.0.1:9"), pin="12345678")
     old_stored = access.secrets.get().secret_encrypted
+    access_id_set_legacy_key(access_id=access, legacy_key="1234567887654321")
+    access.refresh_from_db()
+    old_legacy = (access.legacy_aes_key_encrypted, access.legacy_key_fingerprint)
 
     out = io.StringIO()
     call_command("rotate_master_key", stdout=out)
-    assert "Re-encrypted 1 App Secret(s) and 1 card PIN(s)" in out.getvalue()
+    assert "Re-encrypted 1 App Secret(s), 1 card PIN(s) and 1 legacy AES key(s)" in out.getvalue()
+    access.refresh_from_db()
+    # Both the ciphertext and the keyed fingerprint move to the new key; the key still identifies.
+    assert access.legacy_aes_key_encrypted != old_legacy[0] and access.legacy_key_fingerprint != old_legacy[1]
+    assert legacy_keys_all() == [(access.key, legacy_key_fold("1234567887654321"))]
     assert (tmp_path / "master.key.previous").read_text() != key_file.read_text()
     assert (key_file.stat().st_mode & 0o777) == 0o600
     assert master_key() != old_key
@@ -175,6 +185,26 @@ def test_rotate_master_key_changes_nothing_when_a_value_does_not_decrypt(tmp_pat
         call_command("rotate_master_key", "--new-key-env", "NEW_MASTER_KEY")
     assert key_file.read_text() == before and not (tmp_path / "master.key.new").exists()
     assert _valid(access.key) == {(1, secret)}
+
+
+def test_command_legacy_key_create_set_remove_and_refuse_duplicates(monkeypatch):
+    out = io.StringIO()
+    call_command("accessid", "create", "--name", "Java", "--legacy-aes-key", "k-0001", "--json", stdout=out)
+    first = AccessId.objects.get(key=json.loads(out.getvalue())["access_id"])
+    assert first.has_legacy_key and "k-0001" not in first.legacy_aes_key_encrypted
+    # A duplicate key is refused and the access ID it would have created does not exist.
+    with pytest.raises(CommandError, match="already belongs to access ID"):
+        call_command("accessid", "create", "--name", "Java 2", "--legacy-aes-key", "k-0001", stdout=io.StringIO())
+    assert not AccessId.objects.filter(name="Java 2").exists()
+    second, _ = access_id_create(name="Go proxy")
+    monkeypatch.setenv("LEGACY_KEY", "k-0002")
+    call_command("accessid", "legacy-key", second.key, "--legacy-aes-key-env", "LEGACY_KEY", stdout=out)
+    assert {key for key, _ in legacy_keys_all()} == {first.key, second.key}
+    call_command("accessid", "legacy-key", first.key, "--remove", stdout=out)
+    assert [key for key, _ in legacy_keys_all()] == [second.key]
+    with pytest.raises(CommandError, match="give --legacy-aes-key"):
+        call_command("accessid", "legacy-key", first.key)
+    assert "k-0001" not in database_text() and "k-0002" not in database_text()
 
 
 def test_every_change_writes_one_audit_event_without_secrets():

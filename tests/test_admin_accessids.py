@@ -136,7 +136,7 @@ def test_create_shows_the_secret_once_and_nowhere_else(chief):
     add = client.get(reverse("admin:accessids_accessid_add"))
     page = add.content.decode()
     # Checkboxes, not JSON; networks one per line; devices a multi-select.
-    assert page.count('type="checkbox" name="scopes"') == 7 and 'name="allowed_methods"' in page
+    assert page.count('type="checkbox" name="scopes"') == 8 and 'name="allowed_methods"' in page
     assert '<textarea name="allowed_networks"' in page and '<select name="devices"' in page and "multiple" in page
     assert "Save and add another" not in page
 
@@ -313,6 +313,53 @@ def test_enable_disable_edit_and_no_delete_write_audit_events(chief):
     assert client.post(url(a, "delete"), {"post": "yes"}).status_code == 403
     assert AccessId.objects.filter(pk=a.pk).exists()
     assert "deletelink" not in client.get(url(a)).content.decode()
+
+
+def test_legacy_aes_key_is_set_write_only_unique_and_removable(chief):
+    a, _ = access_id_create(name="Java bridge A")
+    b, _ = access_id_create(name="Java bridge B")
+    client = client_for(chief)
+    key = "legacy-KEY-5e1f0c"
+    form = {
+        "name": "Java bridge A", "description": "", "scopes": ["sign", "xml_read", "xml_write"],
+        "allowed_methods": [], "allowed_networks": "", "rate_limit_per_minute": "600",
+        "expires_at_0": "", "expires_at_1": "", "secrets-TOTAL_FORMS": "1", "secrets-INITIAL_FORMS": "1",
+        "secrets-MIN_NUM_FORMS": "0", "secrets-MAX_NUM_FORMS": "0", "secrets-0-id": str(a.secrets.get().pk),
+        "secrets-0-access_id": str(a.pk), "_save": "Save",
+    }
+    before = client.get(url(a)).content.decode()
+    assert 'type="password" name="legacy_aes_key"' in before and "not set (the old sign-server API" in before
+
+    saved = client.post(url(a), {**form, "legacy_aes_key": key})
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    a.refresh_from_db()
+    assert a.has_legacy_key and a.legacy_aes_key_encrypted.startswith("gcm1:") and len(a.legacy_key_fingerprint) == 64
+    page = client.get(url(a)).content.decode()
+    assert key not in page and a.legacy_key_fingerprint[:12] in page and 'name="legacy_aes_key_remove"' in page
+    assert key not in database_text()
+    (event,) = [e for e in events(a, AuditEvent.ACCESS_ID_CHANGED) if "legacy_aes_key" in e.details["changed"]]
+    assert event.actor == chief and event.details["legacy_aes_key"] == "set" and key not in repr(event.details)
+    listing = client.get(CHANGELIST).content.decode()
+    assert re.search(rf"<tr>.*?{a.key}.*?icon-yes.*?</tr>", listing, re.S)
+
+    # The same key for another access ID is refused on the form: the key names the caller.
+    form_b = {**form, "name": "Java bridge B", "secrets-0-id": str(b.secrets.get().pk),
+              "secrets-0-access_id": str(b.pk), "legacy_aes_key": key}
+    refused = client.post(url(b), form_b)
+    assert refused.status_code == 200
+    assert "Another access ID already has this legacy AES key" in refused.content.decode()
+    b.refresh_from_db()
+    assert not b.has_legacy_key
+
+    # Saving without typing a key keeps it; ticking remove removes it.
+    assert client.post(url(a), form).status_code == 302
+    a.refresh_from_db()
+    assert a.has_legacy_key
+    assert client.post(url(a), {**form, "legacy_aes_key_remove": "on"}).status_code == 302
+    a.refresh_from_db()
+    assert not a.has_legacy_key and a.legacy_key_fingerprint is None
+    removed = [e for e in events(a, AuditEvent.ACCESS_ID_CHANGED) if e.details.get("legacy_aes_key") == "removed"]
+    assert len(removed) == 1
 
 
 def test_permissions_are_separate_view_edit_create_rotate(chief):

@@ -132,6 +132,45 @@ def test_python_cli(live):
     live.check_signature(json.loads(result.stdout))
 
 
+VECTORS = ROOT.parent / "shared" / "spec" / "vectors"
+
+
+def test_python_cli_signs_verifies_xml_and_179(live, tmp_path):
+    """The CLI's customs commands: a CEB file signed to a file that verifies on its own
+    (digest vector, certificate of the card), a tampered copy diagnosed, the 179 vector."""
+    from xmlstore.ceb import ceb_verify
+
+    signed_path = tmp_path / "signed.xml"
+    original = (VECTORS / "CEB621Message.xml").read_text(encoding="utf-8")
+    result = run([sys.executable, "-m", "signclient", "sign-xml", str(VECTORS / "CEB621Message.xml"),
+                  "--filename", "cli-order", "--out", str(signed_path)], live.client_env())
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["digest_value"] == "b2FtM/jHvW4fnJpMMPWk/177RwA=" and answer["filename"] == "cli-order.xml"
+    signed = signed_path.read_text(encoding="utf-8")
+    start, end = signed.index("<ds:Signature"), signed.index("</ds:Signature>") + len("</ds:Signature>")
+    assert signed[:start] + signed[end:] == original
+    check = ceb_verify(signed)
+    assert check.valid and check.cert_no == live.certificate["cert_no"]
+    assert check.certificate.der == live.cert.der
+
+    verified = run([sys.executable, "-m", "signclient", "verify-xml", str(signed_path)], live.client_env())
+    assert verified.returncode == 0 and json.loads(verified.stdout)["valid"] is True
+    tampered = tmp_path / "tampered.xml"
+    tampered.write_text(signed.replace("48037605991776256", "48037605991776259"), encoding="utf-8")
+    refused = run([sys.executable, "-m", "signclient", "verify-xml", str(tampered)], live.client_env())
+    report = json.loads(refused.stdout)
+    assert refused.returncode == 3 and report["digest_ok"] is False and "digest" in report["reason"]
+
+    result = run([sys.executable, "-m", "signclient", "sign-179", str(VECTORS / "179-payload.json")],
+                 live.client_env())
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    expected = (VECTORS / "179-sign-string.txt").read_text(encoding="utf-8").rstrip("\n")
+    assert answer["sign_string"] == expected
+    assert signature_verify(live.cert, expected.encode("utf-8"), answer["signature"])
+
+
 def test_java_single_file_program(live):
     # A UTF-8 locale, so that the JVM decodes the non-ASCII argument correctly.
     result = run([tool("java"), str(JAVA_EXAMPLE.relative_to(ROOT)), TEXT], live.client_env(LC_ALL="C.UTF-8"),

@@ -18,6 +18,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from accessids.encryption import secret_encrypt
 from signplatform.logging import request_id_var
 
 from . import gateway, status
@@ -115,7 +116,7 @@ async def ukey_call(
         "request_id": request_id_var.get(),
     }
     if fallback_pin:
-        message["fallback_pin"] = fallback_pin
+        message["fallback_pin"] = secret_encrypt(fallback_pin, purpose=gateway.FALLBACK_PIN_PURPOSE)
     try:
         await layer.send(gateway.CHANNEL_PREFIX + slug, message)
     except ChannelFull:

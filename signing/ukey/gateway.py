@@ -35,9 +35,14 @@ from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from accessids.encryption import MasterKeyError, secret_decrypt
 from signplatform.logging import redaction_register
 
 from . import certs, protocol, status
+
+# A PIN a legacy client sends travels to the gateway encrypted under the master key, so it
+# never sits in clear in Redis (the channel layer).
+FALLBACK_PIN_PURPOSE = "fallback-pin"
 
 logger = logging.getLogger("signing.ukey.gateway")
 
@@ -338,7 +343,12 @@ class CardGateway:
             if method in protocol.PIN_METHODS and self.config.pin:
                 args["passwd"] = self.config.pin
             elif method in protocol.PIN_METHODS and job.message.get("fallback_pin"):
-                args["passwd"] = str(job.message["fallback_pin"])  # legacy clients that send their own PIN
+                # Legacy clients that send their own PIN; it crossed the channel layer encrypted.
+                try:
+                    args["passwd"] = secret_decrypt(job.message["fallback_pin"], purpose=FALLBACK_PIN_PURPOSE)
+                except MasterKeyError:
+                    await self._reply_error(job, UKEY_ERROR, "the client's card PIN could not be read (master key mismatch)")
+                    return
             # A request queued behind others at the control gets their time too.
             timeout = min(self.config.request_timeout * (conn.outstanding + 1), remaining)
             started = time.monotonic()

@@ -1,12 +1,15 @@
 import json
+import os
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from accessids.models import AccessId, AppSecret
 from accessids.services import (
     AccessIdError,
     access_id_create,
     access_id_set_enabled,
+    access_id_set_legacy_key,
     app_secret_rotate,
     grace_parse,
     scopes_parse,
@@ -23,6 +26,13 @@ class Command(BaseCommand):
         create.add_argument("--scopes", help="comma-separated; all scopes when omitted")
         create.add_argument("--description", default="")
         create.add_argument("--json", action="store_true", help='print only {"access_id": ..., "secret": ...}')
+        self._legacy_arguments(create)
+        legacy = sub.add_parser(
+            "legacy-key", help="give an access ID a legacy sign-server AES key (or remove it with --remove)"
+        )
+        legacy.add_argument("access_id")
+        self._legacy_arguments(legacy)
+        legacy.add_argument("--remove", action="store_true", help="remove the legacy AES key")
         sub.add_parser("list", help="list access IDs")
         rotate = sub.add_parser("rotate", help="issue a new secret; the old one stays valid for the grace period")
         rotate.add_argument("access_id")
@@ -31,9 +41,30 @@ class Command(BaseCommand):
         for action in ("disable", "enable"):
             sub.add_parser(action).add_argument("access_id")
 
+    @staticmethod
+    def _legacy_arguments(parser):
+        parser.add_argument(
+            "--legacy-aes-key", metavar="KEY",
+            help="the AES key legacy sign-server clients encrypt with (enables /getCode and /xml-files for them)",
+        )
+        parser.add_argument(
+            "--legacy-aes-key-env", metavar="VAR",
+            help="read the legacy AES key from this environment variable (keeps it out of the process list)",
+        )
+
+    @staticmethod
+    def _legacy_key(options) -> str:
+        if options.get("legacy_aes_key_env"):
+            value = os.environ.get(options["legacy_aes_key_env"], "")
+            if not value:
+                raise CommandError(f"environment variable {options['legacy_aes_key_env']} is empty or not set")
+            return value
+        return options.get("legacy_aes_key") or ""
+
     def handle(self, *args, **options):
         try:
-            getattr(self, f"_{options['action']}")(options)
+            action = options["action"].replace("-", "_")
+            getattr(self, "_legacy_key_action" if action == "legacy_key" else f"_{action}")(options)
         except AccessIdError as exc:
             raise CommandError(str(exc)) from None
 
@@ -44,15 +75,30 @@ class Command(BaseCommand):
         return access
 
     def _create(self, options):
-        access, secret = access_id_create(
-            name=options["name"], scopes=scopes_parse(options["scopes"]), description=options["description"]
-        )
+        legacy_key = self._legacy_key(options)
+        with transaction.atomic():  # an access ID whose legacy key was refused is not created
+            access, secret = access_id_create(
+                name=options["name"], scopes=scopes_parse(options["scopes"]), description=options["description"]
+            )
+            if legacy_key:
+                access_id_set_legacy_key(access_id=access, legacy_key=legacy_key)
         if options["json"]:
             self.stdout.write(json.dumps({"access_id": access.key, "secret": secret}))
             return
         self.stdout.write(
             f"Created access ID {access.key} ({access.name}), scopes {', '.join(access.scopes)}\n"
-            f"App Secret (shown only now, store it safely):\n{secret}"
+            + ("Legacy sign-server clients using the given AES key are now attributed to it.\n" if legacy_key else "")
+            + f"App Secret (shown only now, store it safely):\n{secret}"
+        )
+
+    def _legacy_key_action(self, options):
+        access = self._get(options["access_id"])
+        legacy_key = "" if options["remove"] else self._legacy_key(options)
+        if not legacy_key and not options["remove"]:
+            raise CommandError("give --legacy-aes-key KEY, --legacy-aes-key-env VAR or --remove")
+        access_id_set_legacy_key(access_id=access, legacy_key=legacy_key)
+        self.stdout.write(
+            f"Legacy AES key of {access.key} " + ("removed" if options["remove"] else "set")
         )
 
     def _list(self, options):

@@ -60,7 +60,8 @@ class Command(BaseCommand):
             raise CommandError(f"nothing was changed: {exc}") from None
         master_key_forget()
         self.stdout.write(
-            f"Re-encrypted {counts['secrets']} App Secret(s) and {counts['pins']} card PIN(s) under the new key."
+            f"Re-encrypted {counts['secrets']} App Secret(s), {counts['pins']} card PIN(s) and "
+            f"{counts['legacy_keys']} legacy AES key(s) under the new key."
         )
         if key_file is not None:
             backup = key_file.with_name(key_file.name + ".previous")
