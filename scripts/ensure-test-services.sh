@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the services the test suite runs against (Debian packages), when missing:
-# redis-server, the PostgreSQL server, Chromium for the browser tests, and the tools the
+# redis-server, the PostgreSQL server, Chromium (and a CJK font) for the browser tests, and the tools the
 # client examples are tested with (curl, openssl, a Java 17 JDK).
 set -euo pipefail
 
@@ -9,11 +9,13 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then need+=(postgresql); fi
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# A CJK font, so that the Chinese text in the admin screenshots is readable.
+[ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 if [ "${#need[@]}" -eq 0 ]; then
-  echo "test services: redis-server, PostgreSQL, Chromium, curl, openssl and a JDK already installed"
+  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl and a JDK already installed"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
