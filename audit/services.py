@@ -3,11 +3,17 @@ the change it describes, so that either both are stored or neither is."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from .models import AuditEvent
 
 _MAX_MESSAGE = 500
+
+
+def data_digest(text: str) -> str:
+    """What the audit log keeps of signed or stored data: the SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def audit_event_record(

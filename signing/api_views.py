@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 
 from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -14,6 +13,7 @@ from rest_framework.response import Response
 from accessids.models import AccessId
 from accessids.services import ChangeContext, access_id_mark_used, app_secret_rotate
 from audit.models import AuditEvent
+from audit.services import data_digest
 from signplatform.dbthread import db_sync_to_async
 from signplatform.errors import invalid_request, permission_denied
 from xmlstore.ceb import XmlInputError, ceb_verify
@@ -54,7 +54,7 @@ class SignView(SignedAPIView):
         serializer = s.SignRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data["data"]
-        request.audit["data_sha256"] = hashlib.sha256(data.encode("utf-8")).hexdigest()
+        request.audit["data_sha256"] = data_digest(data)
         device = await _device(request, serializer.validated_data.get("device"))
         result = await data_sign(data=data, no_hash=serializer.validated_data["no_hash"], device=device)
         request.audit["cert_no"] = result.cert_no
@@ -84,7 +84,7 @@ class RpcView(SignedAPIView):
         method, args = serializer.validated_data["_method"], serializer.validated_data["args"]
         request.audit["details"] = {"method": method}
         if isinstance(args.get("inData"), str):
-            request.audit["data_sha256"] = hashlib.sha256(args["inData"].encode("utf-8")).hexdigest()
+            request.audit["data_sha256"] = data_digest(args["inData"])
         device = await _device(request, serializer.validated_data.get("device"))
         envelope = await card_rpc(method=method, args=args, device=device)
         if method in SIGN_METHODS:
@@ -147,10 +147,6 @@ class RotateSelfView(SignedAPIView):
         }
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 class SignXmlView(SignedAPIView):
     """Sign a CEB message, verify the result, store original and signed text together."""
 
@@ -165,7 +161,7 @@ class SignXmlView(SignedAPIView):
         # Names are checked before the card is used: a bad name must not cost a signature.
         directory = xml_directory_clean(values.get("directory"))
         filename = xml_filename_clean(values["filename"]) if values.get("filename", "").strip() else ""
-        request.audit["data_sha256"] = _sha256(xml)
+        request.audit["data_sha256"] = data_digest(xml)
         device = await _device(request, values.get("device"))
         override = await db_sync_to_async(card_signature_method_override)(device=device)
         result = await ceb_xml_sign(xml=xml, device=device, signature_method=override)
@@ -227,7 +223,7 @@ class VerifyXmlView(SignedAPIView):
         serializer = s.VerifyXmlRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         xml = serializer.validated_data["xml"]
-        request.audit["data_sha256"] = _sha256(xml)
+        request.audit["data_sha256"] = data_digest(xml)
         try:
             result = await asyncio.to_thread(ceb_verify, xml)
         except XmlInputError as exc:
@@ -271,7 +267,7 @@ class Sign179View(SignedAPIView):
         # The raw bytes, not request.data: numbers must keep the client's text (100 stays 100).
         result = await pay179_sign(raw_body=request._request.body, device=device, upload=upload)
         request.audit["cert_no"] = result.cert_no
-        request.audit["data_sha256"] = _sha256(result.sign_string)
+        request.audit["data_sha256"] = data_digest(result.sign_string)
         details = {"session_id": str(data.get("sessionID", ""))[:100]}
         if result.upload is not None:
             details["upload"] = {k: result.upload[k] for k in ("ok", "http_status", "code", "error")}

@@ -11,7 +11,6 @@ device has none configured and is never logged; `directory` is a name in the dat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -28,7 +27,7 @@ from django.views.decorators.http import require_GET
 from accessids.secrets import AccessIdAuthInfo, AppSecretService
 from accessids.services import legacy_keys_all
 from audit.models import AuditEvent
-from audit.services import audit_event_record
+from audit.services import audit_event_record, data_digest
 from signplatform.dbthread import db_sync_to_async
 from signplatform.errors import ApiError
 from xmlstore.selectors import xml_document_find, xml_documents_in_directory
@@ -172,12 +171,16 @@ def _audit(call: LegacyCall, response: JsonResponse, outcome: str, message: str)
     audit_event_record(**call.audit_fields(http_status=response.status_code, outcome=outcome, message=message))
 
 
-async def _run(request, endpoint: str, handler) -> JsonResponse:
-    """Run one legacy call: errors become legacy envelopes; exactly one audit event."""
+async def _run(request, endpoint: str, scope: str, handler) -> JsonResponse:
+    """Run one legacy POST: identify and authorise the caller for `scope`, then
+    `handler(call, payload)`; errors become legacy envelopes; exactly one audit event."""
     call = LegacyCall(request=request, endpoint=endpoint)
     outcome, message = AuditEvent.OK, ""
     try:
-        response = await handler(call)
+        if request.method != "POST":
+            raise LegacyError(405, 405, "请求方法不允许，请使用 POST", outcome="METHOD_NOT_ALLOWED")
+        payload = await db_sync_to_async(_begin)(call, scope)
+        response = await handler(call, payload)
     except LegacyError as exc:
         response = _envelope(exc.code, exc.msg, False, status=exc.http_status)
         for name, value in exc.headers.items():
@@ -215,13 +218,10 @@ def _xml_error(exc: ApiError) -> LegacyError:
 async def get_code(request):
     """Sign `str` with the card; `pwdstr` is the card PIN, used only when none is configured."""
 
-    async def handle(call: LegacyCall) -> JsonResponse:
-        if request.method != "POST":
-            raise LegacyError(405, 405, "请求方法不允许，请使用 POST", outcome="METHOD_NOT_ALLOWED")
-        payload = await db_sync_to_async(_begin)(call, "sign")
+    async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
         text = _string_field(payload, "str", required=True)
         pin = _string_field(payload, "pwdstr", required=True)
-        call.audit["data_sha256"] = _sha256(text)
+        call.audit["data_sha256"] = data_digest(text)
         device = device_choose(allowed=call.access.devices, requested=None)
         call.audit["device"] = device
         try:
@@ -233,19 +233,16 @@ async def get_code(request):
         data = legacy_data_encrypt(call.folded_key, {"sign": result.signature, "certNo": result.cert_no})
         return _envelope(200, "成功", data)
 
-    return await _run(request, "/getCode", handle)
+    return await _run(request, "/getCode", "sign", handle)
 
 
 @csrf_exempt
 async def xml_files_add(request):
-    async def handle(call: LegacyCall) -> JsonResponse:
-        if request.method != "POST":
-            raise LegacyError(405, 405, "请求方法不允许，请使用 POST", outcome="METHOD_NOT_ALLOWED")
-        payload = await db_sync_to_async(_begin)(call, "xml_write")
+    async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
         filename = _string_field(payload, "filename", required=True, code=500)
         xml = _string_field(payload, "xml", required=True, code=500)
         directory = _string_field(payload, "directory", required=False, code=500)
-        call.audit["data_sha256"] = _sha256(xml)
+        call.audit["data_sha256"] = data_digest(xml)
 
         def store():
             document = xml_document_write(
@@ -260,15 +257,12 @@ async def xml_files_add(request):
             raise _xml_error(exc) from None
         return _envelope(200, "新增成功", True)
 
-    return await _run(request, "/xml-files/add", handle)
+    return await _run(request, "/xml-files/add", "xml_write", handle)
 
 
 @csrf_exempt
 async def xml_files_list(request):
-    async def handle(call: LegacyCall) -> JsonResponse:
-        if request.method != "POST":
-            raise LegacyError(405, 405, "请求方法不允许，请使用 POST", outcome="METHOD_NOT_ALLOWED")
-        payload = await db_sync_to_async(_begin)(call, "xml_read")
+    async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
         directory = _string_field(payload, "directory", required=False, code=500)
         try:
             directory = xml_directory_clean(directory)
@@ -280,15 +274,12 @@ async def xml_files_list(request):
         files = [{"filename": row["filename"], "xml": row["content"]} for row in rows]
         return _envelope(200, "查询成功", legacy_data_encrypt(call.folded_key, files))
 
-    return await _run(request, "/xml-files/list", handle)
+    return await _run(request, "/xml-files/list", "xml_read", handle)
 
 
 @csrf_exempt
 async def xml_files_delete(request):
-    async def handle(call: LegacyCall) -> JsonResponse:
-        if request.method != "POST":
-            raise LegacyError(405, 405, "请求方法不允许，请使用 POST", outcome="METHOD_NOT_ALLOWED")
-        payload = await db_sync_to_async(_begin)(call, "xml_write")
+    async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
         filename = _string_field(payload, "filename", required=True, code=500)
         directory = _string_field(payload, "directory", required=False, code=500)
 
@@ -305,7 +296,7 @@ async def xml_files_delete(request):
             raise _xml_error(exc) from None
         return _envelope(200, "删除成功", True)
 
-    return await _run(request, "/xml-files/delete", handle)
+    return await _run(request, "/xml-files/delete", "xml_write", handle)
 
 
 def _display_name(filename: str) -> str:
@@ -313,8 +304,6 @@ def _display_name(filename: str) -> str:
     return name if name.lower().endswith(".xml") else f"{name}.xml"
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @require_GET

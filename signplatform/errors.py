@@ -40,8 +40,13 @@ class ApiError(exceptions.APIException):
         self.headers = headers or {}
 
 
-def invalid_request(message: str, details: dict[str, Any] | None = None) -> ApiError:
-    return ApiError("INVALID_REQUEST", message, status=400, details=details)
+def invalid_request(message: str, fields: dict[str, Any] | None = None, *,
+                    details: dict[str, Any] | None = None) -> ApiError:
+    """400 INVALID_REQUEST; field errors always under `details.fields` (one shape for clients)."""
+    merged = dict(details or {})
+    if fields:
+        merged["fields"] = fields
+    return ApiError("INVALID_REQUEST", message, status=400, details=merged)
 
 
 def not_found(message: str = "no such resource") -> ApiError:
@@ -73,7 +78,7 @@ def as_api_error(exc: Exception) -> ApiError:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
         return ApiError(exc.code, exc.message, status=exc.http_status, details=details, headers=headers)
     if isinstance(exc, exceptions.ValidationError):
-        return invalid_request("the request body is not valid", details={"fields": exc.detail})
+        return invalid_request("the request body is not valid", exc.detail)
     if isinstance(exc, exceptions.ParseError):
         return invalid_request(f"the request body is not valid JSON: {exc.detail}")
     if isinstance(exc, exceptions.UnsupportedMediaType):

@@ -103,3 +103,34 @@ def services_env(database_url: str, var_dir: Path, **extra) -> dict:
         env["SIGNPLATFORM_MASTER_KEY"] = master_key_file_ensure().read_text().strip()
     env.update(extra)
     return env
+
+
+class CardPlatforms:
+    """Platforms with their own card simulators, started on first use by `start(key)` (which
+    returns `(simulator, platform)`), waited for until their card is connected, and stopped
+    together by `stop()`. Call the object with a key to get that pair."""
+
+    def __init__(self, start):
+        self._start = start
+        self.started: dict = {}
+
+    def __call__(self, key: str):
+        if key not in self.started:
+            sim, platform = self._start(key)
+            self.started[key] = (sim, platform)
+            platform.wait_card()
+        return self.started[key]
+
+    def stop(self) -> None:
+        for sim, platform in self.started.values():
+            platform.stop()
+            sim.stop()
+
+
+def only_card_row(slug: str) -> None:
+    """In the external gateway mode a platform starts a gateway for every card row of the
+    shared test database: leave only the one a platform about to start owns, so that no
+    card is served by two processes."""
+    from signing.models import CardDevice
+
+    CardDevice.objects.exclude(slug=slug).delete()

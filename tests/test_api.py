@@ -26,7 +26,7 @@ from signing.models import CardDevice
 from signing.ukey.certs import certificate_load, signature_verify
 from signing.ukey.status import device_status_get
 from tests.conftest import SimulatorProcess, database_text, test_database_url
-from tests.live import Platform, http, poll, services_env
+from tests.live import CardPlatforms, Platform, http, poll, services_env
 from tests.services import _start_redis, _started
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -39,27 +39,21 @@ MAX_BODY = 65536
 def card_platforms(django_db_setup, django_db_blocker, tmp_path_factory):
     """One platform per card algorithm (started on first use), sharing the test
     PostgreSQL and Redis, each with its own simulator as the default card."""
-    started: dict[str, tuple[SimulatorProcess, Platform]] = {}
 
-    def get(algorithm: str) -> tuple[SimulatorProcess, Platform]:
-        if algorithm not in started:
-            tmp = tmp_path_factory.mktemp(f"api-{algorithm}")
-            sim = SimulatorProcess(algorithm=algorithm, key_dir=str(tmp / "keys")).start()
-            with django_db_blocker.unblock():
-                env = services_env(
-                    test_database_url(), tmp / "var", UKEY_URL=sim.url, UKEY_PIN=sim.pin,
-                    UKEY_DEFAULT_DEVICE=f"card-{algorithm}", UKEY_REQUEST_TIMEOUT="1.5",
-                    API_MAX_BODY_BYTES=str(MAX_BODY),
-                )
-                platform = Platform(env, tmp).start()
-            started[algorithm] = (sim, platform)
-            platform.wait_card()
-        return started[algorithm]
+    def start(algorithm: str) -> tuple[SimulatorProcess, Platform]:
+        tmp = tmp_path_factory.mktemp(f"api-{algorithm}")
+        sim = SimulatorProcess(algorithm=algorithm, key_dir=str(tmp / "keys")).start()
+        with django_db_blocker.unblock():
+            env = services_env(
+                test_database_url(), tmp / "var", UKEY_URL=sim.url, UKEY_PIN=sim.pin,
+                UKEY_DEFAULT_DEVICE=f"card-{algorithm}", UKEY_REQUEST_TIMEOUT="1.5",
+                API_MAX_BODY_BYTES=str(MAX_BODY),
+            )
+            return sim, Platform(env, tmp).start()
 
-    yield get
-    for sim, platform in started.values():
-        platform.stop()
-        sim.stop()
+    platforms = CardPlatforms(start)
+    yield platforms
+    platforms.stop()
 
 
 @pytest.fixture

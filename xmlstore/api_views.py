@@ -6,12 +6,11 @@ document ids do not reveal what exists."""
 
 from __future__ import annotations
 
-import hashlib
-
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from audit.services import data_digest
 from signing.api import SignedAPIView
 from signing.api_views import ERRORS
 from signplatform.dbthread import db_sync_to_async
@@ -79,7 +78,8 @@ class DeletedSerializer(serializers.Serializer):
 def _positive_int(value: str | None, *, name: str, default: int, maximum: int | None = None) -> int:
     if value in (None, ""):
         return default
-    if not str(value).isdigit() or int(value) < 1 or (maximum and int(value) > maximum):
+    # isascii: str.isdigit() also accepts "²" and "٣", which int() refuses or misreads.
+    if not (value.isascii() and value.isdigit()) or int(value) < 1 or (maximum and int(value) > maximum):
         limit = f" (at most {maximum})" if maximum else ""
         raise invalid_request(f"{name} must be a whole number from 1{limit}", {name: ["invalid"]})
     return int(value)
@@ -143,7 +143,7 @@ class XmlDocumentListView(SignedAPIView):
         serializer = DocumentCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         values = serializer.validated_data
-        request.audit["data_sha256"] = hashlib.sha256(values["xml"].encode("utf-8")).hexdigest()
+        request.audit["data_sha256"] = data_digest(values["xml"])
 
         def store():
             document = xml_document_write(
@@ -184,7 +184,7 @@ class XmlDocumentDetailView(SignedAPIView):
             document = xml_document_delete(
                 document=self._document(request, pk, for_delete=True), request_id=request.request_id
             )
-            return {"id": document.pk, "deleted": True, "deleted_at": document.deleted_at.isoformat(),
-                    "request_id": request.request_id}
+            return DeletedSerializer({"id": document.pk, "deleted": True, "deleted_at": document.deleted_at,
+                                      "request_id": request.request_id}).data
 
         return Response(await db_sync_to_async(self.commit_with_audit)(request, delete))

@@ -73,7 +73,7 @@ def xml_content_check(content: str) -> None:
 
 
 def xml_input_error(exc: XmlInputError) -> ApiError:
-    return invalid_request(exc.message, {"xml": [exc.message], "reason": exc.code})
+    return invalid_request(exc.message, {"xml": [exc.message]}, details={"reason": exc.code})
 
 
 @dataclass(frozen=True)
