@@ -18,6 +18,14 @@ class AuditEvent(models.Model):
     ACCESS_ID_ENABLED = "accessid.enabled"
     ACCESS_ID_DISABLED = "accessid.disabled"
     MASTER_KEY_ROTATED = "platform.master_key_rotated"
+    # The card, as its gateway sees it (source "gateway", `device` set).
+    CARD_CONNECTED = "card.connected"
+    CARD_RECONNECTED = "card.reconnected"
+    CARD_DISCONNECTED = "card.disconnected"
+    CARD_ERROR = "card.error"  # an operation failed: Result:false, timeout, connection lost mid-call
+    CARD_PROBE_FAILED = "card.probe_failed"
+    AUDIT_PRUNED = "audit.pruned"
+    CARD_FAILURES = (CARD_DISCONNECTED, CARD_ERROR, CARD_PROBE_FAILED)
     EVENT_TYPES = [
         (API_REQUEST, "API request"),
         (ACCESS_ID_CREATED, "Access ID created"),
@@ -27,6 +35,12 @@ class AuditEvent(models.Model):
         (ACCESS_ID_ENABLED, "Access ID enabled"),
         (ACCESS_ID_DISABLED, "Access ID disabled"),
         (MASTER_KEY_ROTATED, "Master key rotated"),
+        (CARD_CONNECTED, "Card connected"),
+        (CARD_RECONNECTED, "Card reconnected"),
+        (CARD_DISCONNECTED, "Card disconnected"),
+        (CARD_ERROR, "Card operation failed"),
+        (CARD_PROBE_FAILED, "Card health probe failed"),
+        (AUDIT_PRUNED, "Audit log pruned"),
     ]
     OK = "OK"
 
@@ -54,6 +68,10 @@ class AuditEvent(models.Model):
     secret_version = models.PositiveIntegerField(null=True, blank=True)
     message = models.CharField(max_length=500, blank=True)
     details = models.JSONField(default=dict, blank=True)
+    # The hash chain (audit/chain.py): place, the previous event's hash, this event's hash.
+    seq = models.BigIntegerField(unique=True, null=True, editable=False)
+    prev_hash = models.CharField(max_length=64, blank=True, editable=False)
+    hash = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -61,3 +79,28 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.event_type} {self.outcome}"
+
+
+class AuditChainHead(models.Model):
+    """The one row every append locks: the last seq and hash of the chain."""
+
+    seq = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64)
+
+    class Meta:
+        verbose_name = "audit chain head"
+
+
+class AuditCheckpoint(models.Model):
+    """Where the chain starts after a prune: the seq and hash of the last removed event,
+    MACed with the chain key so that it cannot be forged from the database alone."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    seq = models.BigIntegerField(unique=True)
+    last_hash = models.CharField(max_length=64)
+    pruned = models.BigIntegerField(help_text="events removed so far, all prunes together")
+    older_than = models.DateTimeField(help_text="events created before this were removed")
+    mac = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-seq"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from .chain import chain_append
 from .models import AuditEvent
 
 _MAX_MESSAGE = 500
@@ -36,12 +37,13 @@ def audit_event_record(
     message: str = "",
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Store one audit event. `access_id` is an AccessId (or its pk); `access_key` the
-    access ID string as claimed by a request (kept even when no such access ID exists)."""
+    """Store one audit event, chained to the one before it (audit/chain.py). `access_id` is
+    an AccessId (or its pk); `access_key` the access ID string as claimed by a request (kept
+    even when no such access ID exists)."""
     access_pk = getattr(access_id, "pk", access_id)
     if access_id is not None and not access_key:
         access_key = getattr(access_id, "key", "")
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         event_type=event_type,
         outcome=outcome,
         request_id=request_id or "",
@@ -61,3 +63,4 @@ def audit_event_record(
         message=message[:_MAX_MESSAGE],
         details=details or {},
     )
+    return chain_append(event)

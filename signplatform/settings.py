@@ -210,6 +210,24 @@ CUSTOMS_179_UPLOAD_URL = env(
 )
 CUSTOMS_179_UPLOAD_TIMEOUT = env_float("CUSTOMS_179_UPLOAD_TIMEOUT", 15.0)
 
+# --- Operations: audit chain, metrics, webhooks, dashboard ------------------------------------
+# Key of the audit log's hash chain (HMAC-SHA256), outside the database so that someone who
+# can only write to the database cannot recompute a valid chain. Default: var/audit-chain.key
+# (mode 0600, created on first use). Every process of a deployment needs the same key.
+AUDIT_CHAIN_KEY = env("AUDIT_CHAIN_KEY") or _secret_file("audit-chain.key", 32)
+# GET /metrics (Prometheus): allowed from these networks, or with "Authorization: Bearer <token>".
+METRICS_TOKEN = env("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = [
+    n.strip() for n in env("METRICS_ALLOWED_NETWORKS", "127.0.0.1/32,::1/128").split(",") if n.strip()
+]
+# Webhook deliveries: per-attempt timeout, attempts before giving up, first retry delay (doubles).
+WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 10.0)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8)
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 2.0)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 600.0)
+# How often the dashboard page refreshes its figures and card states.
+DASHBOARD_REFRESH_SECONDS = env_int("DASHBOARD_REFRESH_SECONDS", 5)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Signing platform API",
     "VERSION": "1.0.0",

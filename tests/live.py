@@ -95,12 +95,16 @@ def embedded_env(var_dir: Path, **extra) -> dict:
 
 def services_env(database_url: str, var_dir: Path, **extra) -> dict:
     """Environment of a platform sharing the test PostgreSQL database and Redis (and the
-    test process's master key file, so both can read each other's encrypted secrets)."""
+    test process's master key and audit chain key, so both read each other's encrypted
+    secrets and extend one audit chain)."""
+    from django.conf import settings
+
     from accessids.encryption import master_key_file_ensure
 
     env = dict(os.environ, DATABASE_URL=database_url, SIGNPLATFORM_VAR_DIR=str(var_dir))
     if not env.get("SIGNPLATFORM_MASTER_KEY"):
         env["SIGNPLATFORM_MASTER_KEY"] = master_key_file_ensure().read_text().strip()
+    env.setdefault("AUDIT_CHAIN_KEY", settings.AUDIT_CHAIN_KEY)
     env.update(extra)
     return env
 

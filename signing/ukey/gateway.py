@@ -36,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from accessids.encryption import MasterKeyError, secret_decrypt
+from audit.models import AuditEvent
 from signplatform.logging import redaction_register
 
 from . import certs, protocol, status
@@ -79,6 +80,15 @@ class DeviceConfig:
 
     def __repr__(self) -> str:  # never show the PIN
         return f"DeviceConfig(slug={self.slug!r}, url={self.url!r})"
+
+
+@database_sync_to_async
+def card_event_record(*, slug: str, url: str, event_type: str, outcome: str, message: str) -> None:
+    """A card event in the audit log (connects, disconnects, failed operations, probes)."""
+    from audit.services import audit_event_record
+
+    audit_event_record(event_type=event_type, source="gateway", device=slug, outcome=outcome, message=message,
+                       details={"url": url})
 
 
 @database_sync_to_async
@@ -236,6 +246,8 @@ class CardGateway:
         self._tasks: list[asyncio.Task] = []
         self._last_activity = time.monotonic()
         self.status = status.DeviceStatus(slug=config.slug, url=config.url)
+        self._event_tasks: set[asyncio.Task] = set()
+        self._reported_down = False  # a card.disconnected event was written and no connect since
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -257,6 +269,8 @@ class CardGateway:
         deadline = time.monotonic() + grace
         while (self._depth > 0 or self._outstanding > 0) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if self._event_tasks:  # card events still being written
+            await asyncio.wait(set(self._event_tasks), timeout=max(0.5, deadline - time.monotonic()))
         tasks = [*self._tasks, *self._answer_tasks]
         for task in tasks:
             task.cancel()
@@ -395,9 +409,10 @@ class CardGateway:
         )
 
     async def _await_result(self, conn: CardConnection, method: str, future: asyncio.Future,
-                            timeout: float) -> protocol.CardResult:
+                            timeout: float, *, report: bool = True) -> protocol.CardResult:
         """Wait for one answer; on timeout reset the connection (a late answer must never
-        reach anyone) and let the next request wait for the reconnect."""
+        reach anyone) and let the next request wait for the reconnect. `report`: a failure
+        is a card.error audit event (the gateway's own probes report themselves)."""
         try:
             result = await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
@@ -406,9 +421,13 @@ class CardGateway:
                 self._reset_requested.set()
                 self._connected.clear()
                 conn.abort()
+            if report:
+                self._card_event(AuditEvent.CARD_ERROR, UKEY_TIMEOUT, f"{method} timed out after {timeout:.1f}s")
             raise
         except CardConnectionLost as exc:
             self._record_error(f"{method}: {exc}")
+            if report:
+                self._card_event(AuditEvent.CARD_ERROR, UKEY_UNAVAILABLE, f"{method}: connection lost: {exc}")
             raise
         self._last_activity = time.monotonic()
         if result.ok:
@@ -416,6 +435,8 @@ class CardGateway:
         else:
             self._record_error(f"{method}: {result.message} ({result.error_code or 'no code'})", card=True)
             logger.warning("card %s: %s", self.config.slug, self.status.last_error)
+            if report:
+                self._card_event(AuditEvent.CARD_ERROR, UKEY_ERROR, self.status.last_error)
         self._publish(throttle=True)
         return result
 
@@ -428,7 +449,7 @@ class CardGateway:
             if conn is None:
                 raise CardConnectionLost("not connected")
             future = await conn.send(method, args)
-            return await self._await_result(conn, method, future, timeout)
+            return await self._await_result(conn, method, future, timeout, report=False)
 
     @contextlib.asynccontextmanager
     async def _slot(self):
@@ -448,8 +469,10 @@ class CardGateway:
         self._last_activity = time.monotonic()
         try:
             result = await self._card_call("cus-sec_SpcGetCertNo", {}, self.config.request_timeout)
-        except (asyncio.TimeoutError, CardConnectionLost):
+        except (asyncio.TimeoutError, CardConnectionLost) as exc:
             logger.warning("card %s: health probe failed", self.config.slug)
+            self._card_event(AuditEvent.CARD_PROBE_FAILED, "PROBE_FAILED",
+                             f"health probe cus-sec_SpcGetCertNo failed: {exc.__class__.__name__} {exc}".strip())
             return
         if result.ok and result.data:
             self.status.cert_no = str(result.data[0])
@@ -498,6 +521,9 @@ class CardGateway:
                 delay = max(delay, self.config.reconnect_min / 2)
                 self._record_error(f"connect to {self.config.url} failed: {exc.__class__.__name__}: {exc}")
                 self.status.reconnect_attempts = attempt
+                if not self._reported_down:  # once per outage, not once per attempt
+                    self._reported_down = True
+                    self._card_event(AuditEvent.CARD_DISCONNECTED, "CARD_DISCONNECTED", self.status.last_error)
                 if self._reset_requested.is_set():
                     # The reset could not reconnect: requests waiting for it now fail fast.
                     self._reset_requested.clear()
@@ -514,6 +540,12 @@ class CardGateway:
             self.status.reconnect_attempts = 0
             self.status.connections += 1
             logger.info("card %s: connected to %s", self.config.slug, self.config.url)
+            if self.status.connections == 1:
+                self._card_event(AuditEvent.CARD_CONNECTED, AuditEvent.OK, f"connected to {self.config.url}")
+            else:
+                self._card_event(AuditEvent.CARD_RECONNECTED, AuditEvent.OK,
+                                 f"reconnected to {self.config.url} (connection {self.status.connections})")
+            self._reported_down = False
             self._queue.put_nowait(_CONNECTED)
             self._reset_requested.clear()
             self._connected.set()
@@ -529,6 +561,8 @@ class CardGateway:
                 continue  # a deliberate reset reconnects at once; queued requests wait for it
             self._record_error(f"disconnected: {conn.close_reason}")
             logger.warning("card %s: %s", self.config.slug, self.status.last_error)
+            self._reported_down = True
+            self._card_event(AuditEvent.CARD_DISCONNECTED, "CARD_DISCONNECTED", self.status.last_error)
             self._fail_queued_fast()
             self._publish()
             await asyncio.sleep(random.uniform(0, self.config.reconnect_min))
@@ -550,6 +584,19 @@ class CardGateway:
             self._publish()
 
     # --- status and replies ---------------------------------------------------------------
+    def _card_event(self, event_type: str, outcome: str, message: str) -> None:
+        """Write a card event in the background: the card's work never waits for the database."""
+        task = asyncio.create_task(self._card_event_write(event_type, outcome, message[:500]))
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _card_event_write(self, event_type: str, outcome: str, message: str) -> None:
+        try:
+            await card_event_record(slug=self.config.slug, url=self.config.url, event_type=event_type,
+                                    outcome=outcome, message=message)
+        except Exception as exc:  # the card keeps working when the audit store does not
+            logger.error("card %s: could not record %s: %s", self.config.slug, event_type, exc.__class__.__name__)
+
     def _record_error(self, text: str, card: bool = False) -> None:
         self.status.last_error = text
         self.status.last_error_at = time.time()
