@@ -310,6 +310,9 @@ class AccessIdAdmin(admin.ModelAdmin):
                 previous_secrets=[s for s in secrets if s.state == AppSecret.PREVIOUS],
                 access=obj,
             )
+            from audit.admin import access_id_history_context  # its recent audit events and failure counts
+
+            context.update(access_id_history_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- actions on the list ------------------------------------------------------------

@@ -25,6 +25,13 @@ class AuditEvent(models.Model):
     CARD_ERROR = "card.error"  # an operation failed: Result:false, timeout, connection lost mid-call
     CARD_PROBE_FAILED = "card.probe_failed"
     AUDIT_PRUNED = "audit.pruned"
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_CHANGED = "webhook.changed"
+    WEBHOOK_DELETED = "webhook.deleted"
+    WEBHOOK_ENABLED = "webhook.enabled"
+    WEBHOOK_DISABLED = "webhook.disabled"
+    WEBHOOK_TEST_SENT = "webhook.test_sent"
+    WEBHOOK_DELIVERY_RETRIED = "webhook.delivery_retried"
     CARD_FAILURES = (CARD_DISCONNECTED, CARD_ERROR, CARD_PROBE_FAILED)
     EVENT_TYPES = [
         (API_REQUEST, "API request"),
@@ -41,6 +48,13 @@ class AuditEvent(models.Model):
         (CARD_ERROR, "Card operation failed"),
         (CARD_PROBE_FAILED, "Card health probe failed"),
         (AUDIT_PRUNED, "Audit log pruned"),
+        (WEBHOOK_CREATED, "Webhook created"),
+        (WEBHOOK_CHANGED, "Webhook changed"),
+        (WEBHOOK_DELETED, "Webhook deleted"),
+        (WEBHOOK_ENABLED, "Webhook enabled"),
+        (WEBHOOK_DISABLED, "Webhook disabled"),
+        (WEBHOOK_TEST_SENT, "Webhook test sent"),
+        (WEBHOOK_DELIVERY_RETRIED, "Webhook delivery retried"),
     ]
     OK = "OK"
 

@@ -27,6 +27,7 @@ class LifespanGateway:
     def __init__(self, app) -> None:
         self.app = app
         self.host = None
+        self.webhooks = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "lifespan":
@@ -47,6 +48,11 @@ class LifespanGateway:
                 return
 
     async def startup(self) -> None:
+        from webhooks.worker import WebhookWorker, embedded_worker_wanted
+
+        if embedded_worker_wanted():  # not in `runplatform --web-only` processes
+            self.webhooks = WebhookWorker()
+            await self.webhooks.start()
         if settings.UKEY_GATEWAY_MODE != "embedded":
             logger.info("UKey gateway runs in its own process(es) (UKEY_GATEWAY_MODE=%s)", settings.UKEY_GATEWAY_MODE)
             return
@@ -61,3 +67,6 @@ class LifespanGateway:
         if self.host is not None:
             await self.host.stop()
             self.host = None
+        if self.webhooks is not None:  # undelivered notifications stay in the outbox for the next start
+            await self.webhooks.stop()
+            self.webhooks = None

@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "accessids",
     "signing",
     "xmlstore",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -225,6 +226,10 @@ WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 10.0)
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8)
 WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 2.0)
 WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 600.0)
+WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 16)  # sends in flight per worker
+WEBHOOK_CONCURRENCY_PER_WEBHOOK = env_int("WEBHOOK_CONCURRENCY_PER_WEBHOOK", 4)
+# The web process delivers webhooks itself (off: run `manage.py webhook_worker`).
+WEBHOOK_WORKER_EMBEDDED = env_bool("WEBHOOK_WORKER_EMBEDDED", True)
 # How often the dashboard page refreshes its figures and card states.
 DASHBOARD_REFRESH_SECONDS = env_int("DASHBOARD_REFRESH_SECONDS", 5)
 
@@ -291,5 +296,7 @@ LOGGING = {
         # At DEBUG, websockets logs every frame (card PINs are masked by the redact filter).
         "websockets": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"},
         "asyncio": {"level": "WARNING"},
+        # One INFO line per webhook POST would double the log with an audit feed.
+        "httpx": {"level": "WARNING"},
     },
 }

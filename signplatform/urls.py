@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from signing import api_views, legacy
 from signing import views as signing_views
 from signing.api import ApiNotFoundView
+from signplatform.metrics import metrics_view
 from xmlstore import api_views as xml_api_views
 
 admin.site.site_header = "Signing platform"
@@ -14,6 +15,7 @@ admin.site.index_title = "Operations"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/health", signing_views.health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/sign", api_views.SignView.as_view(), name="api-sign"),

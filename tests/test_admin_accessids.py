@@ -10,8 +10,6 @@ import datetime
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.contrib.messages.storage.cookie import CookieStorage
 from django.contrib.sessions.models import Session
 from django.core.cache import caches
@@ -24,13 +22,13 @@ from accessids.secrets import AppSecretService
 from accessids.services import access_id_create, access_id_mark_used, app_secret_rotate
 from audit.models import AuditEvent
 from signclient import ApiError, SignClient
+from tests.admin_users import PASSWORD, client_for, fast_hashers, user_make, admin_platform  # noqa: F401  (fixtures)
 from tests.browser import chromium  # noqa: F401,F811  (a fixture)
-from tests.conftest import database_text, test_database_url
-from tests.live import Platform, poll, services_env
+from tests.conftest import database_text
+from tests.live import poll
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
-PASSWORD = "correct horse battery staple"
 SECRET_RE = re.compile(r'id="app-secret" value="([A-Za-z0-9_-]+)"')
 CHANGELIST = "/admin/accessids/accessid/"
 
@@ -39,28 +37,6 @@ def url(access: AccessId, action: str = "change", token: str = "") -> str:
     if action == "reveal":
         return reverse("admin:accessids_accessid_reveal", args=[access.pk, token])
     return reverse(f"admin:accessids_accessid_{action}", args=[access.pk])
-
-
-def user_make(username: str, *perms: str, superuser: bool = False):
-    User = get_user_model()
-    if superuser:
-        return User.objects.create_superuser(username, f"{username}@example.invalid", PASSWORD)
-    user = User.objects.create_user(username, password=PASSWORD, is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="accessids", codename__in=perms))
-    return user
-
-
-def client_for(user) -> Client:
-    client = Client()
-    assert client.login(username=user.username, password=PASSWORD)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def fast_hashers(settings, request):
-    # The test client's users only; the server process of the browser test hashes as configured.
-    if "chromium" not in request.fixturenames:
-        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -418,19 +394,6 @@ def test_permissions_are_separate_view_edit_create_rotate(chief):
 
 
 # --- Headless Chromium against the real server -------------------------------------------
-
-
-@pytest.fixture
-def platform(transactional_db, simulator_factory, tmp_path):
-    sim = simulator_factory()
-    env = services_env(test_database_url(), tmp_path / "var", UKEY_URL=sim.url, UKEY_PIN=sim.pin)
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the server runs async code for real
-    server = Platform(env, tmp_path, name="admin-browser").start()
-    try:
-        server.wait_card()
-        yield server
-    finally:
-        server.stop()
 
 
 def test_browser_create_reveal_use_rotate_and_clerk(platform, chromium):

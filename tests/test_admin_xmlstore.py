@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -22,15 +20,13 @@ from django.utils import timezone
 
 from accessids.models import AccessId
 from accessids.services import access_id_create
+from tests.admin_users import PASSWORD, client_for, fast_hashers, user_make, admin_platform  # noqa: F401  (fixtures)
 from tests.browser import chromium  # noqa: F401,F811  (a fixture)
-from tests.conftest import test_database_url
-from tests.live import Platform, services_env
 from xmlstore.models import XmlDocument
 from xmlstore.services import XmlSignature, xml_document_delete, xml_document_write
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
-PASSWORD = "correct horse battery staple"
 CHANGELIST = "/admin/xmlstore/xmldocument/"
 DS = "http://www.w3.org/2000/09/xmldsig#"
 RSA_SHA1 = DS + "rsa-sha1"
@@ -118,21 +114,6 @@ def seed() -> Seeded:
     return Seeded(access, other, unsigned, signed, twice, first, deleted, script, digest, value)
 
 
-def user_make(username: str, *perms: str, superuser: bool = False):
-    User = get_user_model()
-    if superuser:
-        return User.objects.create_superuser(username, f"{username}@example.invalid", PASSWORD)
-    user = User.objects.create_user(username, password=PASSWORD, is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__in=perms))
-    return user
-
-
-def client_for(user) -> Client:
-    client = Client()
-    assert client.login(username=user.username, password=PASSWORD)
-    return client
-
-
 def unspanned(html: str) -> str:
     """The page without Pygments' token spans (it wraps tags, entity references, whitespace)."""
     return re.sub(r"</?span[^>]*>", "", html)
@@ -148,13 +129,6 @@ def download(document: XmlDocument, which: str) -> str:
 
 def version_download(document: XmlDocument, version: int) -> str:
     return reverse("admin:xmlstore_xmldocument_version_download", args=[document.pk, version])
-
-
-@pytest.fixture(autouse=True)
-def fast_hashers(settings, request):
-    # The test client's users only; the server process of the browser test hashes as configured.
-    if "chromium" not in request.fixturenames:
-        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -360,19 +334,6 @@ def test_view_permission_is_needed_everywhere():
 
 
 # --- Headless Chromium against the real server -------------------------------------------
-
-
-@pytest.fixture
-def platform(transactional_db, simulator_factory, tmp_path):
-    sim = simulator_factory()
-    env = services_env(test_database_url(), tmp_path / "var", UKEY_URL=sim.url, UKEY_PIN=sim.pin)
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the server runs async code for real
-    server = Platform(env, tmp_path, name="admin-xml-browser").start()
-    try:
-        server.wait_card()
-        yield server
-    finally:
-        server.stop()
 
 
 def test_browser_list_search_detail_downloads_and_permissions(platform, chromium):

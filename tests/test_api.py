@@ -422,6 +422,9 @@ def test_nonce_store_down_fails_closed(tmp_path, rsa):
         assert event.outcome == "NONCE_STORE_UNAVAILABLE" and event.access_id_id == access.pk
     finally:
         web.stop()
+    # A --web-only process leaves webhook deliveries to the main process (which does deliver).
+    assert "webhook delivery worker started" not in web.log
+    assert "webhook delivery worker started" in rsa[1].log
 
 
 # --- replay across processes, rotation ----------------------------------------------------

@@ -42,7 +42,9 @@ class Command(BaseCommand):
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         try:
             if web_only:
-                self.stdout.write("Web process only: the card gateways run elsewhere")
+                self.stdout.write("Web process only: the card gateways and webhook deliveries run elsewhere")
+                # The ASGI lifespan of this process then starts no webhook delivery worker.
+                settings.WEBHOOK_WORKER_EMBEDDED = False
             elif not settings.UKEY_URL:
                 port = settings.UKEY_SIMULATOR_PORT
                 if port_is_open(port):
@@ -75,6 +77,9 @@ class Command(BaseCommand):
                 lifespan="on",
                 log_level=settings.LOG_LEVEL.lower(),
                 log_config=None,  # Django's LOGGING applies
+                # X-Forwarded-For is judged by the platform against TRUSTED_PROXIES
+                # (signing/auth.py client_address); uvicorn must not rewrite the peer first.
+                proxy_headers=False,
                 access_log=False,
                 timeout_graceful_shutdown=int(settings.UKEY_SHUTDOWN_GRACE) + 5,
             )

@@ -1,0 +1,428 @@
+"""The webhook admin: where operators tell the platform which systems to notify when a
+customs signing card fails (and, optionally, about every API request), and where they see
+what was sent, what is waiting for a retry and what failed.
+
+Every change goes through webhooks.services (one audit event each). The secret is
+write-only: entered once, stored encrypted, never shown again. Deliveries are a record:
+nobody edits or deletes them; a failed or waiting one can be retried now."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from audit.models import AuditEvent
+from signing.auth import client_address
+
+from . import services
+from .models import Webhook, WebhookDelivery
+
+STATUS_COLORS = {
+    WebhookDelivery.PENDING: "#9a6700",
+    WebhookDelivery.DELIVERED: "#1a7f37",
+    WebhookDelivery.FAILED: "#cf222e",
+    Webhook.RETRYING: "#9a6700",
+}
+EVENT_LABELS = {
+    AuditEvent.CARD_DISCONNECTED: "card connection lost",
+    AuditEvent.CARD_ERROR: "card operation failed",
+    AuditEvent.CARD_PROBE_FAILED: "card health probe failed",
+    AuditEvent.API_REQUEST: "API request (audit feed)",
+    WebhookDelivery.TEST: "test event",
+}
+
+
+def change_context(request) -> services.ChangeContext:
+    return services.ChangeContext(
+        source="admin",
+        actor=request.user,
+        request_id=getattr(request, "request_id", ""),
+        client_ip=client_address(request),
+        endpoint=request.path[:200],
+    )
+
+
+def _badge(color: str, text: str):
+    return format_html('<span style="color:{};font-weight:bold">{}</span>', color, text)
+
+
+def _formfield(db_field, **kwargs):
+    if db_field.name == "url":
+        kwargs["assume_scheme"] = "https"  # "erp.example.com/hook" means https://
+    return db_field.formfield(**kwargs)
+
+
+def _when(value) -> str:
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+class WebhookForm(forms.ModelForm):
+    secret = forms.CharField(
+        label="Secret",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=f"The key the receiver checks each notification's X-Signature with (at least "
+                  f"{services.SECRET_MIN_LENGTH} characters; give it to the receiver's administrators). "
+                  "Stored encrypted and never shown again. Leave empty to keep the current secret.",
+    )
+
+    class Meta:
+        model = Webhook
+        fields = ["name", "url", "secret", "card_failures", "audit_feed", "enabled"]
+        formfield_callback = _formfield
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None:
+            self.fields["secret"].required = True
+            self.fields["secret"].help_text = self.fields["secret"].help_text.replace(
+                " Leave empty to keep the current secret.", "")
+        else:
+            self.fields["secret"].label = "New secret"
+
+    def clean_secret(self):
+        secret = self.cleaned_data.get("secret") or ""
+        if secret:
+            try:
+                services.secret_check(secret)
+            except services.WebhookError as exc:
+                raise ValidationError(str(exc)) from None
+        return secret
+
+    def clean(self):
+        cleaned = super().clean()
+        if not cleaned.get("card_failures") and not cleaned.get("audit_feed"):
+            self.add_error(None, "Choose what to send: card failures, the audit feed, or both.")
+        return cleaned
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    form = WebhookForm
+    list_display = ["name", "url_display", "enabled_display", "sends_display", "last_delivery_display",
+                    "deliveries_link"]
+    list_display_links = ["name"]
+    list_filter = ["enabled", "card_failures", "audit_feed"]
+    search_fields = ["name", "url", "key"]
+    actions = ["send_test_event", "enable_selected", "disable_selected"]
+    change_form_template = "admin/webhooks/webhook/change_form.html"
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = [
+            (None, {"fields": ["name", "url"] if obj is None else ["key", "name", "url"]}),
+            ("What to send", {"fields": ["card_failures", "audit_feed", "enabled"]}),
+            ("Signing", {"fields": ["secret"] if obj is None else ["secret_display", "secret", "receiver_help"]}),
+        ]
+        if obj is not None:
+            fieldsets.append(("Last delivery", {"fields": ["last_delivery_display", "last_delivery_error",
+                                                           "deliveries_link", "created_at", "updated_at"]}))
+        return fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["key", "secret_display", "receiver_help", "last_delivery_display", "last_delivery_error",
+                "deliveries_link", "created_at", "updated_at"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "url":
+            kwargs["assume_scheme"] = "https"  # "erp.example.com/hook" means https://
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # one at a time, from the webhook's page (audited)
+        return actions
+
+    # --- writes (through services: one audit event each) ---------------------------------------
+
+    def save_model(self, request, obj, form, change):
+        secret = form.cleaned_data.get("secret") or ""
+        if change:
+            services.webhook_update(webhook=obj, changed=form.changed_data, secret=secret,
+                                    context=change_context(request))
+        else:
+            services.webhook_add(webhook=obj, secret=secret, context=change_context(request))
+
+    def delete_model(self, request, obj):
+        services.webhook_delete(webhook=obj, context=change_context(request))
+
+    @admin.action(description="Send a test event", permissions=["change"])
+    def send_test_event(self, request, queryset):
+        sent, skipped = [], []
+        for webhook in queryset:
+            if not webhook.enabled:
+                skipped.append(webhook.name)
+                continue
+            services.webhook_send_test(webhook=webhook, context=change_context(request))
+            sent.append(webhook.name)
+        if sent:
+            self.message_user(request, f"Test event queued for {', '.join(sent)}: it is sent within a few "
+                                       "seconds, see Webhook deliveries for the receiver's answer.", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"Not sent to disabled webhooks: {', '.join(skipped)}.", messages.WARNING)
+
+    @admin.action(description="Enable selected webhooks", permissions=["change"])
+    def enable_selected(self, request, queryset):
+        changed = sum(services.webhook_set_enabled(webhook=w, enabled=True, context=change_context(request))
+                      for w in queryset)
+        self.message_user(request, f"{changed} webhook(s) enabled.", messages.SUCCESS)
+
+    @admin.action(description="Disable selected webhooks (pending notifications wait)", permissions=["change"])
+    def disable_selected(self, request, queryset):
+        changed = sum(services.webhook_set_enabled(webhook=w, enabled=False, context=change_context(request))
+                      for w in queryset)
+        self.message_user(request, f"{changed} webhook(s) disabled; their pending notifications are kept and "
+                                   "sent when they are enabled again.", messages.SUCCESS)
+
+    def get_urls(self):
+        return [
+            path("<path:object_id>/send-test/", self.admin_site.admin_view(self.send_test_view),
+                 name="webhooks_webhook_send_test"),
+            *super().get_urls(),
+        ]
+
+    def send_test_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        webhook = self.get_object(request, unquote(object_id))
+        if webhook is None:
+            raise Http404
+        if not self.has_change_permission(request, webhook):
+            raise PermissionDenied
+        change_url = reverse("admin:webhooks_webhook_change", args=[webhook.pk])
+        if not webhook.enabled:
+            self.message_user(request, "This webhook is disabled: enable it first.", messages.WARNING)
+            return HttpResponseRedirect(change_url)
+        delivery = services.webhook_send_test(webhook=webhook, context=change_context(request))
+        delivery_url = reverse("admin:webhooks_webhookdelivery_change", args=[delivery.pk])
+        self.message_user(request, format_html(
+            'Test event queued: it is sent within a few seconds. <a href="{}">See the delivery</a> for the '
+            "receiver's answer.", delivery_url), messages.SUCCESS)
+        return HttpResponseRedirect(change_url)
+
+    # --- display ---------------------------------------------------------------------------------
+
+    @admin.display(description="receiver URL", ordering="url")
+    def url_display(self, obj):
+        return format_html('<code title="webhook ID {}">{}</code>', obj.key, obj.url)
+
+    @admin.display(description="status", ordering="enabled")
+    def enabled_display(self, obj):
+        return _badge("#1a7f37", "enabled") if obj.enabled else _badge("#6e7781", "disabled")
+
+    @admin.display(description="sends")
+    def sends_display(self, obj):
+        what = [label for label, on in (("card failures", obj.card_failures), ("audit feed", obj.audit_feed)) if on]
+        return ", ".join(what) or "nothing"
+
+    @admin.display(description="last delivery", ordering="last_delivery_at")
+    def last_delivery_display(self, obj):
+        if not obj.last_delivery_at:
+            return "none yet"
+        label = dict(Webhook.LAST_STATUSES).get(obj.last_delivery_status, obj.last_delivery_status)
+        http = f" (HTTP {obj.last_delivery_http_status})" if obj.last_delivery_http_status else ""
+        return format_html('{}<br><span title="{}">{}{}</span>', _when(obj.last_delivery_at),
+                           obj.last_delivery_error, _badge(STATUS_COLORS.get(obj.last_delivery_status, "#000"), label),
+                           http)
+
+    @admin.display(description="notifications")
+    def deliveries_link(self, obj):
+        base = reverse("admin:webhooks_webhookdelivery_changelist")
+        return format_html('<a href="{}?{}">all</a> · <a href="{}?{}">failed</a> · <a href="{}?{}">pending</a>',
+                           base, urlencode({"webhook__id__exact": obj.pk}),
+                           base, urlencode({"webhook__id__exact": obj.pk, "status__exact": "failed"}),
+                           base, urlencode({"webhook__id__exact": obj.pk, "status__exact": "pending"}))
+
+    @admin.display(description="current secret")
+    def secret_display(self, obj):
+        return "set (stored encrypted, not shown)" if obj.has_secret else "not set"
+
+    @admin.display(description="how the receiver checks a notification")
+    def receiver_help(self, obj):
+        return format_html(
+            "Each notification is a POST of JSON with the headers <code>X-Access-Id: {}</code>, "
+            "<code>X-Timestamp</code>, <code>X-Nonce</code> and <code>X-Signature</code>, signed exactly like the "
+            "platform's API requests (HMAC-SHA256 with this secret over <code>HMAC-SHA256\\nPOST\\n&lt;path&gt;\\n"
+            "&lt;query&gt;\\n&lt;X-Access-Id&gt;\\n&lt;X-Timestamp&gt;\\n&lt;X-Nonce&gt;\\n&lt;SHA-256 of the body&gt;"
+            "</code>). <code>X-Delivery-Id</code> is the same for every attempt of one notification: the receiver "
+            "uses it to ignore repeats. Any answer other than 2xx is retried.", obj.key)
+
+
+# --- deliveries ----------------------------------------------------------------------------------
+
+
+class EventFilter(admin.SimpleListFilter):
+    title = "event"
+    parameter_name = "event"
+
+    def lookups(self, request, model_admin):
+        return list(EVENT_LABELS.items())
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(event_type=self.value())
+        return queryset
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["created_display", "event_display", "webhook_name", "status_display", "attempts",
+                    "next_attempt_display", "last_error_short"]
+    list_filter = ["status", EventFilter, "webhook"]
+    list_select_related = ["webhook"]
+    search_fields = ["id", "audit_event_id"]  # handled by get_search_results (exact matches)
+    search_help_text = "A delivery ID (X-Delivery-Id) or an audit event number."
+    show_full_result_count = False
+    actions = ["retry_now"]
+    change_form_template = "admin/webhooks/webhookdelivery/change_form.html"
+    fieldsets = [
+        ("Notification", {"fields": ["id", "webhook_link", "event_display", "audit_event_link", "created_at"]}),
+        ("Sending", {"fields": ["status_display", "attempts", "last_attempt_at", "next_attempt_display",
+                                "last_http_status", "last_error", "delivered_at"]}),
+        ("Body sent (JSON)", {"fields": ["payload_display"]}),
+    ]
+    readonly_fields = ["id", "webhook_link", "event_display", "audit_event_link", "created_at", "status_display",
+                       "attempts", "last_attempt_at", "next_attempt_display", "last_http_status", "last_error",
+                       "delivered_at", "payload_display"]
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(pk=uuid.UUID(term)), False
+        except ValueError:
+            pass
+        if term.isdigit():
+            return queryset.filter(audit_event_id=int(term)), False
+        return queryset.none(), False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False,
+                         "show_save_and_add_another": False, "show_delete": False}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method == "POST":  # nothing here is edited
+            return HttpResponseNotAllowed(["GET"])
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    # --- retry -------------------------------------------------------------------------------------
+
+    def _retry(self, request, delivery) -> bool:
+        try:
+            services.delivery_retry_now(delivery=delivery, context=change_context(request))
+        except services.WebhookError as exc:
+            self.message_user(request, f"{delivery.pk}: {exc}", messages.WARNING)
+            return False
+        return True
+
+    @admin.action(description="Retry now", permissions=["change"])
+    def retry_now(self, request, queryset):
+        retried = 0
+        for delivery in queryset.exclude(status=WebhookDelivery.DELIVERED):
+            retried += self._retry(request, delivery)
+        skipped = queryset.filter(status=WebhookDelivery.DELIVERED).count()
+        if retried:
+            self.message_user(request, f"{retried} notification(s) will be sent again within a few seconds "
+                                       "(one more attempt for failed ones).", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"{skipped} already delivered: not sent again.", messages.WARNING)
+
+    def get_urls(self):
+        return [
+            path("<path:object_id>/retry/", self.admin_site.admin_view(self.retry_view),
+                 name="webhooks_webhookdelivery_retry"),
+            *super().get_urls(),
+        ]
+
+    def retry_view(self, request, object_id):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        delivery = self.get_object(request, unquote(object_id))
+        if delivery is None:
+            raise Http404
+        if not self.has_change_permission(request, delivery):
+            raise PermissionDenied
+        if self._retry(request, delivery):
+            self.message_user(request, "The notification will be sent again within a few seconds.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:webhooks_webhookdelivery_change", args=[delivery.pk]))
+
+    # --- display -----------------------------------------------------------------------------------
+
+    @admin.display(description="created", ordering="created_at")
+    def created_display(self, obj):
+        return _when(obj.created_at)
+
+    @admin.display(description="webhook", ordering="webhook__name")
+    def webhook_name(self, obj):
+        return obj.webhook.name
+
+    @admin.display(description="event", ordering="event_type")
+    def event_display(self, obj):
+        label = EVENT_LABELS.get(obj.event_type)
+        return format_html('<span title="{}">{}</span>', label or "", obj.event_type)
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, obj):
+        badge = _badge(STATUS_COLORS.get(obj.status, "#000"), obj.get_status_display())
+        if obj.last_http_status is None:
+            return badge
+        return format_html('{}<br><span title="the receiver\'s last answer">HTTP {}</span>', badge,
+                           obj.last_http_status)
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt_display(self, obj):
+        if obj.status != WebhookDelivery.PENDING:
+            return "—"
+        if obj.next_attempt_at <= timezone.now():
+            return "due now"
+        return _when(obj.next_attempt_at)
+
+    @admin.display(description="last error")
+    def last_error_short(self, obj):
+        if not obj.last_error:
+            return ""
+        text = obj.last_error if len(obj.last_error) <= 60 else obj.last_error[:59] + "…"
+        return format_html('<span title="{}">{}</span>', obj.last_error, text)
+
+    @admin.display(description="webhook")
+    def webhook_link(self, obj):
+        url = reverse("admin:webhooks_webhook_change", args=[obj.webhook_id])
+        return format_html('<a href="{}">{}</a> → <code>{}</code>', url, obj.webhook, obj.webhook.url)
+
+    @admin.display(description="audit event")
+    def audit_event_link(self, obj):
+        if obj.audit_event_id is None:
+            return ""
+        try:
+            url = reverse("admin:audit_auditevent_change", args=[obj.audit_event_id])
+        except NoReverseMatch:
+            return obj.audit_event_id
+        return format_html('<a href="{}">#{}</a>', url, obj.audit_event_id)
+
+    @admin.display(description="body")
+    def payload_display(self, obj):
+        text = json.dumps(obj.payload, ensure_ascii=False, indent=2, sort_keys=True)
+        return format_html('<pre class="webhook-payload" style="white-space:pre-wrap;margin:0">{}</pre>', text)

@@ -1,0 +1,108 @@
+"""Webhooks: where the platform notifies other systems (card failures, the per-request audit
+feed), and every notification it owes them (`WebhookDelivery`, the outbox).
+
+A delivery row is written in the same transaction as the audit event it reports (see
+`services.deliveries_enqueue`), so a rolled-back request notifies nobody and a committed
+event is never lost; `worker.py` sends the rows with retries."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.core.validators import URLValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+SECRET_PURPOSE = "webhook-secret"
+
+
+def webhook_key_generate() -> str:
+    """The webhook's identifier, sent as X-Access-Id: "WH" + 20 hex digits."""
+    return "WH" + secrets.token_hex(10).upper()
+
+
+class Webhook(models.Model):
+    """A receiver URL and what it is told about."""
+
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    LAST_STATUSES = [(DELIVERED, "delivered"), (RETRYING, "attempt failed, will retry"), (FAILED, "failed")]
+
+    name = models.CharField(max_length=200, help_text="Who receives it, e.g. “Operations on-call”.")
+    url = models.URLField(
+        "receiver URL", max_length=500, validators=[URLValidator(schemes=["http", "https"])],
+        help_text="http:// or https:// address the notifications are POSTed to.",
+    )
+    key = models.CharField(
+        "webhook ID", max_length=40, unique=True, editable=False, default=webhook_key_generate,
+        help_text="Sent as X-Access-Id with every notification.",
+    )
+    secret_encrypted = models.TextField(editable=False, blank=True)
+    card_failures = models.BooleanField(
+        "card failures", default=True,
+        help_text="Notify when a card operation fails, the connection to a card is lost, "
+                  "or a card's health probe fails.",
+    )
+    audit_feed = models.BooleanField(
+        "audit feed", default=False,
+        help_text="Send every API request's audit event (one notification per request: high volume).",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # The last delivery attempt, as the worker saw it.
+    last_delivery_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_delivery_status = models.CharField(max_length=10, choices=LAST_STATUSES, blank=True, editable=False)
+    last_delivery_http_status = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
+    last_delivery_error = models.CharField(max_length=500, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key})"
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.secret_encrypted)
+
+
+class WebhookDelivery(models.Model):
+    """One notification owed to one webhook, and how sending it went."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    STATUSES = [(PENDING, "pending"), (DELIVERED, "delivered"), (FAILED, "failed")]
+    TEST = "webhook.test"
+
+    id = models.UUIDField("delivery ID", primary_key=True, default=uuid.uuid4, editable=False)
+    webhook = models.ForeignKey(Webhook, on_delete=models.PROTECT, related_name="deliveries")
+    event_type = models.CharField("event", max_length=40, db_index=True)
+    payload = models.JSONField()
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField("next attempt", default=timezone.now)
+    last_attempt_at = models.DateTimeField("last attempt", null=True, blank=True)
+    last_http_status = models.PositiveSmallIntegerField("last HTTP status", null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    # The audit event it reports (a plain number: audit_prune may remove old events).
+    audit_event_id = models.BigIntegerField("audit event", null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            # What the worker asks every second: a webhook's due pending deliveries.
+            models.Index(fields=["webhook", "next_attempt_at"], condition=Q(status="pending"),
+                         name="webhook_delivery_due"),
+            models.Index(fields=["status", "-created_at"], name="webhook_delivery_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} to {self.webhook.name} ({self.status})"
