@@ -590,3 +590,26 @@ def test_retry_now_leaves_an_attempt_in_flight_alone(receiver, worker, settings)
     with pytest.raises(services.WebhookError, match="already delivered"):
         services.delivery_retry_now(delivery=fresh(delivery))
     receiver.delay = 0
+
+
+def test_webhook_prune_removes_only_old_finished_deliveries():
+    import datetime
+    import io
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    hook = make(card_failures=True)
+    for _ in range(3):
+        card_event()
+    old, old_failed, pending = WebhookDelivery.objects.filter(webhook=hook).order_by("created_at")
+    long_ago = timezone.now() - datetime.timedelta(days=40)
+    WebhookDelivery.objects.filter(pk=old.pk).update(status=WebhookDelivery.DELIVERED, created_at=long_ago)
+    WebhookDelivery.objects.filter(pk=old_failed.pk).update(status=WebhookDelivery.FAILED, created_at=long_ago)
+    WebhookDelivery.objects.filter(pk=pending.pk).update(created_at=long_ago)  # still pending: kept
+    card_event()  # a new one: kept
+    out = io.StringIO()
+    call_command("webhook_prune", "--older-than", "30d", stdout=out)
+    assert "Removed 2 finished webhook deliveries" in out.getvalue()
+    assert set(WebhookDelivery.objects.values_list("status", flat=True)) == {WebhookDelivery.PENDING}
+    assert WebhookDelivery.objects.count() == 2

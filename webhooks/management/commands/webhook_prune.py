@@ -1,0 +1,35 @@
+"""`manage.py webhook_prune --older-than 30d`: remove finished webhook deliveries (delivered or
+failed) created before then. Pending ones are never removed. The audit feed adds one delivery
+per API request, so deployments that use it should run this regularly (e.g. daily from cron)."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from audit.management.commands.audit_prune import age_parse
+from webhooks.models import WebhookDelivery
+
+
+class Command(BaseCommand):
+    help = "Remove delivered and failed webhook deliveries older than the given age (pending ones stay)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--older-than", required=True, help="e.g. 30d (days), 4w (weeks), 12h (hours)")
+        parser.add_argument("--batch", type=int, default=5000)
+
+    def handle(self, *args, **options):
+        cutoff = timezone.now() - age_parse(options["older_than"])
+        finished = WebhookDelivery.objects.filter(
+            created_at__lt=cutoff, status__in=(WebhookDelivery.DELIVERED, WebhookDelivery.FAILED)
+        )
+        removed = 0
+        while True:
+            ids = list(finished.values_list("pk", flat=True)[: options["batch"]])
+            if not ids:
+                break
+            removed += WebhookDelivery.objects.filter(pk__in=ids).delete()[0]
+            self.stdout.write(f"  {removed} removed…")
+        self.stdout.write(self.style.SUCCESS(
+            f"Removed {removed} finished webhook deliveries created before {cutoff:%Y-%m-%d %H:%M}."
+        ))
