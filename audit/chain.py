@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from .models import AuditChainHead, AuditCheckpoint, AuditEvent
@@ -76,16 +75,20 @@ def chain_append(event: AuditEvent) -> AuditEvent:
     transaction, which holds the chain's lock until it commits)."""
     if event.client_ip:
         event.client_ip = _ip(event.client_ip)
-    with transaction.atomic():
-        # UPDATE first: the lock is taken before the previous hash is read.
-        if not AuditChainHead.objects.filter(pk=1).update(seq=F("seq") + 1):
+    head_table = connection.ops.quote_name(AuditChainHead._meta.db_table)
+    with transaction.atomic(), connection.cursor() as cursor:
+        # One UPDATE ... RETURNING takes the lock and reads the previous hash (PostgreSQL and
+        # SQLite >= 3.35): the lock is taken before the previous hash is read.
+        cursor.execute(f"UPDATE {head_table} SET seq = seq + 1 WHERE id = 1 RETURNING seq, last_hash")
+        row = cursor.fetchone()
+        if row is None:  # a new (or flushed) database: start the chain
             AuditChainHead.objects.get_or_create(pk=1, defaults={"seq": 0, "last_hash": GENESIS})
-            AuditChainHead.objects.filter(pk=1).update(seq=F("seq") + 1)
-        seq, prev_hash = AuditChainHead.objects.filter(pk=1).values_list("seq", "last_hash").get()
-        event.seq, event.prev_hash = seq, prev_hash
-        event.hash = event_hash(prev_hash, event)
+            cursor.execute(f"UPDATE {head_table} SET seq = seq + 1 WHERE id = 1 RETURNING seq, last_hash")
+            row = cursor.fetchone()
+        event.seq, event.prev_hash = row
+        event.hash = event_hash(event.prev_hash, event)
         event.save(force_insert=True)
-        AuditChainHead.objects.filter(pk=1).update(last_hash=event.hash)
+        cursor.execute(f"UPDATE {head_table} SET last_hash = %s WHERE id = 1", [event.hash])
     return event
 
 

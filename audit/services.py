@@ -14,7 +14,7 @@ _MAX_MESSAGE = 500
 
 def data_digest(text: str) -> str:
     """What the audit log keeps of signed or stored data: the SHA-256 of its UTF-8 bytes."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def audit_event_record(

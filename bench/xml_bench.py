@@ -15,7 +15,7 @@ In one run it measures, each figure a ratio of two things measured in the same r
   1. card-bound (20 ms card, 16 clients): req/s of /sign/xml with the 3.3 KB vector
      (tests/vectors/CEB621Message.xml; a distinct `filename` per request, so each is a new
      document) and of /sign with the very text the card signs for it (the vector's one-line
-     SignedInfo, ~0.9 KB: the card does the same work for both, which matters for the SM2
+     SignedInfo, ~0.7 KB: the card does the same work for both, which matters for the SM2
      simulator, whose time grows with the data); xml / sign, and the card's busy fraction by its
      own clock (`sim_stats`) in each window;
   2. one client (20 ms card): /sign, /sign/xml 3.3 KB and /sign/xml ~1 MB called in turn (order

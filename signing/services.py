@@ -16,8 +16,8 @@ from accessids.encryption import secret_decrypt, secret_encrypt
 from signplatform.errors import invalid_request, permission_denied
 from xmlstore.ceb import (
     XmlInputError,
-    ceb_digest,
     ceb_document_check,
+    ceb_document_digest,
     ceb_signature_insert,
     ceb_signed_info,
     ceb_verify,
@@ -189,6 +189,16 @@ class CebSignResult:
     device: str
 
 
+_xml_slots: asyncio.Semaphore | None = None
+
+
+def _xml_work_slot() -> asyncio.Semaphore:
+    global _xml_slots
+    if _xml_slots is None:
+        _xml_slots = asyncio.Semaphore(settings.XML_WORK_CONCURRENCY)
+    return _xml_slots
+
+
 def card_signature_method_override(*, device: str) -> str:
     """The device's configured XML SignatureMethod ("" = from the certificate)."""
     return CardDevice.objects.filter(slug=device).values_list("signature_method", flat=True).first() or ""
@@ -200,13 +210,16 @@ async def ceb_xml_sign(*, xml: str, device: str, signature_method: str = "") -> 
     does not verify with the card's certificate is never returned (UKEY_ERROR)."""
     def prepare():
         document = ceb_document_check(xml)
-        return document.message_type, ceb_digest(xml)
+        return document, ceb_document_digest(document)
 
     try:
-        # lxml work on a multi-megabyte message must not stall the event loop.
-        message_type, digest = await asyncio.to_thread(prepare)
+        # lxml work on a multi-megabyte message must not stall the event loop; at most
+        # XML_WORK_CONCURRENCY documents are worked on at once (memory, CPU).
+        async with _xml_work_slot():
+            document, digest = await asyncio.to_thread(prepare)
     except XmlInputError as exc:
         raise xml_input_error(exc) from None
+    message_type = document.message_type
     certificate = await certificate_get(device=device)
     method_uri = signature_method_uri(certificate["algorithm"], signature_method)
     signed_info = ceb_signed_info(signature_method_uri=method_uri, digest=digest)
@@ -216,11 +229,12 @@ async def ceb_xml_sign(*, xml: str, device: str, signature_method: str = "") -> 
     def assemble():
         text = ceb_signature_insert(
             xml, signed_info=signed_info, signature_value=signed.signature, cert_no=signed.cert_no,
-            certificate_b64=der_b64,
+            certificate_b64=der_b64, document=document,
         )
         return text, ceb_verify(text)
 
-    signed_xml, check = await asyncio.to_thread(assemble)
+    async with _xml_work_slot():
+        signed_xml, check = await asyncio.to_thread(assemble)
     if not check.valid:
         raise UKeyCardError(
             f"card {device} produced a signature that does not verify, so it was not returned: {check.reason}",

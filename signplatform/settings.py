@@ -210,6 +210,9 @@ CUSTOMS_179_UPLOAD_URL = env(
     "CUSTOMS_179_UPLOAD_URL", "https://swapptest.singlewindow.cn/ceb2grab/grab/realTimeDataUpload"
 )
 CUSTOMS_179_UPLOAD_TIMEOUT = env_float("CUSTOMS_179_UPLOAD_TIMEOUT", 15.0)
+# CEB documents parsed, canonicalised and verified at once per process (bounds memory and
+# keeps the event loop's threads free for other requests).
+XML_WORK_CONCURRENCY = env_int("XML_WORK_CONCURRENCY", 4)
 
 # --- Operations: audit chain, metrics, webhooks, dashboard ------------------------------------
 # Key of the audit log's hash chain (HMAC-SHA256), outside the database so that someone who

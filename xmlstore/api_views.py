@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from audit.services import data_digest
 from signing.api import SignedAPIView
 from signing.api_views import ERRORS
+from signing.serializers import XmlTextField
 from signplatform.dbthread import db_sync_to_async
 from signplatform.errors import invalid_request, not_found
 
@@ -56,7 +57,7 @@ class DocumentDetailSerializer(DocumentSerializer):
 
 class DocumentCreateSerializer(serializers.Serializer):
     filename = serializers.CharField(help_text="File name; .xml is added when missing.")
-    xml = serializers.CharField(trim_whitespace=False, help_text="Well-formed XML (no DOCTYPE).")
+    xml = XmlTextField(help_text="Well-formed XML (no DOCTYPE).")
     directory = serializers.CharField(required=False, allow_blank=True, default="", help_text="Logical folder.")
 
 

@@ -206,6 +206,11 @@ def ceb_digest(text: str) -> str:
     return _c14n_sha1_b64(xml_parse_safe(text), with_comments=True)
 
 
+def ceb_document_digest(document: CebDocument) -> str:
+    """`ceb_digest` of a document already parsed by `ceb_document_check` (no second parse)."""
+    return _c14n_sha1_b64(document.tree, with_comments=True)
+
+
 def signature_method_uri(algorithm: str, override: str = "") -> str:
     """The SignatureMethod URI for a card: by its certificate's algorithm (ALG_RSA / ALG_SM2)
     unless the card device overrides it with "rsa-sha1" or "sm2-sm3"."""
@@ -288,13 +293,15 @@ def _root_close_start(text: str, document: CebDocument) -> int:
 
 
 def ceb_signature_insert(
-    text: str, *, signed_info: str, signature_value: str, cert_no: str, certificate_b64: str
+    text: str, *, signed_info: str, signature_value: str, cert_no: str, certificate_b64: str,
+    document: CebDocument | None = None,
 ) -> str:
     """The signed document (spec step 6): `text` with one ds:Signature element inserted
-    immediately before the root's closing tag and nothing else changed."""
+    immediately before the root's closing tag and nothing else changed. `document`: the
+    result of `ceb_document_check(text)` when the caller has it (saves a parse)."""
     if not signed_info.startswith("<ds:SignedInfo ") or not signed_info.endswith("</ds:SignedInfo>"):
         raise ValueError("signed_info must be the ds:SignedInfo text from ceb_signed_info")
-    document = ceb_document_check(text)
+    document = document or ceb_document_check(text)
     position = _root_close_start(text, document)
     signature = (
         f'<ds:Signature xmlns:ds="{DS_NS}">'

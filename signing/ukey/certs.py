@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import secrets
 from dataclasses import dataclass
 
@@ -55,8 +56,10 @@ class CertificateInfo:
         return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
 
 
+@functools.lru_cache(maxsize=64)
 def certificate_load(value: bytes | str) -> CertificateInfo:
-    """Load a certificate given as DER bytes, base64 DER (what the card returns) or PEM."""
+    """Load a certificate given as DER bytes, base64 DER (what the card returns) or PEM.
+    Cached: the same few card certificates are loaded for every signature checked."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("-----BEGIN"):
