@@ -336,8 +336,10 @@ class CardGateway:
         self._holding = job
         await self._slots.acquire()
         self._holding = None
-        # Waiting for a slot still counts as queued; from here on it is the card's.
+        # Waiting for a slot still counts as queued; from here on it is the card's, and counts
+        # as in flight until its reply is sent (shutdown waits for that, not just the card).
         self._depth -= 1
+        self._outstanding += 1
         self.status.queue_depth = self._depth
         released = False
         try:
@@ -372,31 +374,41 @@ class CardGateway:
                 self._record_error(f"{method}: {exc}")
                 await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost: {exc}")
                 return
-            self._outstanding += 1
             released = True
             task = asyncio.create_task(self._answer(job, conn, method, future, timeout, started))
             self._answer_tasks.add(task)
             task.add_done_callback(self._answer_tasks.discard)
         finally:
-            if not released:
+            if not released:  # answered (with an error) here, or cancelled
+                self._outstanding -= 1
                 self._slots.release()
 
     async def _answer(self, job: _Job, conn: CardConnection, method: str, future: asyncio.Future,
                       timeout: float, started: float) -> None:
         try:
+            await self._answer_reply(job, conn, method, future, timeout, started)
+        finally:
+            self._outstanding -= 1  # only once the caller has its reply
+
+    async def _answer_reply(self, job: _Job, conn: CardConnection, method: str, future: asyncio.Future,
+                            timeout: float, started: float) -> None:
+        try:
             result = await self._await_result(conn, method, future, timeout)
         except asyncio.TimeoutError:
             # Answer once the reset connection is back, so the caller's next request finds
             # the card connected (bounded by the connect timeout).
+            self._slots.release()
             await self._wait_connected()
             await self._reply_error(job, UKEY_TIMEOUT, f"card {self.config.slug} did not answer {method} within {timeout:.1f}s")
             return
         except CardConnectionLost as exc:
+            self._slots.release()
             await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost during {method}: {exc}")
             return
-        finally:
-            self._outstanding -= 1
+        except BaseException:
             self._slots.release()
+            raise
+        self._slots.release()
         await self._reply(
             job,
             {
