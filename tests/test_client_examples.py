@@ -132,7 +132,7 @@ def test_python_cli(live):
     live.check_signature(json.loads(result.stdout))
 
 
-VECTORS = ROOT.parent / "shared" / "spec" / "vectors"
+VECTORS = ROOT / "tests" / "vectors"  # copies of shared/spec/vectors
 
 
 def test_python_cli_signs_verifies_xml_and_179(live, tmp_path):
