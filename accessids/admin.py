@@ -24,13 +24,12 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from signing.auth import client_address
+from audit.services import admin_change_context
 
 from .forms import GRACE_LABELS, SCOPE_LABELS, AccessIdForm, RotateSecretForm
 from .models import SCOPES, AccessId, AppSecret
 from .services import (
     GRACE_CHOICES,
-    ChangeContext,
     access_id_create,
     access_id_set_enabled,
     access_id_set_legacy_key,
@@ -48,16 +47,6 @@ EDITABLE_FIELDS = ("name", "description", "expires_at", "scopes", "allowed_metho
                    "rate_limit_per_minute")
 STATUS_COLORS = {"enabled": "#1a7f37", "disabled": "#6e7781", "expired": "#cf222e"}
 STATE_COLORS = {AppSecret.CURRENT: "#1a7f37", AppSecret.PREVIOUS: "#9a6700", AppSecret.REVOKED: "#6e7781"}
-
-
-def change_context(request) -> ChangeContext:
-    return ChangeContext(
-        source="admin",
-        actor=request.user,
-        request_id=getattr(request, "request_id", ""),
-        client_ip=client_address(request),
-        endpoint=request.path[:200],
-    )
 
 
 def _badge(color: str, text: str):
@@ -264,7 +253,7 @@ class AccessIdAdmin(admin.ModelAdmin):
     # --- saving: through the services ------------------------------------------------
 
     def save_model(self, request, obj, form, change):
-        context = change_context(request)
+        context = admin_change_context(request)
         data = form.cleaned_data
         if not change:
             access, _secret = access_id_create(
@@ -319,7 +308,7 @@ class AccessIdAdmin(admin.ModelAdmin):
 
     def _set_enabled(self, request, queryset, enabled: bool) -> int:
         count = 0
-        context = change_context(request)
+        context = admin_change_context(request)
         for access in queryset:
             if access.enabled != enabled:
                 access_id_set_enabled(access_id=access, enabled=enabled, context=context)
@@ -391,7 +380,7 @@ class AccessIdAdmin(admin.ModelAdmin):
             grace_key = form.cleaned_data["grace"]
             with transaction.atomic():
                 row, _secret = app_secret_rotate(access_id=obj, grace=GRACE_CHOICES[grace_key],
-                                                 context=change_context(request))
+                                                 context=admin_change_context(request))
                 del _secret  # shown once, from the reveal ticket
                 token = app_secret_reveal_ticket(secret=row, user=request.user)
                 grace_label = dict(GRACE_LABELS)[grace_key]
@@ -412,7 +401,7 @@ class AccessIdAdmin(admin.ModelAdmin):
         previous = list(obj.secrets.filter(state=AppSecret.PREVIOUS).order_by("-version"))
         if request.method == "POST":
             with transaction.atomic():
-                count = app_secret_revoke_previous(access_id=obj, context=change_context(request))
+                count = app_secret_revoke_previous(access_id=obj, context=admin_change_context(request))
                 if count:
                     versions = ", ".join(f"v{s.version}" for s in previous)
                     self.log_change(request, obj, f"Revoked the previous App Secret ({versions})")

@@ -11,14 +11,13 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import audit_event_record
+from audit.services import COMMAND, ChangeContext, audit_event_record
 
 from signing.legacy_cipher import legacy_key_fold
 
@@ -38,30 +37,6 @@ class AccessIdError(ValueError):
     """An operator asked for something that cannot be done (bad scope, grace, ...)."""
 
 
-@dataclass(frozen=True)
-class ChangeContext:
-    """Who makes a change and from where, for its audit event."""
-
-    source: str = "command"
-    actor: Any = None
-    request_id: str = ""
-    client_ip: str | None = None
-    endpoint: str = ""
-
-    def record(self, *, event_type: str, access: AccessId, **fields) -> AuditEvent:
-        return audit_event_record(
-            event_type=event_type,
-            access_id=access,
-            actor=self.actor,
-            source=self.source,
-            request_id=self.request_id,
-            client_ip=self.client_ip,
-            endpoint=self.endpoint,
-            **fields,
-        )
-
-
-COMMAND = ChangeContext(source="command")
 
 
 def grace_parse(text: str) -> datetime.timedelta:
@@ -132,7 +107,7 @@ def access_id_create(
     row, secret = _secret_new(access, 1)
     context.record(
         event_type=AuditEvent.ACCESS_ID_CREATED,
-        access=access,
+        access_id=access,
         secret_version=row.version,
         details={"name": access.name, "scopes": access.scopes, "fingerprint": row.fingerprint},
     )
@@ -168,7 +143,7 @@ def access_id_set_legacy_key(*, access_id: AccessId, legacy_key: str, context: C
     access.save(update_fields=["legacy_aes_key_encrypted", "legacy_key_fingerprint", "updated_at"])
     context.record(
         event_type=AuditEvent.ACCESS_ID_CHANGED,
-        access=access,
+        access_id=access,
         details={"changed": ["legacy_aes_key"], "legacy_aes_key": "set" if legacy_key else "removed",
                  "legacy_key_fingerprint": (access.legacy_key_fingerprint or "")[:12]},
     )
@@ -192,7 +167,7 @@ def access_id_update(*, access_id: AccessId, changed: list[str], context: Change
     """Save edits made to `access_id` (an admin form) and record which fields changed."""
     access_id.save()
     if changed:
-        context.record(event_type=AuditEvent.ACCESS_ID_CHANGED, access=access_id, details={"changed": sorted(changed)})
+        context.record(event_type=AuditEvent.ACCESS_ID_CHANGED, access_id=access_id, details={"changed": sorted(changed)})
     AppSecretService.invalidate(access_id.key)
     return access_id
 
@@ -229,7 +204,7 @@ def app_secret_rotate(
         "revoked_versions": sorted(revoked),
     }
     details.update(event_fields.pop("details", {}))
-    context.record(event_type=AuditEvent.ACCESS_ID_ROTATED, access=access, details=details, **event_fields)
+    context.record(event_type=AuditEvent.ACCESS_ID_ROTATED, access_id=access, details=details, **event_fields)
     AppSecretService.invalidate(access.key)
     row.previous = current  # what the caller reports about the old secret
     return row, secret
@@ -244,7 +219,7 @@ def app_secret_revoke_previous(*, access_id: AccessId, context: ChangeContext = 
     )
     if count:
         context.record(
-            event_type=AuditEvent.ACCESS_ID_PREVIOUS_REVOKED, access=access_id, details={"revoked_versions": versions}
+            event_type=AuditEvent.ACCESS_ID_PREVIOUS_REVOKED, access_id=access_id, details={"revoked_versions": versions}
         )
     AppSecretService.invalidate(access_id.key)
     return count
@@ -257,7 +232,7 @@ def access_id_set_enabled(*, access_id: AccessId, enabled: bool, context: Change
     access_id.save(update_fields=["enabled", "updated_at"])
     if changed:
         context.record(
-            event_type=AuditEvent.ACCESS_ID_ENABLED if enabled else AuditEvent.ACCESS_ID_DISABLED, access=access_id
+            event_type=AuditEvent.ACCESS_ID_ENABLED if enabled else AuditEvent.ACCESS_ID_DISABLED, access_id=access_id
         )
     AppSecretService.invalidate(access_id.key)
     return access_id

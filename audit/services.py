@@ -4,6 +4,7 @@ the change it describes, so that either both are stored or neither is."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from .chain import chain_append
@@ -64,3 +65,43 @@ def audit_event_record(
         details=details or {},
     )
     return chain_append(event)
+
+
+@dataclass(frozen=True)
+class ChangeContext:
+    """Who makes a change and from where (admin user, command, API request), for the audit
+    event the change writes."""
+
+    source: str = "command"
+    actor: Any = None
+    request_id: str = ""
+    client_ip: str | None = None
+    endpoint: str = ""
+
+    @classmethod
+    def from_request(cls, request, *, source: str) -> ChangeContext:
+        """The context of a change made through an HTTP request (admin or API)."""
+        from signing.auth import client_address
+
+        user = getattr(request, "user", None)
+        return cls(
+            source=source,
+            actor=user if getattr(user, "is_authenticated", False) and getattr(user, "pk", None) else None,
+            request_id=getattr(request, "request_id", ""),
+            client_ip=client_address(request),
+            endpoint=(f"{request.method} {request.path}" if source == "api" else request.path)[:200],
+        )
+
+    def record(self, *, event_type: str, **fields) -> AuditEvent:
+        return audit_event_record(
+            event_type=event_type, actor=self.actor, source=self.source, request_id=self.request_id,
+            client_ip=self.client_ip, endpoint=self.endpoint, **fields,
+        )
+
+
+COMMAND = ChangeContext(source="command")
+
+
+def admin_change_context(request) -> ChangeContext:
+    """The context of a change made in the admin by `request.user`."""
+    return ChangeContext.from_request(request, source="admin")

@@ -22,7 +22,6 @@ from signing.ukey.protocol import RPC_METHODS, SIGN_METHODS
 
 from . import serializers as s
 from .api import SignedAPIView
-from .auth import client_address
 from .services import (
     card_rpc,
     card_signature_method_override,
@@ -120,12 +119,7 @@ class RotateSelfView(SignedAPIView):
 
     def _rotate(self, request, grace: datetime.timedelta) -> dict:
         """The rotation and this request's audit event, in one transaction."""
-        context = ChangeContext(
-            source="api",
-            request_id=request.request_id,
-            client_ip=client_address(request._request),
-            endpoint=f"{request.method} {request.path}",
-        )
+        context = ChangeContext.from_request(request._request, source="api")
         with transaction.atomic():
             access = AccessId.objects.get(pk=request.user.access.pk)
             row, secret = app_secret_rotate(

@@ -22,7 +22,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 
 from audit.models import AuditEvent
-from signing.auth import client_address
+from audit.services import admin_change_context
 
 from . import services
 from .models import Webhook, WebhookDelivery
@@ -40,16 +40,6 @@ EVENT_LABELS = {
     AuditEvent.API_REQUEST: "API request (audit feed)",
     WebhookDelivery.TEST: "test event",
 }
-
-
-def change_context(request) -> services.ChangeContext:
-    return services.ChangeContext(
-        source="admin",
-        actor=request.user,
-        request_id=getattr(request, "request_id", ""),
-        client_ip=client_address(request),
-        endpoint=request.path[:200],
-    )
 
 
 def _badge(color: str, text: str):
@@ -154,12 +144,12 @@ class WebhookAdmin(admin.ModelAdmin):
         secret = form.cleaned_data.get("secret") or ""
         if change:
             services.webhook_update(webhook=obj, changed=form.changed_data, secret=secret,
-                                    context=change_context(request))
+                                    context=admin_change_context(request))
         else:
-            services.webhook_add(webhook=obj, secret=secret, context=change_context(request))
+            services.webhook_add(webhook=obj, secret=secret, context=admin_change_context(request))
 
     def delete_model(self, request, obj):
-        services.webhook_delete(webhook=obj, context=change_context(request))
+        services.webhook_delete(webhook=obj, context=admin_change_context(request))
 
     @admin.action(description="Send a test event", permissions=["change"])
     def send_test_event(self, request, queryset):
@@ -168,7 +158,7 @@ class WebhookAdmin(admin.ModelAdmin):
             if not webhook.enabled:
                 skipped.append(webhook.name)
                 continue
-            services.webhook_send_test(webhook=webhook, context=change_context(request))
+            services.webhook_send_test(webhook=webhook, context=admin_change_context(request))
             sent.append(webhook.name)
         if sent:
             self.message_user(request, f"Test event queued for {', '.join(sent)}: it is sent within a few "
@@ -178,13 +168,13 @@ class WebhookAdmin(admin.ModelAdmin):
 
     @admin.action(description="Enable selected webhooks", permissions=["change"])
     def enable_selected(self, request, queryset):
-        changed = sum(services.webhook_set_enabled(webhook=w, enabled=True, context=change_context(request))
+        changed = sum(services.webhook_set_enabled(webhook=w, enabled=True, context=admin_change_context(request))
                       for w in queryset)
         self.message_user(request, f"{changed} webhook(s) enabled.", messages.SUCCESS)
 
     @admin.action(description="Disable selected webhooks (pending notifications wait)", permissions=["change"])
     def disable_selected(self, request, queryset):
-        changed = sum(services.webhook_set_enabled(webhook=w, enabled=False, context=change_context(request))
+        changed = sum(services.webhook_set_enabled(webhook=w, enabled=False, context=admin_change_context(request))
                       for w in queryset)
         self.message_user(request, f"{changed} webhook(s) disabled; their pending notifications are kept and "
                                    "sent when they are enabled again.", messages.SUCCESS)
@@ -208,7 +198,7 @@ class WebhookAdmin(admin.ModelAdmin):
         if not webhook.enabled:
             self.message_user(request, "This webhook is disabled: enable it first.", messages.WARNING)
             return HttpResponseRedirect(change_url)
-        delivery = services.webhook_send_test(webhook=webhook, context=change_context(request))
+        delivery = services.webhook_send_test(webhook=webhook, context=admin_change_context(request))
         delivery_url = reverse("admin:webhooks_webhookdelivery_change", args=[delivery.pk])
         self.message_user(request, format_html(
             'Test event queued: it is sent within a few seconds. <a href="{}">See the delivery</a> for the '
@@ -332,7 +322,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     def _retry(self, request, delivery) -> bool:
         try:
-            services.delivery_retry_now(delivery=delivery, context=change_context(request))
+            services.delivery_retry_now(delivery=delivery, context=admin_change_context(request))
         except services.WebhookError as exc:
             self.message_user(request, f"{delivery.pk}: {exc}", messages.WARNING)
             return False

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from accessids.encryption import MasterKeyError, secret_decrypt, secret_encrypt
 from audit.models import AuditEvent
-from audit.services import audit_event_record
+from audit.services import COMMAND, ChangeContext
 from signplatform.logging import redaction_register
 
 from .models import SECRET_PURPOSE, Webhook, WebhookDelivery
@@ -187,25 +187,9 @@ def webhook_secret(webhook: Webhook) -> str:
 # --- changes by operators (one audit event each) -------------------------------------------------
 
 
-@dataclass
-class ChangeContext:
-    """Who makes a change and from where, for its audit event."""
-
-    source: str = "command"
-    actor: Any = None
-    request_id: str = ""
-    client_ip: str | None = None
-    endpoint: str = ""
-
-    def record(self, *, event_type: str, webhook: Webhook, message: str, **details) -> AuditEvent:
-        return audit_event_record(
-            event_type=event_type, actor=self.actor, source=self.source, request_id=self.request_id,
-            client_ip=self.client_ip, endpoint=self.endpoint, message=message,
-            details={"webhook": webhook.key, "name": webhook.name, "url": webhook.url, **details},
-        )
-
-
-COMMAND = ChangeContext(source="command")
+def _record(context: ChangeContext, *, event_type: str, webhook: Webhook, message: str, **details) -> AuditEvent:
+    return context.record(event_type=event_type, message=message,
+                          details={"webhook": webhook.key, "name": webhook.name, "url": webhook.url, **details})
 
 
 def _what(webhook: Webhook) -> list[str]:
@@ -224,7 +208,7 @@ def webhook_add(*, webhook: Webhook, secret: str, context: ChangeContext = COMMA
     """Save a new (validated) webhook with its secret."""
     webhook_set_secret(webhook, secret)
     webhook.save(force_insert=True)
-    context.record(event_type=WEBHOOK_CREATED, webhook=webhook,
+    _record(context, event_type=WEBHOOK_CREATED, webhook=webhook,
                    message=f"webhook {webhook.name} created ({', '.join(_what(webhook)) or 'nothing selected'})",
                    card_failures=webhook.card_failures, audit_feed=webhook.audit_feed, enabled=webhook.enabled)
     return webhook
@@ -240,7 +224,7 @@ def webhook_update(*, webhook: Webhook, changed: Iterable[str], secret: str = ""
     webhook.save()
     if changed or secret:
         what = changed + (["secret"] if secret else [])
-        context.record(event_type=WEBHOOK_CHANGED, webhook=webhook,
+        _record(context, event_type=WEBHOOK_CHANGED, webhook=webhook,
                        message=f"webhook {webhook.name} changed: {', '.join(what)}",
                        fields=changed, secret_replaced=bool(secret),
                        card_failures=webhook.card_failures, audit_feed=webhook.audit_feed, enabled=webhook.enabled)
@@ -254,7 +238,7 @@ def webhook_set_enabled(*, webhook: Webhook, enabled: bool, context: ChangeConte
         return False
     webhook.enabled = enabled
     webhook.save(update_fields=["enabled", "updated_at"])
-    context.record(event_type=WEBHOOK_ENABLED if enabled else WEBHOOK_DISABLED, webhook=webhook,
+    _record(context, event_type=WEBHOOK_ENABLED if enabled else WEBHOOK_DISABLED, webhook=webhook,
                    message=f"webhook {webhook.name} {'enabled' if enabled else 'disabled'}")
     return True
 
@@ -262,7 +246,7 @@ def webhook_set_enabled(*, webhook: Webhook, enabled: bool, context: ChangeConte
 @transaction.atomic
 def webhook_delete(*, webhook: Webhook, context: ChangeContext = COMMAND) -> None:
     """Only a webhook without deliveries can go (ProtectedError otherwise): disable it instead."""
-    context.record(event_type=WEBHOOK_DELETED, webhook=webhook, message=f"webhook {webhook.name} deleted")
+    _record(context, event_type=WEBHOOK_DELETED, webhook=webhook, message=f"webhook {webhook.name} deleted")
     webhook.delete()
 
 
@@ -271,7 +255,7 @@ def webhook_send_test(*, webhook: Webhook, context: ChangeContext = COMMAND) -> 
     """A `webhook.test` notification, sent like any other (signed, retried)."""
     who = getattr(context.actor, "get_username", lambda: "")() or context.source
     message = f"test notification sent from the signing platform by {who}"
-    event = context.record(event_type=WEBHOOK_TEST_SENT, webhook=webhook, message=f"test event sent to {webhook.name}")
+    event = _record(context, event_type=WEBHOOK_TEST_SENT, webhook=webhook, message=f"test event sent to {webhook.name}")
     payload = {
         "event": WebhookDelivery.TEST,
         "occurred_at": event.created_at.astimezone(datetime.timezone.utc).isoformat(),
@@ -299,7 +283,7 @@ def delivery_retry_now(*, delivery: WebhookDelivery, context: ChangeContext = CO
     delivery.status = WebhookDelivery.PENDING
     delivery.next_attempt_at = timezone.now()
     delivery.save(update_fields=["status", "next_attempt_at"])
-    context.record(event_type=WEBHOOK_DELIVERY_RETRIED, webhook=delivery.webhook,
+    _record(context, event_type=WEBHOOK_DELIVERY_RETRIED, webhook=delivery.webhook,
                    message=f"delivery {delivery.pk} ({delivery.event_type}) to {delivery.webhook.name} "
                            f"retried now (was {previous}, {delivery.attempts} attempts)",
                    delivery=str(delivery.pk), previous_status=previous, attempts=delivery.attempts)
