@@ -25,6 +25,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from audit.services import admin_change_context
+from signplatform.readonly_admin import ReadOnlyAdminMixin
 
 from .forms import GRACE_LABELS, SCOPE_LABELS, AccessIdForm, RotateSecretForm
 from .models import SCOPES, AccessId, AppSecret
@@ -87,7 +88,7 @@ class ScopeFilter(admin.SimpleListFilter):
         return queryset
 
 
-class AppSecretInline(admin.TabularInline):
+class AppSecretInline(ReadOnlyAdminMixin, admin.TabularInline):
     """The secret versions of an access ID: read-only, with their last use."""
 
     model = AppSecret
@@ -106,18 +107,9 @@ class AppSecretInline(admin.TabularInline):
             return _badge(STATE_COLORS[AppSecret.REVOKED], "previous (grace period over)")
         return _badge(STATE_COLORS.get(obj.state, "#000"), obj.get_state_display())
 
-    # Seen by whoever may see the access ID; never added, changed or deleted here.
+    # Seen by whoever may see the access ID; never added, changed or deleted (ReadOnlyAdminMixin).
     def has_view_permission(self, request, obj=None):
         return request.user.has_perm("accessids.view_accessid") or request.user.has_perm("accessids.change_accessid")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AccessId)

@@ -32,6 +32,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
+from signplatform.readonly_admin import ReadOnlyAdminMixin
+
 from . import selectors, views
 from .models import AuditEvent
 
@@ -343,7 +345,7 @@ def event_label(event: AuditEvent) -> str:
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["time_display", "event_type_display", "outcome_display", "access_display", "endpoint", "device",
                     "cert_no", "duration_display", "client_ip"]
     list_display_links = ["time_display"]
@@ -361,17 +363,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     actions = None
     change_list_template = "admin/audit/auditevent/change_list.html"
     change_form_template = "admin/audit/auditevent/change_form.html"
-
-    # --- strictly read-only --------------------------------------------------------------------
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     # --- the list -----------------------------------------------------------------------------
 

@@ -777,11 +777,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack) -> int:
-    """Start everything (registering its clean-up), measure, judge. Returns the exit status."""
+@dataclass
+class BenchPlatform:
+    """A simulator and the platform in front of it, started for one benchmark run."""
+
+    sim: Simulator
+    platform: object  # tests.live.Platform
+    access_id: str
+    secret: str
+    device: dict  # the card as GET /api/v1/health reports it
+
+
+def bench_platform_start(args: argparse.Namespace, cleanup: contextlib.ExitStack, *, prefix: str,
+                         after_stop=None) -> BenchPlatform:
+    """In a temporary var dir: the simulator, the migrated database, an access ID without a
+    useful rate limit, and `runplatform` with its card connected. Everything is stopped by
+    `cleanup`; `after_stop(log_path)` runs once the platform has stopped (its log flushed)."""
     from tests.live import Platform
 
-    tmp = Path(tempfile.mkdtemp(prefix="api-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     cleanup.callback(lambda: print(f"temporary directory kept: {tmp}", file=sys.stderr) if args.keep_tmp
                      else shutil.rmtree(tmp, ignore_errors=True))
     sim = Simulator(port=port_free(), latency_ms=args.latency_ms, pin=BENCH_PIN, key_dir=str(tmp / "sim-keys"),
@@ -797,6 +811,8 @@ def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack)
     manage(env, "shell", "-c", RATE_LIMIT_LIFT.format(key=created["access_id"], limit=10**9))
 
     platform = Platform(env, tmp, name="platform")
+    if after_stop is not None:
+        cleanup.callback(after_stop, platform.log_path)
 
     def platform_down(exc_type, exc, tb) -> None:
         platform.stop()
@@ -806,9 +822,46 @@ def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack)
     cleanup.push(platform_down)
     platform.start(migrate=False)
     device = platform.wait_card(timeout=30)["devices"][0]
+    return BenchPlatform(sim, platform, created["access_id"], created["secret"], device)
+
+
+def event_loop_run(coroutine):
+    """Run the load generator's coroutine on uvloop when installed (its own CPU matters on 2 cores)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def bench_main(args: argparse.Namespace, report: dict, bench_run, print_report_fn) -> int:
+    """Run `bench_run(args, report, cleanup)`, turn failures into report problems (exit 2),
+    print the report (or its JSON). Returns the exit status."""
+    status = 2
+    try:
+        with contextlib.ExitStack() as cleanup:
+            status = bench_run(args, report, cleanup)
+    except BenchError as exc:
+        report["problems"].append(str(exc))
+    except KeyboardInterrupt:
+        report["problems"].append("interrupted")
+    except Exception as exc:  # noqa: BLE001 - shown with its traceback, then reported
+        traceback.print_exc()
+        report["problems"].append(repr(exc))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, default=str))
+    else:
+        print_report_fn(args, report, report["command"])
+    return status
+
+
+def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack) -> int:
+    """Start everything (registering its clean-up), measure, judge. Returns the exit status."""
+    started = bench_platform_start(args, cleanup, prefix="api-bench-")
+    sim, platform, device = started.sim, started.platform, started.device
     report["card"] = {"cert_no": device["cert_no"], "device": device["slug"]}
 
-    factory = RequestFactory("127.0.0.1", platform.port, created["access_id"], created["secret"])
+    factory = RequestFactory("127.0.0.1", platform.port, started.access_id, started.secret)
     run = Run(args=args, factory=factory, sim_url=sim.url, cert_no=device["cert_no"],
               cpu=CpuMeter(platform.proc.pid, sim.proc.pid))
 
@@ -820,12 +873,7 @@ def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack)
         await run_async(run, platform.proc.pid, report)
         return certificate["certificate_pem"]
 
-    try:
-        import uvloop  # the load generator's own CPU matters on 2 cores
-
-        pem = uvloop.run(measure())
-    except ImportError:
-        pem = asyncio.run(measure())
+    pem = event_loop_run(measure())
     verify_samples(run, pem, report)
 
     loaded = [report["throughput"], *report["zero"]]
@@ -845,22 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "bench/api_bench.py", *(sys.argv[1:] if argv is None else argv)])
     report: dict = {"command": command, "latency_ms": args.latency_ms, "pipeline_depth": args.pipeline_depth,
                     "backends": describe_backends(args), "cpus": os.cpu_count(), "problems": []}
-    status = 2
-    try:
-        with contextlib.ExitStack() as cleanup:
-            status = bench(args, report, cleanup)
-    except BenchError as exc:
-        report["problems"].append(str(exc))
-    except KeyboardInterrupt:
-        report["problems"].append("interrupted")
-    except Exception as exc:  # noqa: BLE001 - shown with its traceback, then reported
-        traceback.print_exc()
-        report["problems"].append(repr(exc))
-    if args.json:
-        print(json.dumps(report, ensure_ascii=False))
-    else:
-        print_report(args, report, command)
-    return status
+    return bench_main(args, report, bench, print_report)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,8 @@ import json
 import os
 import re
 import shlex
-import shutil
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +53,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.api_bench import (  # noqa: E402
-    RATE_LIMIT_LIFT,
     CpuMeter,
     HttpConnection,
     Prepared,
@@ -64,17 +60,17 @@ from bench.api_bench import (  # noqa: E402
     RequestPool,
     Run,
     Window,
+    bench_main,
+    bench_platform_start,
     certificate_fetch,
     concurrency_list,
-    manage,
-    platform_env,
+    event_loop_run,
     py_spy_start,
     set_card_latency,
     sign_answer_check,
     verify_samples,
 )
-from bench.gateway_bench import BENCH_PIN, BenchError, Simulator, ms, percentile  # noqa: E402
-from signplatform.ports import port_free  # noqa: E402
+from bench.gateway_bench import BenchError, ms, percentile  # noqa: E402
 
 SIGN_PATH = "/api/v1/sign"
 XML_PATH = "/api/v1/sign/xml"
@@ -369,39 +365,15 @@ def log_scan(path: Path, report: dict) -> None:
 
 
 def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack) -> int:
-    from tests.live import Platform
     from xmlstore.ceb import ceb_digest, ceb_signed_info, signature_method_uri
 
-    tmp = Path(tempfile.mkdtemp(prefix="xml-bench-"))
-    cleanup.callback(lambda: print(f"temporary directory kept: {tmp}", file=sys.stderr) if args.keep_tmp
-                     else shutil.rmtree(tmp, ignore_errors=True))
-    sim = Simulator(port=port_free(), latency_ms=args.latency_ms, pin=BENCH_PIN, key_dir=str(tmp / "sim-keys"),
-                    algorithm=args.algorithm,
-                    env=dict(os.environ, SIGNPLATFORM_VAR_DIR=str(tmp),
-                             LOG_LEVEL=os.environ.get("LOG_LEVEL", "WARNING")))
-    cleanup.callback(sim.stop)
-    sim.start()
-
-    env = platform_env(args, tmp, sim)
-    manage(env, "migrate", "-v0")
-    created = json.loads(manage(env, "accessid", "create", "--name", "bench", "--json").strip().splitlines()[-1])
-    manage(env, "shell", "-c", RATE_LIMIT_LIFT.format(key=created["access_id"], limit=10**9))
-
-    platform = Platform(env, tmp, name="platform")
-    cleanup.callback(log_scan, platform.log_path, report)  # after the platform has stopped (flushed)
-
-    def platform_down(exc_type, exc, tb) -> None:
-        platform.stop()
-        if exc_type is not None and platform.log_path.exists():
-            print(f"--- platform log (last lines) ---\n{platform.log[-3000:]}", file=sys.stderr)
-
-    cleanup.push(platform_down)
-    platform.start(migrate=False)
-    device = platform.wait_card(timeout=30)["devices"][0]
+    started = bench_platform_start(args, cleanup, prefix="xml-bench-",
+                                   after_stop=lambda log_path: log_scan(log_path, report))
+    sim, platform, device = started.sim, started.platform, started.device
     report["card"] = {"cert_no": device["cert_no"], "device": device["slug"]}
     memory = report["platform_memory_mb"] = {"rss_at_start": rss_mb(platform.proc.pid)[0]}
 
-    factory = RequestFactory("127.0.0.1", platform.port, created["access_id"], created["secret"])
+    factory = RequestFactory("127.0.0.1", platform.port, started.access_id, started.secret)
     run = Run(args=args, factory=factory, sim_url=sim.url, cert_no=device["cert_no"],
               cpu=CpuMeter(platform.proc.pid, sim.proc.pid))
     text = VECTOR.read_text(encoding="utf-8")
@@ -425,12 +397,7 @@ def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack)
         await measure(run, kinds, platform.proc.pid, report)
         return certificate["certificate_pem"]
 
-    try:
-        import uvloop  # the load generator's own CPU matters on 2 cores
-
-        pem = uvloop.run(main_async())
-    except ImportError:
-        pem = asyncio.run(main_async())
+    pem = event_loop_run(main_async())
     memory.update(zip(("rss_after_run", "peak_rss"), rss_mb(platform.proc.pid)))
     verify_samples(run, pem, report)
     xml_samples_verify(xml_samples, pem, report, kinds["xml"].checked + kinds["xml-big"].checked)
@@ -566,24 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "bench/xml_bench.py", *(sys.argv[1:] if argv is None else argv)])
     report: dict = {"command": command, "latency_ms": args.latency_ms, "algorithm": args.algorithm,
                     "cpus": os.cpu_count(), "problems": []}
-    status = 2
-    try:
-        with contextlib.ExitStack() as cleanup:
-            status = bench(args, report, cleanup)
-    except BenchError as exc:
-        report["problems"].append(str(exc))
-    except KeyboardInterrupt:
-        report["problems"].append("interrupted")
-    except Exception as exc:  # noqa: BLE001 - shown with its traceback, then reported
-        traceback.print_exc()
-        report["problems"].append(repr(exc))
-    if report["problems"]:
-        status = 2
-    if args.json:
-        print(json.dumps(report, ensure_ascii=False, default=str))
-    else:
-        print_report(args, report, command)
-    return status
+    return bench_main(args, report, bench, print_report)
 
 
 if __name__ == "__main__":

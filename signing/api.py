@@ -99,23 +99,21 @@ class SignedAPIView(APIView):
         django_request = request._request
         with transaction.atomic():
             result = write()
-            fields = self.audit_fields_for(
-                django_request, status_code=status_code, data=None, started=django_request.audit_started
-            )
-            audit_event_record(**fields)
-            if fields["access_id"] and fields["secret_version"]:
-                access_id_mark_used(access_pk=fields["access_id"], version=fields["secret_version"])
+            self._audit_write(django_request, status_code=status_code, data=None, started=django_request.audit_started)
             django_request.audit_recorded = True
         return result
 
     def _audit_request(self, request, response, started: float) -> None:
-        fields = self.audit_fields_for(
-            request, status_code=response.status_code, data=getattr(response, "data", None), started=started
-        )
         with transaction.atomic():
-            audit_event_record(**fields)
-            if fields["access_id"] and fields["secret_version"]:
-                access_id_mark_used(access_pk=fields["access_id"], version=fields["secret_version"])
+            self._audit_write(request, status_code=response.status_code, data=getattr(response, "data", None),
+                              started=started)
+
+    def _audit_write(self, request, *, status_code: int, data: Any, started: float) -> None:
+        """The request's one audit event, and which secret version it used."""
+        fields = self.audit_fields_for(request, status_code=status_code, data=data, started=started)
+        audit_event_record(**fields)
+        if fields["access_id"] and fields["secret_version"]:
+            access_id_mark_used(access_pk=fields["access_id"], version=fields["secret_version"])
 
 
 class ApiNotFoundView(SignedAPIView):

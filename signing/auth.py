@@ -10,6 +10,7 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from signclient import string_to_sign
 from signplatform.errors import AUTH_SCHEME, ApiError, payload_too_large
 
 from .nonces import NonceStoreUnavailable, nonce_store
+
+logger = logging.getLogger(__name__)
 
 HEADERS = ("X-Access-Id", "X-Timestamp", "X-Nonce", "X-Signature")
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -39,30 +42,42 @@ def signature_compute(secret: str, text: str) -> str:
     return hmac.new(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-@functools.lru_cache(maxsize=8)
-def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(n, strict=False) for n in cidrs)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=64)
+def networks_parse(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+    """CIDR texts → networks, once per distinct list (allow-lists, trusted proxies, metrics
+    scrapers); an entry that is not a network is left out and logged once."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            logger.error("%r is not an IP network; ignored", cidr)
+    return tuple(networks)
+
+
+def address_in(address: str | None, networks: tuple[Network, ...]) -> bool:
+    """Is `address` (text) inside one of `networks`? False for a missing or malformed address."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def client_address(request) -> str | None:
     """The client's IP: the peer, or — behind a trusted proxy — the right-most address of
     X-Forwarded-For that is not itself a trusted proxy."""
     peer = request.META.get("REMOTE_ADDR") or None
-    trusted = _networks(tuple(settings.TRUSTED_PROXIES))
-    if not peer or not trusted:
-        return peer
-
-    def is_trusted(addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-        return any(ip in net for net in trusted)
-
-    if not is_trusted(peer):
+    trusted = networks_parse(tuple(settings.TRUSTED_PROXIES))
+    if not peer or not trusted or not address_in(peer, trusted):
         return peer
     for hop in reversed([h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]):
-        if not is_trusted(hop):
+        if not address_in(hop, trusted):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
@@ -71,21 +86,8 @@ def client_address(request) -> str | None:
 
 
 def address_allowed(address: str | None, networks: tuple[str, ...]) -> bool:
-    if not networks:
-        return True
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    for network in networks:
-        try:
-            if ip in ipaddress.ip_network(network, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    """An access ID's allow-list: empty allows any address."""
+    return not networks or address_in(address, networks_parse(tuple(networks)))
 
 
 @dataclass(frozen=True)

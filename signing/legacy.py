@@ -31,7 +31,7 @@ from audit.services import audit_event_record, data_digest
 from signplatform.dbthread import db_sync_to_async
 from signplatform.errors import ApiError
 from xmlstore.selectors import xml_document_find, xml_documents_in_directory
-from xmlstore.services import xml_directory_clean, xml_document_delete, xml_document_write
+from xmlstore.services import xml_directory_clean, xml_document_delete, xml_document_write, xml_filename_clean
 
 from .auth import address_allowed, client_address
 from .legacy_cipher import LegacyDecryptError, legacy_data_encrypt, legacy_decrypt
@@ -180,7 +180,10 @@ async def _run(request, endpoint: str, scope: str, handler) -> JsonResponse:
         if request.method != "POST":
             raise LegacyError(405, 405, "请求方法不允许，请使用 POST", outcome="METHOD_NOT_ALLOWED")
         payload = await db_sync_to_async(_begin)(call, scope)
-        response = await handler(call, payload)
+        try:
+            response = await handler(call, payload)
+        except ApiError as exc:  # the XML store refused a name or the content
+            raise _xml_error(exc) from None
     except LegacyError as exc:
         response = _envelope(exc.code, exc.msg, False, status=exc.http_status)
         for name, value in exc.headers.items():
@@ -251,10 +254,7 @@ async def xml_files_add(request):
             )
             call.audit["details"] = {"document_id": document.pk, "path": document.path, "version": document.version}
 
-        try:
-            await db_sync_to_async(call.commit_with_audit)(store)
-        except ApiError as exc:
-            raise _xml_error(exc) from None
+        await db_sync_to_async(call.commit_with_audit)(store)
         return _envelope(200, "新增成功", True)
 
     return await _run(request, "/xml-files/add", "xml_write", handle)
@@ -263,11 +263,7 @@ async def xml_files_add(request):
 @csrf_exempt
 async def xml_files_list(request):
     async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
-        directory = _string_field(payload, "directory", required=False, code=500)
-        try:
-            directory = xml_directory_clean(directory)
-        except ApiError as exc:
-            raise _xml_error(exc) from None
+        directory = xml_directory_clean(_string_field(payload, "directory", required=False, code=500))
 
         rows = await db_sync_to_async(xml_documents_in_directory)(access_pk=call.access.pk, directory=directory)
         call.audit["details"] = {"count": len(rows), "directory": directory}
@@ -286,24 +282,15 @@ async def xml_files_delete(request):
         def delete():
             document = xml_document_find(access_pk=call.access.pk, directory=directory, filename=filename)
             if document is None:
-                raise LegacyError(404, 500, f"文件不存在: {_display_name(filename)}", outcome="NOT_FOUND")
+                # The name is valid here (the look-up checked it): the stored form, `.xml` added.
+                raise LegacyError(404, 500, f"文件不存在: {xml_filename_clean(filename)}", outcome="NOT_FOUND")
             xml_document_delete(document=document, request_id=request.request_id)
             call.audit["details"] = {"document_id": document.pk, "path": document.path}
 
-        try:
-            await db_sync_to_async(call.commit_with_audit)(delete)
-        except ApiError as exc:
-            raise _xml_error(exc) from None
+        await db_sync_to_async(call.commit_with_audit)(delete)
         return _envelope(200, "删除成功", True)
 
     return await _run(request, "/xml-files/delete", "xml_write", handle)
-
-
-def _display_name(filename: str) -> str:
-    name = filename.strip()
-    return name if name.lower().endswith(".xml") else f"{name}.xml"
-
-
 
 
 @require_GET

@@ -252,27 +252,15 @@ REGISTRY.register(CardStateCollector())
 # --- the view -------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-def _allowed_networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    networks = []
-    for cidr in cidrs:
-        try:
-            networks.append(ipaddress.ip_network(cidr, strict=False))
-        except ValueError:
-            logger.error("METRICS_ALLOWED_NETWORKS: %r is not a network; ignored", cidr)
-    return tuple(networks)
-
-
 def _address_allowed(address: str | None) -> bool:
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
+    from signing.auth import address_in, networks_parse
+
+    try:  # an IPv4 client seen through an IPv6 socket
+        mapped = getattr(ipaddress.ip_address(address), "ipv4_mapped", None) if address else None
     except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in _allowed_networks(tuple(settings.METRICS_ALLOWED_NETWORKS)))
+        mapped = None
+    return address_in(str(mapped) if mapped else address,
+                      networks_parse(tuple(settings.METRICS_ALLOWED_NETWORKS)))
 
 
 def _token_ok(request) -> bool:

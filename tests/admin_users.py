@@ -51,3 +51,14 @@ def admin_platform(transactional_db, simulator_factory, tmp_path):
         yield server
     finally:
         server.stop()
+
+
+def admin_login(chromium, base: str, username: str) -> None:
+    """Log `username` in through the admin's login form in headless Chromium (a fresh session)."""
+    page = chromium.page
+    chromium.new_session()
+    page.goto(base + "/admin/login/?next=/admin/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(base + "/admin/")

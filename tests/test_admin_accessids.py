@@ -22,7 +22,8 @@ from accessids.secrets import AppSecretService
 from accessids.services import access_id_create, access_id_mark_used, app_secret_rotate
 from audit.models import AuditEvent
 from signclient import ApiError, SignClient
-from tests.admin_users import PASSWORD, client_for, fast_hashers, user_make, admin_platform  # noqa: F401  (fixtures)
+from tests.admin_users import PASSWORD, admin_login, client_for, user_make
+from tests.admin_users import admin_platform, fast_hashers  # noqa: F401  (fixtures)
 from tests.browser import chromium  # noqa: F401,F811  (a fixture)
 from tests.conftest import database_text
 from tests.live import poll
@@ -402,15 +403,7 @@ def test_browser_create_reveal_use_rotate_and_clerk(platform, chromium):
     page = chromium.page
     base = platform.base
 
-    def login(username: str) -> None:
-        chromium.new_session()
-        page.goto(base + "/admin/login/?next=/admin/")
-        page.fill("#id_username", username)
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
-        page.wait_for_url(base + "/admin/")
-
-    login("chief")
+    admin_login(chromium, base, "chief")
     page.goto(base + CHANGELIST + "add/")
     page.fill("#id_name", "ERP – browser")
     assert page.locator("input[name=scopes]:checked").count() == 7
@@ -467,7 +460,7 @@ def test_browser_create_reveal_use_rotate_and_clerk(platform, chromium):
     assert rotated.actor == chief and rotated.details["grace_seconds"] == 0
 
     # A clerk who may only look: no rotate button, the rotate URL answers 403.
-    login("clerk")
+    admin_login(chromium, base, "clerk")
     page.goto(base + CHANGELIST + f"{access.pk}/change/")
     assert page.is_visible("#accessid-secret-panel")
     assert page.locator("#rotate-secret").count() == 0 and page.locator("#disable-accessid").count() == 0

@@ -32,7 +32,8 @@ from audit.models import AuditEvent
 from audit.services import audit_event_record
 from signclient import ApiError, SignClient
 from signing.models import CardDevice
-from tests.admin_users import PASSWORD, client_for, fast_hashers, user_make, admin_platform  # noqa: F401  (fixtures)
+from tests.admin_users import admin_login, client_for, user_make
+from tests.admin_users import admin_platform, fast_hashers  # noqa: F401  (fixtures)
 from tests.browser import chromium  # noqa: F401,F811  (a fixture)
 from tests.live import poll
 from xmlstore.services import xml_document_write
@@ -484,12 +485,7 @@ def test_browser_changelist_event_page_export_and_access_id_history(platform, ch
     page = chromium.page
     base = platform.base
 
-    chromium.new_session()
-    page.goto(base + "/admin/login/?next=/admin/")
-    page.fill("#id_username", "chief")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(base + "/admin/")
+    admin_login(chromium, base, "chief")
     assert page.is_visible("#home-dashboard-link")
 
     page.goto(base + CHANGELIST)

@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from accessids.models import AccessId
 from accessids.services import access_id_create
-from tests.admin_users import PASSWORD, client_for, fast_hashers, user_make, admin_platform  # noqa: F401  (fixtures)
+from tests.admin_users import admin_login, client_for, user_make
+from tests.admin_users import admin_platform, fast_hashers  # noqa: F401  (fixtures)
 from tests.browser import chromium  # noqa: F401,F811  (a fixture)
 from xmlstore.models import XmlDocument
 from xmlstore.services import XmlSignature, xml_document_delete, xml_document_write
@@ -345,18 +346,10 @@ def test_browser_list_search_detail_downloads_and_permissions(platform, chromium
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
 
-    def login(username: str) -> None:
-        chromium.new_session()
-        page.goto(base + "/admin/login/?next=/admin/")
-        page.fill("#id_username", username)
-        page.fill("#id_password", PASSWORD)
-        page.click("input[type=submit]")
-        page.wait_for_url(base + "/admin/")
-
     def listed() -> list[str]:
         return page.locator("#result_list tbody th.field-filename").all_inner_texts()
 
-    login("chief")
+    admin_login(chromium, base, "chief")
     page.goto(base + CHANGELIST)
     assert sorted(listed()) == sorted(["unsigned.xml", SIGNED_NAME, "twice.xml", "gone.xml", "script.xml"])
     headers = page.locator("#result_list thead th").all_text_contents()  # inner text is upper-cased by CSS
@@ -434,7 +427,7 @@ def test_browser_list_search_detail_downloads_and_permissions(platform, chromium
     assert dialogs == []
 
     # Staff without the view permission: 403 for the page and the files.
-    login("nosy")
+    admin_login(chromium, base, "nosy")
     assert page.goto(base + detail(s.signed)).status == 403
     for target in (download(s.signed, "signed"), version_download(s.twice, 1)):
         assert request.get(base + target).status == 403

@@ -26,7 +26,8 @@ from audit.models import AuditEvent
 from audit.selectors import Bucket, cert_expiry, percentile
 from audit.views import nice_ceiling, stacked_bars_svg
 from signing.ukey import certs
-from tests.admin_users import PASSWORD, client_for, fast_hashers, user_make  # noqa: F401  (fixtures)
+from tests.admin_users import admin_login, client_for, user_make
+from tests.admin_users import fast_hashers  # noqa: F401  (fixtures)
 from tests.browser import chromium  # noqa: F401,F811  (a fixture)
 from tests.conftest import test_database_url
 from tests.live import Platform, poll, services_env
@@ -327,12 +328,7 @@ def _browse(platform: Platform, sim, chromium) -> None:
     page = chromium.page
     base = platform.base
 
-    chromium.new_session()
-    page.goto(base + "/admin/login/?next=/admin/")
-    page.fill("#id_username", "chief")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(base + "/admin/")
+    admin_login(chromium, base, "chief")
     page.wait_for_selector("#home-card-default .state-connected")  # the admin home's live card strip
     page.click("#home-dashboard-link")
     page.wait_for_url(base + DASHBOARD)

@@ -52,7 +52,6 @@ import contextlib
 import functools
 import json
 import logging
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,6 +62,7 @@ from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from signclient import sign_headers
+from signplatform.http_client_errors import connect_error_text
 
 from . import services
 from .services import DeliveryJob, Outcome
@@ -98,15 +98,6 @@ def request_headers(job: DeliveryJob, body: bytes) -> dict[str, str]:
     return headers
 
 
-def _connect_error_text(exc: BaseException, url: str) -> str:
-    cause: BaseException | None = exc
-    while cause is not None:  # httpx wraps the socket error a few levels down
-        if isinstance(cause, ConnectionRefusedError):
-            return f"connection refused: nothing listens at {url}"
-        if isinstance(cause, socket.gaierror):
-            return f"the host name {httpx.URL(url).host} could not be resolved"
-        cause = cause.__cause__ or cause.__context__
-    return f"could not connect to {url}: {exc or exc.__class__.__name__}"
 
 
 class WebhookWorker:
@@ -312,7 +303,7 @@ class WebhookWorker:
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             return Outcome(False, error=f"the URL is not a usable http(s) URL: {exc}")
         except httpx.ConnectError as exc:
-            return Outcome(False, error=_connect_error_text(exc, job.url))
+            return Outcome(False, error=connect_error_text(exc, job.url))
         except (httpx.HTTPError, OSError) as exc:
             return Outcome(False, error=f"the request failed: {exc.__class__.__name__}: {exc}")
         reason = response.reason_phrase or ""

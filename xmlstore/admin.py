@@ -29,6 +29,8 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import XmlLexer
 
+from signplatform.readonly_admin import ReadOnlyAdminMixin
+
 from .models import XmlDocument, XmlDocumentVersion
 
 # Pygments needs ~0.2 s per 512 KB; a 5 MB document would hold the page for seconds.
@@ -163,7 +165,7 @@ class MessageTypeFilter(admin.SimpleListFilter):
 
 
 @admin.register(XmlDocument)
-class XmlDocumentAdmin(admin.ModelAdmin):
+class XmlDocumentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["filename", "directory", "signed", "cert_no", "access_display", "size_display", "version",
                     "updated_display", "state_display"]
     list_display_links = ["filename"]
@@ -184,16 +186,8 @@ class XmlDocumentAdmin(admin.ModelAdmin):
         # The list never shows the texts; a page of 50 five-megabyte documents would be slow.
         return super().get_queryset(request).select_related("access_id").defer(*LIST_DEFERRED)
 
-    # --- read-only: documents change through the API only ---------------------------------
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # soft deletion through the API only; nothing is ever removed
+    # Read-only (ReadOnlyAdminMixin): documents change through the API only; deletion is soft,
+    # so nothing is ever removed.
 
     # --- list columns ------------------------------------------------------------------------
 

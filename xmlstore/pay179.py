@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from signplatform.http_client_errors import connect_error_text
 
 HEAD_KEYS = (
     "guid", "initalRequest", "initalResponse", "ebpCode", "payCode", "payTransactionId",
@@ -240,16 +241,6 @@ def pay179_upload_form(payload: Pay179Payload, *, cert_no: str, sign_value: str)
 # --- upload ----------------------------------------------------------------------------
 
 
-def _connect_error_text(exc: BaseException, url: str) -> str:
-    host = httpx.URL(url).host
-    cause: BaseException | None = exc
-    while cause is not None:  # httpx wraps the socket error a few levels down
-        if isinstance(cause, ConnectionRefusedError):
-            return f"connection refused by {host}: nothing listens at {url}"
-        if isinstance(cause, socket.gaierror):
-            return f"the host name {host} could not be resolved"
-        cause = cause.__cause__ or cause.__context__
-    return f"could not connect to {url}: {exc or exc.__class__.__name__}"
 
 
 async def pay179_upload(*, url: str, pay_ex_info_str: str, timeout: float) -> UploadResult:
@@ -284,7 +275,7 @@ async def pay179_upload(*, url: str, pay_ex_info_str: str, timeout: float) -> Up
         error = f"the upload URL {url!r} is not a usable http(s) URL: {exc}"
         return result(message=error, error=error)
     except httpx.ConnectError as exc:
-        error = _connect_error_text(exc, url)
+        error = connect_error_text(exc, url)
         return result(message=f"the upload did not reach customs: {error}", error=error)
     except (httpx.HTTPError, OSError) as exc:
         error = f"the request failed: {exc.__class__.__name__}: {exc}"
