@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test install install-test services bench bench-gateway bench-api clean
+.PHONY: run test lint install install-test services bench bench-gateway bench-api clean
 
 $(PY):
 	@echo "==> creating virtual environment in $(VENV)"
@@ -34,7 +34,13 @@ run: install
 services:
 	@./scripts/ensure-test-services.sh
 
-test: install-test services
+# Every import points down a layer ([tool.layers] in pyproject.toml), and ruff finds nothing.
+lint: install-test
+	@echo "==> import layers and ruff"
+	@$(PY) scripts/check_layers.py
+	@$(VENV)/bin/ruff check --quiet . && echo "ruff: no findings"
+
+test: install-test lint services
 	@echo "==> tests against PostgreSQL + Redis (started by the test fixtures)"
 	SIGNPLATFORM_TEST_BACKENDS=services $(PY) -m pytest
 	@echo "==> gateway tests against the embedded defaults (SQLite, in-memory channel layer)"

@@ -24,8 +24,9 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from audit.display import access_id_history_context
 from audit.services import admin_change_context
-from signplatform.readonly_admin import ReadOnlyAdminMixin
+from core.admin_mixins import ReadOnlyAdminMixin
 
 from .forms import GRACE_LABELS, SCOPE_LABELS, AccessIdForm, RotateSecretForm
 from .models import SCOPES, AccessId, AppSecret
@@ -291,9 +292,7 @@ class AccessIdAdmin(admin.ModelAdmin):
                 previous_secrets=[s for s in secrets if s.state == AppSecret.PREVIOUS],
                 access=obj,
             )
-            from audit.admin import access_id_history_context  # its recent audit events and failure counts
-
-            context.update(access_id_history_context(request, obj))
+            context.update(access_id_history_context(request, obj))  # its recent events and failure counts
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- actions on the list ------------------------------------------------------------

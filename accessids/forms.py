@@ -8,7 +8,7 @@ import ipaddress
 from django import forms
 from django.core.exceptions import ValidationError
 
-from signing.legacy_cipher import legacy_key_fold
+from core.legacy_cipher import legacy_key_fold
 
 from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId
 from .services import legacy_key_fingerprint
@@ -54,7 +54,7 @@ GRACE_LABELS = [
 ]
 
 
-def networks_parse(text: str) -> list[str]:
+def allowed_networks_clean(text: str) -> list[str]:
     """One network per line (CIDR, or a single address) → normalised list; raises
     ValidationError naming every bad line."""
     networks: list[str] = []
@@ -98,7 +98,7 @@ class NetworkListField(forms.CharField):
         return value
 
     def to_python(self, value):
-        return networks_parse(super().to_python(value) or "")
+        return allowed_networks_clean(super().to_python(value) or "")
 
     def has_changed(self, initial, data):
         try:

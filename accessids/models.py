@@ -5,7 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from signing.models import CardDevice
-from signing.ukey.protocol import RPC_METHODS
+from ukey.protocol import RPC_METHODS
 
 SCOPES = ("sign", "sign_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all", "rotate_self")
 # What a new access ID gets when no scopes are given: everything except reading other

@@ -15,7 +15,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from .encryption import secret_decrypt
+from core.encryption import secret_decrypt
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import re
 import secrets
 from typing import Any
 
@@ -17,11 +16,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import COMMAND, ChangeContext, audit_event_record
+from audit.services import COMMAND, ChangeContext
+from core.durations import duration_parse
+from core.encryption import master_key, secret_decrypt, secret_encrypt
+from core.legacy_cipher import legacy_key_fold
 
-from signing.legacy_cipher import legacy_key_fold
-
-from .encryption import master_key, secret_decrypt, secret_encrypt
 from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId, AppSecret
 from .secrets import SECRET_PURPOSE, AppSecretService
 
@@ -30,7 +29,6 @@ GRACE_CHOICES = {"0": datetime.timedelta(0), "1h": datetime.timedelta(hours=1),
 DEFAULT_GRACE = GRACE_CHOICES["24h"]
 MAX_GRACE = GRACE_CHOICES["7d"]
 REVEAL_TTL = datetime.timedelta(minutes=10)
-_GRACE_RE = re.compile(r"^(\d+)([smhd]?)$")
 
 
 class AccessIdError(ValueError):
@@ -41,11 +39,10 @@ class AccessIdError(ValueError):
 
 def grace_parse(text: str) -> datetime.timedelta:
     """`0`, `1h`, `24h`, `7d` (or any `<n>[s|m|h|d]`) → timedelta, at most 7 days."""
-    match = _GRACE_RE.match(text.strip().lower())
-    if not match:
-        raise AccessIdError(f"grace {text!r} is not like 0, 1h, 24h or 7d")
-    number, unit = int(match.group(1)), match.group(2) or "s"
-    grace = datetime.timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+    try:
+        grace = duration_parse(text, units="smhd", default_unit="s")
+    except ValueError:
+        raise AccessIdError(f"grace {text!r} is not like 0, 1h, 24h or 7d") from None
     if grace > MAX_GRACE:
         raise AccessIdError(f"grace {text!r} is longer than 7 days")
     return grace
@@ -288,36 +285,3 @@ def access_id_mark_used(*, access_pk: int, version: int, when: datetime.datetime
     AccessId.objects.filter(pk=access_pk).update(last_used_at=when, last_secret_version=version)
     AppSecret.objects.filter(access_id_id=access_pk, version=version).update(last_used_at=when)
     return True
-
-
-@transaction.atomic
-def master_key_rotate(*, old_key: bytes, new_key: bytes) -> dict[str, int]:
-    """Re-encrypt every stored secret (App Secrets, card PINs, legacy AES keys) from `old_key` to `new_key`
-    in one transaction: if any value does not decrypt, nothing changes."""
-    from signing.models import CardDevice
-    from signing.services import PIN_PURPOSE
-
-    counts = {"secrets": 0, "pins": 0, "legacy_keys": 0}
-    for row in AppSecret.objects.select_for_update().exclude(secret_encrypted=""):
-        plain = secret_decrypt(row.secret_encrypted, purpose=SECRET_PURPOSE, key=old_key)
-        AppSecret.objects.filter(pk=row.pk).update(
-            secret_encrypted=secret_encrypt(plain, purpose=SECRET_PURPOSE, key=new_key)
-        )
-        counts["secrets"] += 1
-    for device in CardDevice.objects.select_for_update().exclude(pin_encrypted=""):
-        plain = secret_decrypt(device.pin_encrypted, purpose=PIN_PURPOSE, key=old_key)
-        CardDevice.objects.filter(pk=device.pk).update(
-            pin_encrypted=secret_encrypt(plain, purpose=PIN_PURPOSE, key=new_key)
-        )
-        counts["pins"] += 1
-    for access in AccessId.objects.select_for_update().exclude(legacy_aes_key_encrypted=""):
-        plain = secret_decrypt(access.legacy_aes_key_encrypted, purpose=LEGACY_KEY_PURPOSE, key=old_key)
-        AccessId.objects.filter(pk=access.pk).update(
-            legacy_aes_key_encrypted=secret_encrypt(plain, purpose=LEGACY_KEY_PURPOSE, key=new_key),
-            legacy_key_fingerprint=legacy_key_fingerprint(legacy_key_fold(plain), key=new_key),
-        )
-        counts["legacy_keys"] += 1
-    audit_event_record(event_type=AuditEvent.MASTER_KEY_ROTATED, source="command", details=dict(counts))
-    for key in AccessId.objects.values_list("key", flat=True):
-        AppSecretService.invalidate(key)
-    return counts

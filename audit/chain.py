@@ -23,7 +23,6 @@ from typing import Any, Iterator
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
 
 from .models import AuditChainHead, AuditCheckpoint, AuditEvent
 
@@ -157,42 +156,6 @@ def chain_verify(*, batch: int = 5000, progress=None) -> ChainReport:
                            f"the chain ends at seq {report.last_seq} but its head says {head[0]} "
                            "(the newest events were deleted)")
     return report
-
-
-def chain_prune(*, older_than: datetime.timedelta, batch: int = 5000) -> AuditCheckpoint | None:
-    """Remove the oldest events (the prefix of the chain created before now − older_than),
-    after verifying the chain, and record a checkpoint so the rest still verifies.
-    Returns the checkpoint, or None when nothing is old enough."""
-    cutoff = timezone.now() - older_than
-    report = chain_verify(batch=batch)
-    if not report.ok:
-        raise ChainBroken(report)
-    first_new = AuditEvent.objects.filter(created_at__gte=cutoff, seq__isnull=False).order_by("seq").first()
-    old = AuditEvent.objects.filter(created_at__lt=cutoff, seq__isnull=False)
-    if first_new is not None:
-        old = old.filter(seq__lt=first_new.seq)
-    last = old.order_by("-seq").first()
-    if last is None:
-        return None
-    with transaction.atomic():
-        pruned = AuditEvent.objects.filter(seq__lte=last.seq).count()
-        previous = AuditCheckpoint.objects.order_by("-seq").first()
-        total = pruned + (previous.pruned if previous else 0)
-        checkpoint = AuditCheckpoint.objects.create(
-            seq=last.seq, last_hash=last.hash, pruned=total, older_than=cutoff,
-            mac=checkpoint_mac(seq=last.seq, last_hash=last.hash, pruned=total),
-        )
-        while AuditEvent.objects.filter(seq__lte=last.seq).exists():
-            ids = list(AuditEvent.objects.filter(seq__lte=last.seq).order_by("seq").values_list("id", flat=True)[:batch])
-            AuditEvent.objects.filter(id__in=ids).delete()
-        from .services import audit_event_record
-
-        audit_event_record(
-            event_type=AuditEvent.AUDIT_PRUNED, source="command",
-            message=f"removed {pruned} events up to seq {last.seq} (created before {cutoff.isoformat()})",
-            details={"pruned": pruned, "up_to_seq": last.seq, "checkpoint": checkpoint.pk},
-        )
-    return checkpoint
 
 
 class ChainBroken(RuntimeError):

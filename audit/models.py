@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from ukey import gateway as card_gateway
+
 
 class AuditEvent(models.Model):
     """One thing that happened: an API request (any outcome) or a change made by an
@@ -18,12 +20,12 @@ class AuditEvent(models.Model):
     ACCESS_ID_ENABLED = "accessid.enabled"
     ACCESS_ID_DISABLED = "accessid.disabled"
     MASTER_KEY_ROTATED = "platform.master_key_rotated"
-    # The card, as its gateway sees it (source "gateway", `device` set).
-    CARD_CONNECTED = "card.connected"
-    CARD_RECONNECTED = "card.reconnected"
-    CARD_DISCONNECTED = "card.disconnected"
-    CARD_ERROR = "card.error"  # an operation failed: Result:false, timeout, connection lost mid-call
-    CARD_PROBE_FAILED = "card.probe_failed"
+    # The card, as its gateway reports it (source "gateway", `device` set; ukey/gateway.py names them).
+    CARD_CONNECTED = card_gateway.CARD_CONNECTED
+    CARD_RECONNECTED = card_gateway.CARD_RECONNECTED
+    CARD_DISCONNECTED = card_gateway.CARD_DISCONNECTED
+    CARD_ERROR = card_gateway.CARD_ERROR
+    CARD_PROBE_FAILED = card_gateway.CARD_PROBE_FAILED
     AUDIT_PRUNED = "audit.pruned"
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_CHANGED = "webhook.changed"

@@ -175,24 +175,15 @@ def _ms(value: float | None) -> float | None:
 # --- who and what failed ----------------------------------------------------------------------
 
 
-def top_access_ids(*, now: datetime.datetime | None = None, hours: int = 24,
-                   limit: int = TOP_ACCESS_IDS) -> list[dict[str, Any]]:
-    """The access IDs (as claimed: unknown ones too) with the most API requests."""
-    from accessids.models import AccessId
-
+def requests_by_access_key(*, now: datetime.datetime | None = None, hours: int = 24,
+                           limit: int = TOP_ACCESS_IDS) -> list[dict[str, Any]]:
+    """The access keys (as claimed: unknown ones too) with the most API requests, with their
+    ok and failed counts."""
     now = _now(now)
-    rows = list(
+    return list(
         _requests(now - datetime.timedelta(hours=hours), now).exclude(access_key="")
         .values("access_key").annotate(total=Count("id"), **_COUNTS).order_by("-total", "access_key")[:limit]
     )
-    known = {a["key"]: a for a in AccessId.objects.filter(key__in=[r["access_key"] for r in rows])
-             .values("pk", "key", "name")}
-    return [
-        {"key": r["access_key"], "pk": known.get(r["access_key"], {}).get("pk"),
-         "name": known.get(r["access_key"], {}).get("name", ""), "total": r["total"], "ok": r["ok"],
-         "failed": r["failed"], "rate": round(100.0 * r["ok"] / r["total"], 2) if r["total"] else None}
-        for r in rows
-    ]
 
 
 def failures_by_code(*, now: datetime.datetime | None = None, hours: int = 24,
@@ -240,49 +231,14 @@ def cert_expiry(not_after: str | datetime.datetime | None, *,
     return {"not_after": timezone.localtime(not_after), "days_left": math.floor(days_left), "level": level}
 
 
-def _parse(value: str | None) -> datetime.datetime | None:
+def local_time_parse(value: str | None) -> datetime.datetime | None:
+    """An ISO 8601 time (as the card status has them) in local time; None if unreadable."""
     if not value:
         return None
     try:
         return timezone.localtime(datetime.datetime.fromisoformat(value))
     except ValueError:
         return None
-
-
-def card_states(*, now: datetime.datetime | None = None) -> list[dict[str, Any]]:
-    """Every enabled card's live state (signing.selectors.card_device_states) with its
-    certificate expiry and its failure events of the last 24 hours."""
-    from signing.selectors import card_device_states
-
-    failures = card_failures(now=now)
-    cards = []
-    for state in card_device_states():
-        card = dict(state)
-        card["expiry"] = cert_expiry(state.get("cert_not_after"), now=now)
-        card["last_error_at_dt"] = _parse(state.get("last_error_at"))
-        card["last_ok_at_dt"] = _parse(state.get("last_ok_at"))
-        card["since_dt"] = _parse(state.get("since"))
-        card["failures_24h"] = failures.get(state["slug"], 0)
-        cards.append(card)
-    return cards
-
-
-def dashboard(*, now: datetime.datetime | None = None) -> dict[str, Any]:
-    """Everything the dashboard shows, computed for one instant."""
-    now = _now(now)
-    cards = card_states(now=now)
-    return {
-        "now": now,
-        "hourly": hourly_requests(now=now),
-        "daily": daily_requests(now=now),
-        "success": success_rates(now=now),
-        "latency": latency_percentiles(now=now),
-        "top_access_ids": top_access_ids(now=now),
-        "failures_by_code": failures_by_code(now=now),
-        "cards": cards,
-        "cards_connected": sum(1 for c in cards if c["connected"]),
-        "cert_warnings": sum(1 for c in cards if c["expiry"] and c["expiry"]["level"] != "ok"),
-    }
 
 
 # --- one access ID ----------------------------------------------------------------------------

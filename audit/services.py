@@ -3,12 +3,18 @@ the change it describes, so that either both are stored or neither is."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from .chain import chain_append
-from .models import AuditEvent
+from django.db import transaction
+from django.utils import timezone
+
+from core.networks import client_address
+
+from .chain import ChainBroken, chain_append, chain_verify, checkpoint_mac
+from .models import AuditCheckpoint, AuditEvent
 
 _MAX_MESSAGE = 500
 
@@ -81,8 +87,6 @@ class ChangeContext:
     @classmethod
     def from_request(cls, request, *, source: str) -> ChangeContext:
         """The context of a change made through an HTTP request (admin or API)."""
-        from signing.auth import client_address
-
         user = getattr(request, "user", None)
         return cls(
             source=source,
@@ -105,3 +109,37 @@ COMMAND = ChangeContext(source="command")
 def admin_change_context(request) -> ChangeContext:
     """The context of a change made in the admin by `request.user`."""
     return ChangeContext.from_request(request, source="admin")
+
+
+def audit_prune(*, older_than: datetime.timedelta, batch: int = 5000) -> AuditCheckpoint | None:
+    """Remove the oldest events (the prefix of the chain created before now − older_than),
+    after verifying the chain, and record a checkpoint so the rest still verifies.
+    Returns the checkpoint, or None when nothing is old enough."""
+    cutoff = timezone.now() - older_than
+    report = chain_verify(batch=batch)
+    if not report.ok:
+        raise ChainBroken(report)
+    first_new = AuditEvent.objects.filter(created_at__gte=cutoff, seq__isnull=False).order_by("seq").first()
+    old = AuditEvent.objects.filter(created_at__lt=cutoff, seq__isnull=False)
+    if first_new is not None:
+        old = old.filter(seq__lt=first_new.seq)
+    last = old.order_by("-seq").first()
+    if last is None:
+        return None
+    with transaction.atomic():
+        pruned = AuditEvent.objects.filter(seq__lte=last.seq).count()
+        previous = AuditCheckpoint.objects.order_by("-seq").first()
+        total = pruned + (previous.pruned if previous else 0)
+        checkpoint = AuditCheckpoint.objects.create(
+            seq=last.seq, last_hash=last.hash, pruned=total, older_than=cutoff,
+            mac=checkpoint_mac(seq=last.seq, last_hash=last.hash, pruned=total),
+        )
+        while AuditEvent.objects.filter(seq__lte=last.seq).exists():
+            ids = list(AuditEvent.objects.filter(seq__lte=last.seq).order_by("seq").values_list("id", flat=True)[:batch])
+            AuditEvent.objects.filter(id__in=ids).delete()
+        audit_event_record(
+            event_type=AuditEvent.AUDIT_PRUNED, source="command",
+            message=f"removed {pruned} events up to seq {last.seq} (created before {cutoff.isoformat()})",
+            details={"pruned": pruned, "up_to_seq": last.seq, "checkpoint": checkpoint.pk},
+        )
+    return checkpoint

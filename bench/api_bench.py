@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.gateway_bench import (  # noqa: E402
+from bench.gateway_bench import (
     BENCH_PIN,
     SIGN_METHOD,
     UTILISATION_TARGET,
@@ -68,9 +68,9 @@ from bench.gateway_bench import (  # noqa: E402
     ms,
     percentile,
 )
-from signclient import sign_headers  # noqa: E402
-from signing.ukey import protocol  # noqa: E402  (pure functions, no Django)
-from signplatform.ports import port_free  # noqa: E402
+from core.ports import port_free
+from signclient import sign_headers
+from ukey import protocol
 
 SIGN_PATH = "/api/v1/sign"
 VERIFY_EVERY = 200  # verify the first signature of each phase and one in VERIFY_EVERY
@@ -577,7 +577,7 @@ async def run_async(run: Run, platform_pid: int, report: dict) -> None:
 
 
 def verify_samples(run: Run, certificate_pem: str, report: dict) -> None:
-    from signing.ukey import certs
+    from core import certs
 
     cert = certs.certificate_load(certificate_pem)
     report["card"]["algorithm"] = cert.algorithm
@@ -845,7 +845,7 @@ def bench_main(args: argparse.Namespace, report: dict, bench_run, print_report_f
         report["problems"].append(str(exc))
     except KeyboardInterrupt:
         report["problems"].append("interrupted")
-    except Exception as exc:  # noqa: BLE001 - shown with its traceback, then reported
+    except Exception as exc:
         traceback.print_exc()
         report["problems"].append(repr(exc))
     if args.json:

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from signplatform.ports import port_free, port_wait_listening  # noqa: E402
+from core.ports import port_free, port_wait_listening
 
 UTILISATION_TARGET = 0.97
 SIGN_METHOD = "cus-sec_SpcSignDataAsPEM"
@@ -117,7 +117,7 @@ async def card_stats(url: str) -> dict:
     """The simulator's own counters (`sim_stats`): how long the card spent executing."""
     from websockets.asyncio.client import connect
 
-    from signing.ukey import protocol
+    from ukey import protocol
 
     async with connect(url) as ws:
         await ws.recv()  # handshake
@@ -129,7 +129,7 @@ async def card_stats(url: str) -> dict:
 
 
 async def wait_connected(slug: str, timeout: float = 20.0):
-    from signing.ukey.status import device_status_get
+    from signing.cards import device_status_get
 
     deadline = time.monotonic() + timeout
     current = None
@@ -161,7 +161,8 @@ class Signatures:
 
 
 async def throughput_phase(args, slug: str, signatures: Signatures, cert_no: str) -> dict:
-    from signing.ukey.client import UKeyError, ukey_call
+    from signing.cards import ukey_call
+    from ukey.client import UKeyError
 
     counter = iter(range(10**12))
     state = {"counting": False, "stop": False}
@@ -225,8 +226,8 @@ async def single_phase(args, slug: str, sim_url: str, pin: str, signatures: Sign
     from django.conf import settings
     from websockets.asyncio.client import connect
 
-    from signing.ukey import protocol
-    from signing.ukey.client import ukey_call
+    from signing.cards import ukey_call
+    from ukey import protocol
 
     gateway_lat: list[float] = []
     direct_lat: list[float] = []
@@ -287,9 +288,9 @@ async def single_phase(args, slug: str, sim_url: str, pin: str, signatures: Sign
 
 
 async def run_async(args, slug: str, sim: Simulator, report: dict) -> None:
-    from signing.ukey import certs
-    from signing.ukey.client import ukey_call
-    from signing.ukey.gateway import GatewayHost
+    from core import certs
+    from signing.cards import ukey_call
+    from signing.gateway_host import GatewayHost
 
     host = GatewayHost([slug])
     await host.start()
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.latency_ms * (1 / UTILISATION_TARGET - 1):.3f} ms is allowed"
             )
             exit_code = 1
-    except BaseException as exc:  # noqa: BLE001 - report, clean up, exit non-zero
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             report["problems"].append("interrupted")
         elif isinstance(exc, BenchError):

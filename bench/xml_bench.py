@@ -28,7 +28,7 @@ Requests are signed before each phase (own nonce each), sent as raw bytes on kee
 HTTP/1.1 connections. Every answer is checked: HTTP 200, the card's certNo; /sign a signature
 (sampled ones verified with the card certificate); /sign/xml the expected DigestValue and a
 `signed_xml` that is the request's document with exactly one ds:Signature inserted. Sampled
-signed documents are verified independently with `xmlstore.ceb.ceb_verify` (valid, the card's
+signed documents are verified independently with `core.ceb.ceb_verify` (valid, the card's
 certificate inside). During each loaded window a probe calls `GET /api/v1/health` (--probe-hz per
 second) on its own connection: its latency shows how long a light request waits behind the XML
 work (event loop, thread hops). The platform's RSS and its log's warnings/errors are reported.
@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.api_bench import (  # noqa: E402
+from bench.api_bench import (
     CpuMeter,
     HttpConnection,
     Prepared,
@@ -70,7 +70,7 @@ from bench.api_bench import (  # noqa: E402
     sign_answer_check,
     verify_samples,
 )
-from bench.gateway_bench import BenchError, ms, percentile  # noqa: E402
+from bench.gateway_bench import BenchError, ms, percentile
 
 SIGN_PATH = "/api/v1/sign"
 XML_PATH = "/api/v1/sign/xml"
@@ -332,8 +332,8 @@ async def measure(run: Run, kinds: dict, platform_pid: int, report: dict) -> Non
 
 def xml_samples_verify(samples: list, certificate_pem: str, report: dict, checked: int) -> None:
     """Every sampled signed document verified with `ceb_verify`, signed with the card's certificate."""
-    from signing.ukey.certs import certificate_load
-    from xmlstore.ceb import ceb_verify
+    from core.ceb import ceb_verify
+    from core.certs import certificate_load
 
     card_der = certificate_load(certificate_pem).der_base64
     bad, seconds = [], {}
@@ -365,7 +365,7 @@ def log_scan(path: Path, report: dict) -> None:
 
 
 def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack) -> int:
-    from xmlstore.ceb import ceb_digest, ceb_signed_info, signature_method_uri
+    from core.ceb import ceb_digest, ceb_signed_info, signature_method_uri
 
     started = bench_platform_start(args, cleanup, prefix="xml-bench-",
                                    after_stop=lambda log_path: log_scan(log_path, report))
@@ -398,7 +398,7 @@ def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack)
         return certificate["certificate_pem"]
 
     pem = event_loop_run(main_async())
-    memory.update(zip(("rss_after_run", "peak_rss"), rss_mb(platform.proc.pid)))
+    memory.update(zip(("rss_after_run", "peak_rss"), rss_mb(platform.proc.pid), strict=True))
     verify_samples(run, pem, report)
     xml_samples_verify(xml_samples, pem, report, kinds["xml"].checked + kinds["xml-big"].checked)
     loaded = phases(report)
@@ -477,7 +477,7 @@ def print_report(args, report: dict, command: str) -> None:
         print(f"  /sign signatures verified with the card certificate: {sig['verified']} sampled of "
               f"{sig['of_total']}, {sig['failed']} failed")
     if xv:
-        print(f"  signed documents verified with xmlstore.ceb.ceb_verify: {xv['verified']} sampled of "
+        print(f"  signed documents verified with core.ceb.ceb_verify: {xv['verified']} sampled of "
               f"{xv['of_total']}, {xv['failed']} failed (ceb_verify in the load generator: "
               f"{', '.join(f'{k} {v} ms' for k, v in xv['ceb_verify_ms'].items())})")
     mem = report.get("platform_memory_mb")

@@ -2,9 +2,9 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html
 
+from .cards import device_status_get
 from .models import CardDevice
 from .services import card_device_set_pin
-from .ukey.status import device_status_get
 
 
 class CardDeviceForm(forms.ModelForm):

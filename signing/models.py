@@ -50,10 +50,6 @@ class CardDevice(models.Model):
     def has_pin(self) -> bool:
         return bool(self.pin_encrypted)
 
-    @property
-    def channel_name(self) -> str:
-        return f"ukey.{self.slug}"
-
 
 class UsedNonce(models.Model):
     """Nonces already accepted, when no Redis is configured: the unique constraint makes

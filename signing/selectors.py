@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from ukey.status import DeviceStatus
+
+from .cards import device_status_get
 from .models import CardDevice
-from .ukey.status import DeviceStatus, device_status_get
 
 
 def _iso(ts: float | None) -> str | None:

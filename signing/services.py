@@ -12,9 +12,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
-from accessids.encryption import secret_decrypt, secret_encrypt
-from signplatform.errors import invalid_request, permission_denied
-from xmlstore.ceb import (
+from core.ceb import (
     XmlInputError,
     ceb_document_check,
     ceb_document_digest,
@@ -23,13 +21,14 @@ from xmlstore.ceb import (
     ceb_verify,
     signature_method_uri,
 )
-from xmlstore.pay179 import Pay179Error, pay179_parse, pay179_sign_string, pay179_upload, pay179_upload_form
-from xmlstore.services import xml_input_error
+from core.certs import CertificateError, certificate_load
+from core.encryption import secret_decrypt, secret_encrypt
+from core.errors import invalid_request, permission_denied, xml_input_error
+from core.pay179 import Pay179Error, pay179_parse, pay179_sign_string, pay179_upload, pay179_upload_form
+from ukey.client import UKeyCardError
 
+from .cards import device_status_get, ukey_call
 from .models import CardDevice
-from .ukey.certs import CertificateError, certificate_load
-from .ukey.client import UKeyCardError, ukey_call
-from .ukey.status import device_status_get
 
 PIN_PURPOSE = "card-pin"
 

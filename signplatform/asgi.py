@@ -8,16 +8,16 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "signplatform.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.conf import settings  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.conf import settings
 
-from signing.ukey.gateway import UKeyGatewayConsumer  # noqa: E402
+from signing.gateway_host import UKeyGatewayConsumer
 
-from .lifespan import LifespanGateway  # noqa: E402
+from .lifespan import LifespanGateway
 
 logger = logging.getLogger("signplatform.asgi")
 

@@ -11,14 +11,16 @@ import logging
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from signing.gateway_host import GatewayHost
+from signing.models import CardDevice
+from signing.services import card_device_sync_default
+from webhooks.worker import WebhookWorker, embedded_worker_wanted
+
 logger = logging.getLogger("signplatform.lifespan")
 
 
 @database_sync_to_async
 def _enabled_device_slugs() -> list[str]:
-    from signing.models import CardDevice
-    from signing.services import card_device_sync_default
-
     card_device_sync_default()
     return list(CardDevice.objects.filter(enabled=True).values_list("slug", flat=True))
 
@@ -48,16 +50,12 @@ class LifespanGateway:
                 return
 
     async def startup(self) -> None:
-        from webhooks.worker import WebhookWorker, embedded_worker_wanted
-
         if embedded_worker_wanted():  # not in `runplatform --web-only` processes
             self.webhooks = WebhookWorker()
             await self.webhooks.start()
         if settings.UKEY_GATEWAY_MODE != "embedded":
             logger.info("UKey gateway runs in its own process(es) (UKEY_GATEWAY_MODE=%s)", settings.UKEY_GATEWAY_MODE)
             return
-        from signing.ukey.gateway import GatewayHost
-
         slugs = await _enabled_device_slugs()
         self.host = GatewayHost(slugs)
         await self.host.start()

@@ -1,6 +1,6 @@
 """Prometheus metrics at `GET /metrics` (text exposition format, `prometheus_client`).
 
-Who may scrape: a client whose address (`signing.auth.client_address`, so X-Forwarded-For
+Who may scrape: a client whose address (`api.auth.client_address`, so X-Forwarded-For
 counts only from TRUSTED_PROXIES) is in METRICS_ALLOWED_NETWORKS (default 127.0.0.1/32 and
 ::1/128), or any client sending `Authorization: Bearer <METRICS_TOKEN>` (compared in
 constant time; without METRICS_TOKEN only the networks are allowed). Anyone else gets a
@@ -60,6 +60,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from audit.models import AuditEvent
+from core.dbthread import db_sync_to_async
+from core.networks import address_in, client_address, networks_parse
+from signing.selectors import card_device_states
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +231,6 @@ class CardStateCollector:
         return list(self._families())
 
     def collect(self):
-        from signing.selectors import card_device_states
-
         up, depth, expiry = self._families()
         try:
             states = card_device_states()
@@ -253,8 +254,6 @@ REGISTRY.register(CardStateCollector())
 
 
 def _address_allowed(address: str | None) -> bool:
-    from signing.auth import address_in, networks_parse
-
     try:  # an IPv4 client seen through an IPv6 socket
         mapped = getattr(ipaddress.ip_address(address), "ipv4_mapped", None) if address else None
     except ValueError:
@@ -274,8 +273,6 @@ def _token_ok(request) -> bool:
 
 
 def scrape_allowed(request) -> bool:
-    from signing.auth import client_address
-
     return _address_allowed(client_address(request)) or _token_ok(request)
 
 
@@ -288,8 +285,6 @@ def metrics_render(accept: str = "") -> tuple[bytes, str]:
 @require_GET
 async def metrics_view(request):
     """`GET /metrics`; 403 for anyone not allowed (see the module docstring)."""
-    from signplatform.dbthread import db_sync_to_async
-
     if not scrape_allowed(request):
         return HttpResponse("forbidden\n", status=403, content_type="text/plain; charset=utf-8")
     body, content_type = await db_sync_to_async(metrics_render)(request.headers.get("Accept", ""))

@@ -6,7 +6,7 @@ import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from .logging import request_id_var
+from core.logging import request_id_var
 
 
 class RequestIdMiddleware:

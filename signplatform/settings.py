@@ -70,10 +70,13 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "audit",
-    "accessids",
     "signing",
-    "xmlstore",
+    "accessids",
     "webhooks",
+    "xmlstore",
+    "api",
+    "console",
+    "signplatform",
 ]
 
 MIDDLEWARE = [
@@ -186,7 +189,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "signplatform.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "signplatform.exception_handler.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -279,12 +282,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "request_id": {"()": "signplatform.logging.RequestIdFilter"},
-        "redact": {"()": "signplatform.logging.RedactingFilter"},
+        "request_id": {"()": "core.logging.RequestIdFilter"},
+        "redact": {"()": "core.logging.RedactingFilter"},
     },
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
-        "json": {"()": "signplatform.logging.JsonFormatter"},
+        "json": {"()": "core.logging.JsonFormatter"},
     },
     "handlers": {
         "console": {

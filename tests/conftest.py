@@ -19,8 +19,8 @@ from django.conf import settings
 from django.db import connection, connections
 from websockets.asyncio.client import connect
 
-from signing.ukey import protocol
 from tests.services import _wait_port, free_port
+from ukey import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_PIN = "24681357"

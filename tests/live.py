@@ -99,7 +99,7 @@ def services_env(database_url: str, var_dir: Path, **extra) -> dict:
     secrets and extend one audit chain)."""
     from django.conf import settings
 
-    from accessids.encryption import master_key_file_ensure
+    from core.encryption import master_key_file_ensure
 
     env = dict(os.environ, DATABASE_URL=database_url, SIGNPLATFORM_VAR_DIR=str(var_dir))
     if not env.get("SIGNPLATFORM_MASTER_KEY"):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from signplatform.ports import port_free, port_wait_listening
+from core.ports import port_free, port_wait_listening
 
 _started: list[subprocess.Popen] = []
 _dirs: list[str] = []

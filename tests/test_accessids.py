@@ -12,7 +12,6 @@ from django.utils import timezone
 
 from accessids.models import DEFAULT_SCOPES, AccessId, AppSecret
 from accessids.secrets import AppSecretService
-from audit.models import AuditEvent
 from accessids.services import (
     AccessIdError,
     access_id_create,
@@ -24,7 +23,8 @@ from accessids.services import (
     legacy_keys_all,
     scopes_parse,
 )
-from signing.legacy_cipher import legacy_key_fold
+from audit.models import AuditEvent
+from core.legacy_cipher import legacy_key_fold
 from tests.conftest import database_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -136,7 +136,7 @@ def test_command_rotate_list_disable_enable():
 
 
 def test_rotate_master_key_reencrypts_secrets_and_pins(tmp_path, settings):
-    from accessids.encryption import MasterKeyError, master_key, secret_decrypt
+    from core.encryption import MasterKeyError, master_key, secret_decrypt
     from signing.models import CardDevice
     from signing.services import card_device_pin, card_device_set_pin
 
@@ -153,7 +153,8 @@ def test_rotate_master_key_reencrypts_secrets_and_pins(tmp_path, settings):
 
     out = io.StringIO()
     call_command("rotate_master_key", stdout=out)
-    assert "Re-encrypted 1 App Secret(s), 1 card PIN(s) and 1 legacy AES key(s)" in out.getvalue()
+    assert ("Re-encrypted 1 App Secret(s), 1 card PIN(s), 1 legacy AES key(s) and 0 webhook secret(s)"
+            in out.getvalue())
     access.refresh_from_db()
     # Both the ciphertext and the keyed fingerprint move to the new key; the key still identifies.
     assert access.legacy_aes_key_encrypted != old_legacy[0] and access.legacy_key_fingerprint != old_legacy[1]
@@ -171,7 +172,7 @@ def test_rotate_master_key_reencrypts_secrets_and_pins(tmp_path, settings):
 
 
 def test_rotate_master_key_changes_nothing_when_a_value_does_not_decrypt(tmp_path, settings, monkeypatch):
-    from accessids.encryption import master_key_generate
+    from core.encryption import master_key_generate
     from signing.models import CardDevice
 
     key_file = tmp_path / "master.key"

@@ -22,9 +22,7 @@ from accessids.secrets import AppSecretService
 from accessids.services import access_id_create, access_id_mark_used, app_secret_rotate
 from audit.models import AuditEvent
 from signclient import ApiError, SignClient
-from tests.admin_users import PASSWORD, admin_login, client_for, user_make
-from tests.admin_users import admin_platform, fast_hashers  # noqa: F401  (fixtures)
-from tests.browser import chromium  # noqa: F401,F811  (a fixture)
+from tests.admin_users import PASSWORD, admin_login, admin_platform, client_for, fast_hashers, user_make  # noqa: F401  (fixtures)
 from tests.conftest import database_text
 from tests.live import poll
 

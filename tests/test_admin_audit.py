@@ -27,14 +27,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accessids.services import access_id_create
-from audit.admin import CHOICES_LIMIT, AuditEventAdmin, chain_fields
 from audit.models import AuditEvent
 from audit.services import audit_event_record
+from console.admin import CHOICES_LIMIT, AuditEventAdmin, chain_fields
 from signclient import ApiError, SignClient
 from signing.models import CardDevice
-from tests.admin_users import admin_login, client_for, user_make
-from tests.admin_users import admin_platform, fast_hashers  # noqa: F401  (fixtures)
-from tests.browser import chromium  # noqa: F401,F811  (a fixture)
+from tests.admin_users import admin_login, admin_platform, client_for, fast_hashers, user_make  # noqa: F401  (fixtures)
 from tests.live import poll
 from xmlstore.services import xml_document_write
 
@@ -296,7 +294,7 @@ def test_csv_export_has_exactly_the_filtered_rows_and_columns(chief):
                            "actor", "secret_version", "message", "details", "event_id"]
     assert header[19:] == chain_fields()
     assert [r[header.index("event_id")] for r in rows[1:]] == [str(e["xml_timeout"].pk)]
-    row = dict(zip(header, rows[1]))
+    row = dict(zip(header, rows[1], strict=True))
     assert row["outcome"] == "UKEY_TIMEOUT" and row["access_id"] == wms.key and row["access_id_name"] == "WMS Haikou"
     assert row["time"] == "2026-03-03T12:00:00.000+08:00" and row["duration_ms"] == "30000.0"
     assert row["http_status"] == "504" and row["device"] == "card-b" and row["details"] == "{}"
@@ -315,7 +313,7 @@ def test_csv_export_has_exactly_the_filtered_rows_and_columns(chief):
                                   reverse=True)
 
     # Text a client sent never becomes a spreadsheet formula.
-    (hostile_row,) = [dict(zip(header, r)) for r in read_csv(client.get(EXPORT + "?created_from=2026-03-05"))[1:]]
+    (hostile_row,) = [dict(zip(header, r, strict=True)) for r in read_csv(client.get(EXPORT + "?created_from=2026-03-05"))[1:]]
     assert hostile_row["access_id"] == "'=HYPERLINK(\"http://x\")" and hostile_row["message"] == "'+1 formula"
     assert int(hostile_row["event_id"]) == hostile.pk
 

@@ -20,9 +20,7 @@ from django.utils import timezone
 
 from accessids.models import AccessId
 from accessids.services import access_id_create
-from tests.admin_users import admin_login, client_for, user_make
-from tests.admin_users import admin_platform, fast_hashers  # noqa: F401  (fixtures)
-from tests.browser import chromium  # noqa: F401,F811  (a fixture)
+from tests.admin_users import admin_login, admin_platform, client_for, fast_hashers, user_make  # noqa: F401  (fixtures)
 from xmlstore.models import XmlDocument
 from xmlstore.services import XmlSignature, xml_document_delete, xml_document_write
 

@@ -21,10 +21,10 @@ import pytest
 
 from accessids.services import access_id_create
 from audit.models import AuditEvent
+from core.certs import certificate_load, signature_verify
 from signclient import sign_headers
+from signing.cards import device_status_get
 from signing.models import CardDevice
-from signing.ukey.certs import certificate_load, signature_verify
-from signing.ukey.status import device_status_get
 from tests.conftest import SimulatorProcess, database_text, test_database_url
 from tests.live import CardPlatforms, Platform, http, poll, services_env
 from tests.services import _start_redis, _started

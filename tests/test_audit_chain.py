@@ -20,7 +20,7 @@ from accessids.services import access_id_create, access_id_set_legacy_key, app_s
 from audit.chain import chain_append, chain_verify
 from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
 from audit.services import audit_event_record, data_digest
-from signing.legacy_cipher import legacy_encrypt, legacy_key_fold
+from core.legacy_cipher import legacy_encrypt, legacy_key_fold
 from tests.conftest import SimulatorProcess, test_database_url
 from tests.live import CardPlatforms, Platform, http, only_card_row, poll, services_env
 from tests.test_api import call
@@ -58,7 +58,7 @@ def some_events(count: int = 6) -> list[AuditEvent]:
 def test_a_clean_log_verifies_and_every_event_links_to_the_one_before():
     events = some_events()
     assert [e.seq for e in events] == list(range(1, 7))
-    assert all(e.prev_hash == p.hash for p, e in zip(events, events[1:])) and events[0].prev_hash == "0" * 64
+    assert all(e.prev_hash == p.hash for p, e in zip(events, events[1:], strict=False)) and events[0].prev_hash == "0" * 64
     assert AuditChainHead.objects.get().seq == 6 and AuditChainHead.objects.get().last_hash == events[-1].hash
     assert "OK: 6 events verified (seq 1–6)" in verify()
 
@@ -197,7 +197,7 @@ def test_concurrent_appends_from_many_connections_never_fork():
             barrier.wait()
             for i in range(per_thread):
                 audit_event_record(event_type=AuditEvent.API_REQUEST, request_id=f"t{n}-{i}")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connections.close_all()

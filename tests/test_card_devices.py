@@ -3,7 +3,7 @@
 import pytest
 from django.contrib.auth import get_user_model
 
-from accessids.encryption import MasterKeyError, secret_decrypt, secret_encrypt
+from core.encryption import MasterKeyError, secret_decrypt, secret_encrypt
 from signing.models import CardDevice
 from signing.services import PIN_PURPOSE, card_device_pin, card_device_sync_default
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from signing.ukey import certs
-from signing.ukey.simulator import SimulatedCard
-from xmlstore import ceb
-from xmlstore.ceb import XmlInputError
+from core import ceb, certs
+from core.ceb import XmlInputError
+from ukey.simulator import SimulatedCard
 
 VECTORS = Path(__file__).resolve().parent / "vectors"  # copies of shared/spec/vectors
 

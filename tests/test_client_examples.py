@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from core.certs import CertificateInfo, certificate_load, signature_verify
 from signclient import SignClient, canonical_query
-from signing.ukey.certs import CertificateInfo, certificate_load, signature_verify
 from tests.conftest import SimulatorProcess
 from tests.live import Platform, embedded_env
 
@@ -138,7 +138,7 @@ VECTORS = ROOT / "tests" / "vectors"  # copies of shared/spec/vectors
 def test_python_cli_signs_verifies_xml_and_179(live, tmp_path):
     """The CLI's customs commands: a CEB file signed to a file that verifies on its own
     (digest vector, certificate of the card), a tampered copy diagnosed, the 179 vector."""
-    from xmlstore.ceb import ceb_verify
+    from core.ceb import ceb_verify
 
     signed_path = tmp_path / "signed.xml"
     original = (VECTORS / "CEB621Message.xml").read_text(encoding="utf-8")

@@ -24,11 +24,15 @@ from accessids.services import access_id_create
 from audit import selectors
 from audit.models import AuditEvent
 from audit.selectors import Bucket, cert_expiry, percentile
-from audit.views import nice_ceiling, stacked_bars_svg
-from signing.ukey import certs
-from tests.admin_users import admin_login, client_for, user_make
-from tests.admin_users import fast_hashers  # noqa: F401  (fixtures)
-from tests.browser import chromium  # noqa: F401,F811  (a fixture)
+from console import selectors as console_selectors
+from console.dashboard import nice_ceiling, stacked_bars_svg
+from core import certs
+from tests.admin_users import (
+    admin_login,
+    client_for,
+    fast_hashers,  # noqa: F401  (fixtures)
+    user_make,
+)
 from tests.conftest import test_database_url
 from tests.live import Platform, poll, services_env
 
@@ -94,7 +98,7 @@ def test_figures_for_events_at_known_times():
         success = selectors.success_rates(now=NOW)
         exact = selectors.latency_percentiles(now=NOW)
         sampled = selectors.latency_percentiles(now=NOW, method="sample")
-        top = selectors.top_access_ids(now=NOW)
+        top = console_selectors.top_access_ids(now=NOW)
         failures = selectors.failures_by_code(now=NOW)
         card_failures = selectors.card_failures(now=NOW)
 
@@ -271,7 +275,7 @@ def test_json_endpoint_page_index_and_permissions():
 def short_lived_card(key_dir: Path, days: int) -> str:
     """A simulator key directory whose RSA card certificate expires in `days` days (the
     simulator itself always issues 730 days). Returns the certNo."""
-    from signing.ukey.simulator import SimulatedCard
+    from ukey.simulator import SimulatedCard
 
     card = SimulatedCard("rsa", key_dir)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)

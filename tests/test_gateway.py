@@ -11,10 +11,11 @@ import time
 import pytest
 from django.conf import settings
 
-from signing.ukey import certs, status
-from signing.ukey.client import UKeyCardError, UKeyTimeout, UKeyUnavailable, ukey_call
-from signing.ukey.gateway import GatewayHost
+from core import certs
+from signing.cards import device_status_get, ukey_call
+from signing.gateway_host import GatewayHost
 from tests.conftest import ROOT, test_database_url, wait_for
+from ukey.client import UKeyCardError, UKeyTimeout, UKeyUnavailable
 
 SIGN = "cus-sec_SpcSignDataAsPEM"
 pytestmark = [pytest.mark.embedded, pytest.mark.usefixtures("fresh_channel_layer")]
@@ -26,7 +27,7 @@ async def running_gateway(device):
     await host.start()
     try:
         await wait_for(
-            lambda: (s := status.device_status_get(device.slug)) and s.connected and s.cert_no and s.algorithm,
+            lambda: (s := device_status_get(device.slug)) and s.connected and s.cert_no and s.algorithm,
             what=f"card {device.slug} connected",
         )
         yield host
@@ -49,9 +50,9 @@ async def test_concurrent_signs_each_verify_over_their_own_data(simulator_factor
         cert = await card_certificate(device.slug)
         payloads = [f"订单-{algorithm}-{i}-{os.urandom(4).hex()}" for i in range(calls)]
         responses = await asyncio.gather(*(ukey_call(SIGN, {"inData": p}, device=device.slug) for p in payloads))
-    for payload, response in zip(payloads, responses):
+    for payload, response in zip(payloads, responses, strict=True):
         signature, cert_no = response.result.data
-        assert cert_no == response.cert_no == status.device_status_get(device.slug).cert_no
+        assert cert_no == response.cert_no == device_status_get(device.slug).cert_no
         assert certs.signature_verify(cert, payload.encode(), signature), payload
     assert response.algorithm == (certs.ALG_RSA if algorithm == "rsa" else certs.ALG_SM2)
     assert len({r.result.data[0] for r in responses}) == calls
@@ -102,16 +103,16 @@ async def test_simulator_restart_mid_run_reconnects(simulator_factory, device_fa
         ok_before = await ukey_call(SIGN, {"inData": "before"}, device=device.slug)
         assert certs.signature_verify(cert, b"before", ok_before.result.data[0])
         sim.stop()
-        await wait_for(lambda: not status.device_status_get(device.slug).connected, what="disconnect noticed")
+        await wait_for(lambda: not device_status_get(device.slug).connected, what="disconnect noticed")
         started = time.monotonic()
         with pytest.raises(UKeyUnavailable):
             await ukey_call(SIGN, {"inData": "while down"}, device=device.slug)
         assert time.monotonic() - started < 1.0  # fails fast, no 30-second hang
         sim.start()
-        await wait_for(lambda: status.device_status_get(device.slug).connected, timeout=15, what="reconnect")
+        await wait_for(lambda: device_status_get(device.slug).connected, timeout=15, what="reconnect")
         response = await ukey_call(SIGN, {"inData": "after"}, device=device.slug)
         assert certs.signature_verify(cert, b"after", response.result.data[0])
-        assert status.device_status_get(device.slug).connections >= 2
+        assert device_status_get(device.slug).connections >= 2
 
 
 async def test_close_mid_request_fails_that_call_and_recovers(simulator_factory, device_factory):
@@ -121,7 +122,7 @@ async def test_close_mid_request_fails_that_call_and_recovers(simulator_factory,
         await sim.control("sim_setFaults", {"faults": [{"kind": "close", "count": 1}]})
         with pytest.raises(UKeyUnavailable, match="connection lost"):
             await ukey_call(SIGN, {"inData": "x"}, device=device.slug)
-        await wait_for(lambda: status.device_status_get(device.slug).connected, what="reconnect")
+        await wait_for(lambda: device_status_get(device.slug).connected, what="reconnect")
         response = await ukey_call(SIGN, {"inData": "y"}, device=device.slug)
         assert response.result.ok
 
@@ -179,14 +180,14 @@ async def test_health_probe_detects_a_hung_card(simulator_factory, device_factor
     sim = simulator_factory()
     device = await device_factory(sim, request_timeout=0.5, connect_timeout=0.5)
     async with running_gateway(device):
-        probes_before = status.device_status_get(device.slug).last_probe_at
-        await wait_for(lambda: status.device_status_get(device.slug).last_probe_at != probes_before, what="a probe")
+        probes_before = device_status_get(device.slug).last_probe_at
+        await wait_for(lambda: device_status_get(device.slug).last_probe_at != probes_before, what="a probe")
         os.kill(sim.proc.pid, signal.SIGSTOP)  # the control hangs: socket open, no answers
         try:
-            await wait_for(lambda: not status.device_status_get(device.slug).connected, timeout=5, what="hang noticed")
+            await wait_for(lambda: not device_status_get(device.slug).connected, timeout=5, what="hang noticed")
         finally:
             os.kill(sim.proc.pid, signal.SIGCONT)
-        await wait_for(lambda: status.device_status_get(device.slug).connected, timeout=15, what="recovery")
+        await wait_for(lambda: device_status_get(device.slug).connected, timeout=15, what="recovery")
 
 
 async def test_graceful_shutdown_finishes_in_flight_operations(simulator_factory, device_factory):
@@ -194,7 +195,7 @@ async def test_graceful_shutdown_finishes_in_flight_operations(simulator_factory
     device = await device_factory(sim)
     host = GatewayHost([device.slug])
     await host.start()
-    await wait_for(lambda: (s := status.device_status_get(device.slug)) and s.connected and s.cert_no, what="connected")
+    await wait_for(lambda: (s := device_status_get(device.slug)) and s.connected and s.cert_no, what="connected")
     in_flight = [asyncio.create_task(ukey_call(SIGN, {"inData": f"f{i}"}, device=device.slug)) for i in range(2)]
     await asyncio.sleep(0.1)
     stopping = asyncio.create_task(host.stop(grace=5))
@@ -204,7 +205,7 @@ async def test_graceful_shutdown_finishes_in_flight_operations(simulator_factory
     results = await asyncio.gather(*in_flight)
     await stopping
     assert all(r.result.ok for r in results)
-    final = status.device_status_get(device.slug)
+    final = device_status_get(device.slug)
     assert final.connected is False and final.gateway_running is False
 
 
@@ -237,12 +238,12 @@ async def test_gateway_in_its_own_process_serves_this_process_over_redis(simulat
     device = await device_factory(sim)
     log_path = tmp_path / "gateway.log"
     with gateway_process(device.slug, log_path) as proc:
-        await wait_for(lambda: (s := status.device_status_get(device.slug)) and s.connected and s.cert_no,
+        await wait_for(lambda: (s := device_status_get(device.slug)) and s.connected and s.cert_no,
                        timeout=20, what="gateway process connected")
         cert = await card_certificate(device.slug)
         payloads = [f"cross-process {i}" for i in range(50)]
         responses = await asyncio.gather(*(ukey_call(SIGN, {"inData": p}, device=device.slug) for p in payloads))
-        for payload, response in zip(payloads, responses):
+        for payload, response in zip(payloads, responses, strict=True):
             assert certs.signature_verify(cert, payload.encode(), response.result.data[0])
         # SIGTERM while an operation is in flight: it finishes, then the process exits cleanly.
         await sim.control("sim_setFaults", {"faults": [{"kind": "slow", "count": 1, "slow_ms": 800}]})
@@ -266,7 +267,7 @@ async def test_wrong_pin_is_a_card_error_and_the_pin_is_in_no_log_line(simulator
     device = await device_factory(sim, pin=configured_pin)
     log_path = tmp_path / "gateway.log"
     with gateway_process(device.slug, log_path):
-        await wait_for(lambda: (s := status.device_status_get(device.slug)) and s.connected and s.cert_no,
+        await wait_for(lambda: (s := device_status_get(device.slug)) and s.connected and s.cert_no,
                        timeout=20, what="gateway process connected")
         with pytest.raises(UKeyCardError) as excinfo:
             await ukey_call(SIGN, {"inData": "x", "passwd": sim.pin}, device=device.slug)
@@ -298,7 +299,7 @@ async def test_pipelined_calls_around_a_lost_request_never_get_another_callers_a
         results = await asyncio.gather(
             *(ukey_call(SIGN, {"inData": p}, device=device.slug) for p in payloads), return_exceptions=True
         )
-    answered = [(p, r) for p, r in zip(payloads, results) if not isinstance(r, Exception)]
+    answered = [(p, r) for p, r in zip(payloads, results, strict=True) if not isinstance(r, Exception)]
     failed = [r for r in results if isinstance(r, Exception)]
     assert failed and all(isinstance(r, (UKeyTimeout, UKeyUnavailable)) for r in failed)
     assert len(answered) >= 25
@@ -313,7 +314,7 @@ async def test_several_cards_are_served_at_once(simulator_factory, device_factor
     await host.start()
     try:
         for device in (rsa_device, sm2_device):
-            await wait_for(lambda d=device: (s := status.device_status_get(d.slug)) and s.connected and s.algorithm,
+            await wait_for(lambda d=device: (s := device_status_get(d.slug)) and s.connected and s.algorithm,
                            what=f"{device.slug} connected")
         rsa_cert, sm2_cert = await card_certificate(rsa_device.slug), await card_certificate(sm2_device.slug)
         started = time.monotonic()

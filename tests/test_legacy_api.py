@@ -28,9 +28,9 @@ from Crypto.Util.Padding import pad
 from accessids.models import AccessId
 from accessids.services import AccessIdError, access_id_create, access_id_set_enabled, access_id_set_legacy_key
 from audit.models import AuditEvent
-from signing.legacy_cipher import LegacyDecryptError, legacy_decrypt, legacy_encrypt, legacy_key_fold
+from core.certs import certificate_load, signature_verify
+from core.legacy_cipher import LegacyDecryptError, legacy_decrypt, legacy_encrypt, legacy_key_fold
 from signing.models import CardDevice
-from signing.ukey.certs import certificate_load, signature_verify
 from tests.conftest import SimulatorProcess, database_text, test_database_url
 from tests.live import ROOT, CardPlatforms, Platform, http, only_card_row, poll, services_env
 from tests.test_api import certificate, events
@@ -268,7 +268,7 @@ def test_get_code_request_errors(pin_platform):
         "empty body": "",
         "hex under another key": wrong_key_body,
     }
-    for name, body in anonymous.items():
+    for body in anonymous.values():
         result = post(platform, "/getCode", body)
         assert_legacy(result, 400, 400)
         audited(result, outcome="INVALID_REQUEST", access=None, endpoint="POST /getCode")
@@ -517,6 +517,10 @@ def test_health_reports_the_card_state_and_index_lists_the_endpoints(nopin_platf
     finally:
         sim.start()
     poll(lambda: legacy_health(platform)[0] == 200, 30, "card reconnected")
+    # The platform writes the reconnect's card event in the background; let it land before the
+    # test's database is emptied (a TRUNCATE racing that insert deadlocks on PostgreSQL).
+    poll(lambda: AuditEvent.objects.filter(event_type=AuditEvent.CARD_RECONNECTED, device="legacy-nopin").exists(),
+         15, "the reconnect recorded")
 
     status, _, content = http("GET", platform.base + "/")
     index = json.loads(content)

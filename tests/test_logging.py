@@ -18,7 +18,7 @@ from django.conf import settings
 
 from accessids.services import access_id_create, access_id_set_legacy_key
 from audit.models import AuditEvent
-from signplatform.logging import (
+from core.logging import (
     JsonFormatter,
     RedactingFilter,
     RequestIdFilter,
@@ -104,9 +104,9 @@ def _json_lines(output: str) -> list[dict]:
 def test_settings_wire_the_filters_and_formatters():
     console = settings.LOGGING["handlers"]["console"]
     assert console["filters"] == ["request_id", "redact"]
-    assert settings.LOGGING["filters"]["redact"]["()"] == "signplatform.logging.RedactingFilter"
-    assert settings.LOGGING["filters"]["request_id"]["()"] == "signplatform.logging.RequestIdFilter"
-    assert settings.LOGGING["formatters"]["json"]["()"] == "signplatform.logging.JsonFormatter"
+    assert settings.LOGGING["filters"]["redact"]["()"] == "core.logging.RedactingFilter"
+    assert settings.LOGGING["filters"]["request_id"]["()"] == "core.logging.RequestIdFilter"
+    assert settings.LOGGING["formatters"]["json"]["()"] == "core.logging.JsonFormatter"
     assert "%(request_id)s" in settings.LOGGING["formatters"]["text"]["format"]
 
 

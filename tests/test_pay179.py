@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from xmlstore import pay179
-from xmlstore.pay179 import Pay179Error
+from core import pay179
+from core.pay179 import Pay179Error
 
 VECTORS = Path(__file__).resolve().parent / "vectors"  # copies of shared/spec/vectors
 

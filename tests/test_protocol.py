@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from signing.ukey import protocol
+from ukey import protocol
 
 
 def test_request_frame_has_method_id_and_args():

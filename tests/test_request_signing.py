@@ -14,9 +14,9 @@ from django.core.cache import caches
 from django.test import RequestFactory, override_settings
 from django_redis.cache import RedisCache
 
+from api.auth import address_allowed, client_address
+from api.nonces import DatabaseNonceStore, NonceStoreUnavailable, RedisNonceStore
 from signclient import canonical_query, sign_headers, string_to_sign
-from signing.auth import address_allowed, client_address
-from signing.nonces import DatabaseNonceStore, NonceStoreUnavailable, RedisNonceStore
 from tests.live import Platform, embedded_env, http
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from signing.ukey import certs, protocol
+from core import certs
+from ukey import protocol
 
 SIGN = "cus-sec_SpcSignDataAsPEM"
 

@@ -14,21 +14,18 @@ import hmac
 import json
 import threading
 import time
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
 
 import pytest
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from accessids.encryption import secret_decrypt
 from audit.models import AuditEvent
 from audit.services import audit_event_record
-from signclient import string_to_sign
+from core.encryption import secret_decrypt
 from tests.conftest import SimulatorProcess, database_text, test_database_url
 from tests.live import Platform, only_card_row, poll, services_env
+from tests.receivers import Received, Receiver, signature_valid
 from tests.services import free_port
 from webhooks import services
 from webhooks.models import SECRET_PURPOSE, Webhook, WebhookDelivery
@@ -38,100 +35,6 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 SECRET = "whsec-customs-ops-0123456789"
 CARD_FAILURES = set(AuditEvent.CARD_FAILURES)
-
-
-# --- a loopback receiver ----------------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    at: float
-    method: str
-    path: str
-    headers: dict[str, str]  # names in lower case
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body)
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 recording every request. It answers the statuses in
-    `statuses` one per request, then `default_status`; `delay` seconds before answering."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.requests: list[Received] = []
-        self.statuses: list[int] = []
-        self.default_status = 200
-        self.delay = 0.0
-        self.cond = threading.Condition()
-        self.server: ThreadingHTTPServer | None = None
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.cond:
-                    status = receiver.statuses.pop(0) if receiver.statuses else receiver.default_status
-                    receiver.requests.append(Received(time.monotonic(), self.command, self.path,
-                                                      {k.lower(): v for k, v in self.headers.items()}, body))
-                    receiver.cond.notify_all()
-                if receiver.delay:
-                    time.sleep(receiver.delay)
-                reply = b'{"ok":true}' if status < 300 else b"receiver says no: maintenance window"
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply)
-                except (BrokenPipeError, ConnectionResetError):  # the sender timed out first
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def wait(self, count: int, timeout: float = 10.0) -> list[Received]:
-        with self.cond:
-            if not self.cond.wait_for(lambda: len(self.requests) >= count, timeout):
-                raise AssertionError(f"the receiver got {len(self.requests)} requests, not {count}, in {timeout}s")
-            return list(self.requests)
-
-    def wait_for(self, predicate, timeout: float) -> Received:
-        with self.cond:
-            found: list[Received] = []
-            ok = self.cond.wait_for(lambda: found.extend(r for r in self.requests if predicate(r)) or found, timeout)
-            if not ok:
-                raise AssertionError(f"no matching request in {timeout}s; got {[r.headers for r in self.requests]}")
-            return found[0]
-
-
-def signature_valid(request: Received, secret: str) -> bool:
-    """What a receiver does: rebuild the string to sign from the request it got and compare."""
-    parts = urlsplit(request.path)
-    h = request.headers
-    text = string_to_sign(request.method, unquote(parts.path), parts.query, h["x-access-id"], h["x-timestamp"],
-                          h["x-nonce"], request.body)
-    expected = hmac.new(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, h["x-signature"])
 
 
 # --- an in-process worker ---------------------------------------------------------------------
@@ -377,7 +280,7 @@ def test_a_receiver_that_is_down_gets_it_once_it_listens(worker, settings):
     assert "connection refused" in down.last_error, down.last_error
     assert sorted(attempt_times) == [1, 2, 3, 4], attempt_times
     times = [attempt_times[n] for n in sorted(attempt_times)]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
     assert len(gaps) == 3 and gaps[0] < gaps[1] < gaps[2], gaps
     assert down.webhook.last_delivery_status == "retrying"
 

@@ -33,7 +33,7 @@ from lxml import etree
 
 from accessids.services import access_id_create
 from audit.models import AuditEvent
-from signing.ukey.certs import certificate_load, signature_verify
+from core.certs import certificate_load, signature_verify
 from tests.conftest import SimulatorProcess, database_text, test_database_url
 from tests.live import CardPlatforms, Platform, only_card_row, services_env
 from tests.services import free_port
@@ -94,7 +94,7 @@ class FakeCustoms:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with fake.lock:
                     fake.received.append({"path": self.path, "content_type": self.headers.get("Content-Type", ""),

@@ -17,10 +17,10 @@ from django.db import transaction
 from django.db.models import F, Min
 from django.utils import timezone
 
-from accessids.encryption import MasterKeyError, secret_decrypt, secret_encrypt
 from audit.models import AuditEvent
 from audit.services import COMMAND, ChangeContext
-from signplatform.logging import redaction_register
+from core.encryption import MasterKeyError, secret_decrypt, secret_encrypt
+from core.logging import redaction_register
 
 from .models import SECRET_PURPOSE, Webhook, WebhookDelivery
 
@@ -176,12 +176,6 @@ def secret_check(secret: str) -> str:
 def webhook_set_secret(webhook: Webhook, secret: str) -> None:
     """Store the secret encrypted (the caller saves the row)."""
     webhook.secret_encrypted = secret_encrypt(secret_check(secret), purpose=SECRET_PURPOSE)
-
-
-def webhook_secret(webhook: Webhook) -> str:
-    secret = secret_decrypt(webhook.secret_encrypted, purpose=SECRET_PURPOSE)
-    redaction_register(secret)
-    return secret
 
 
 # --- changes by operators (one audit event each) -------------------------------------------------

@@ -61,8 +61,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
+from core.http_client_errors import connect_error_text
 from signclient import sign_headers
-from signplatform.http_client_errors import connect_error_text
 
 from . import services
 from .services import DeliveryJob, Outcome

@@ -15,9 +15,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accessids.models import AccessId
-from signplatform.errors import ApiError, invalid_request
+from core.ceb import XmlInputError, xml_parse_safe
+from core.errors import ApiError, invalid_request, xml_input_error
 
-from .ceb import XmlInputError, xml_parse_safe
 from .models import XmlDocument, XmlDocumentVersion
 
 MAX_NAME = 200
@@ -70,10 +70,6 @@ def xml_content_check(content: str) -> None:
         xml_parse_safe(content)
     except XmlInputError as exc:
         raise xml_input_error(exc) from None
-
-
-def xml_input_error(exc: XmlInputError) -> ApiError:
-    return invalid_request(exc.message, {"xml": [exc.message]}, details={"reason": exc.code})
 
 
 @dataclass(frozen=True)

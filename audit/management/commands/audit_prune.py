@@ -3,22 +3,11 @@ verifiable from a recorded checkpoint."""
 
 from __future__ import annotations
 
-import datetime
-import re
-
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.chain import ChainBroken, chain_prune
-
-_AGE_RE = re.compile(r"^(\d+)([dhw])$")
-
-
-def age_parse(text: str) -> datetime.timedelta:
-    match = _AGE_RE.match(text.strip().lower())
-    if not match:
-        raise CommandError(f"--older-than {text!r}: write it like 180d, 26w or 12h")
-    number, unit = int(match.group(1)), match.group(2)
-    return datetime.timedelta(**{{"d": "days", "h": "hours", "w": "weeks"}[unit]: number})
+from audit.chain import ChainBroken
+from audit.services import audit_prune
+from core.durations import age_parse
 
 
 class Command(BaseCommand):
@@ -28,10 +17,13 @@ class Command(BaseCommand):
         parser.add_argument("--older-than", required=True, help="e.g. 180d (days), 26w (weeks), 12h (hours)")
 
     def handle(self, *args, **options):
-        age = age_parse(options["older_than"])
+        try:
+            age = age_parse(options["older_than"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         self.stdout.write(f"Verifying the chain, then removing events created more than {options['older_than']} ago…")
         try:
-            checkpoint = chain_prune(older_than=age)
+            checkpoint = audit_prune(older_than=age)
         except ChainBroken as exc:
             raise CommandError(f"nothing was removed: the chain does not verify ({exc}); run audit_verify") from None
         if checkpoint is None:

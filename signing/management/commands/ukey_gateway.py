@@ -4,6 +4,7 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from signing.gateway_host import GatewayHost
 from signing.models import CardDevice
 from signing.services import card_device_sync_default
 
@@ -31,8 +32,6 @@ class Command(BaseCommand):
         asyncio.run(self._run(slug, device.url))
 
     async def _run(self, slug: str, url: str) -> None:
-        from signing.ukey.gateway import GatewayHost
-
         host = GatewayHost([slug])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

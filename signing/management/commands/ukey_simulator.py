@@ -5,7 +5,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from signing.ukey.simulator import FAULT_KINDS, CardSimulator, FaultPlan, FaultRule, SimulatedCard
+from ukey.simulator import FAULT_KINDS, CardSimulator, FaultPlan, FaultRule, SimulatedCard
 
 
 class Command(BaseCommand):

@@ -4,10 +4,10 @@ per API request, so deployments that use it should run this regularly (e.g. dail
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from audit.management.commands.audit_prune import age_parse
+from core.durations import age_parse
 from webhooks.models import WebhookDelivery
 
 
@@ -19,7 +19,10 @@ class Command(BaseCommand):
         parser.add_argument("--batch", type=int, default=5000)
 
     def handle(self, *args, **options):
-        cutoff = timezone.now() - age_parse(options["older_than"])
+        try:
+            cutoff = timezone.now() - age_parse(options["older_than"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         finished = WebhookDelivery.objects.filter(
             created_at__lt=cutoff, status__in=(WebhookDelivery.DELIVERED, WebhookDelivery.FAILED)
         )

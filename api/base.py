@@ -1,0 +1,131 @@
+"""`SignedAPIView`: the base of every `/api/v1/` endpoint.
+
+Async end to end (a sync view under ASGI runs on one shared thread and would serialise
+the card calls). Authentication, scope and rate-limit checks run in DRF's usual
+`initial()`; the view's handler awaits the card; then exactly one audit event is written
+for the request, whatever its outcome. If the event cannot be written, the request is
+reported as failed (nothing is answered as a success without its audit record)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from typing import Any
+
+from django.db import transaction
+from rest_framework import exceptions
+from rest_framework.views import APIView
+
+from accessids.services import access_id_mark_used
+from audit.models import AuditEvent
+from audit.services import audit_event_record
+from core.dbthread import db_sync_to_async
+from core.errors import ApiError, error_response, not_found
+from core.networks import client_address
+
+from .auth import HmacSignatureAuthentication
+from .permissions import AccessIdRateThrottle, HasScope
+
+logger = logging.getLogger(__name__)
+
+
+class SignedAPIView(APIView):
+    authentication_classes = [HmacSignatureAuthentication]
+    permission_classes = [HasScope]
+    throttle_classes = [AccessIdRateThrottle]
+    required_scopes: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
+
+    async def dispatch(self, request, *args, **kwargs):
+        started = time.perf_counter()
+        self.args, self.kwargs = args, kwargs
+        request.audit = {}
+        request.audit_started = started
+        drf_request = self.initialize_request(request, *args, **kwargs)
+        self.request = drf_request
+        self.headers = self.default_response_headers
+        try:
+            await db_sync_to_async(self.initial)(drf_request, *args, **kwargs)
+            method = request.method.lower()
+            handler = getattr(self, method, None) if method in self.http_method_names else None
+            if handler is None:
+                raise exceptions.MethodNotAllowed(request.method)
+            response = handler(drf_request, *args, **kwargs)
+            if inspect.isawaitable(response):  # DRF's own OPTIONS handler is synchronous
+                response = await response
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        response = self.finalize_response(drf_request, response, *args, **kwargs)
+        if not getattr(request, "audit_recorded", False):
+            try:
+                await db_sync_to_async(self._audit_request)(request, response, started)
+            except Exception:
+                logger.exception("the audit event of this request could not be written")
+                failure = ApiError("INTERNAL_ERROR", "the request could not be recorded in the audit log", status=500)
+                response = self.finalize_response(drf_request, error_response(failure, request.request_id))
+        return response
+
+    def handle_exception(self, exc):
+        # No DRF 401→403 coercion: every error takes the spec's shape in one place.
+        response = self.get_exception_handler()(exc, self.get_exception_handler_context())
+        response.exception = True
+        return response
+
+    @staticmethod
+    def audit_fields_for(request, *, status_code: int, data: Any, started: float) -> dict[str, Any]:
+        """The audit event's columns for this request and its answer (`data`: the error body)."""
+        failed = status_code >= 400
+        code = data.get("code") if failed and isinstance(data, dict) else None
+        fields = {
+            "event_type": AuditEvent.API_REQUEST,
+            "source": "api",
+            "request_id": request.request_id,
+            "access_key": getattr(request, "claimed_access_key", "") or request.headers.get("X-Access-Id", "")[:64],
+            "access_id": getattr(request, "access_pk", None),
+            "endpoint": f"{request.method} {request.path}"[:200],
+            "outcome": (code or "ERROR") if failed else AuditEvent.OK,
+            "http_status": status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "client_ip": client_address(request),
+            "secret_version": getattr(request, "secret_version", None),
+            "message": data.get("message", "") if failed and isinstance(data, dict) else "",
+        }
+        fields.update(getattr(request, "audit", {}))
+        return fields
+
+    def commit_with_audit(self, request, write, *, status_code: int = 200):
+        """Run `write()` (a database change) and this request's audit event in one
+        transaction, so the change never exists without its event. Call from a DB thread;
+        `write` may add to `request.audit`. Returns what `write` returned."""
+        django_request = request._request
+        with transaction.atomic():
+            result = write()
+            self._audit_write(django_request, status_code=status_code, data=None, started=django_request.audit_started)
+            django_request.audit_recorded = True
+        return result
+
+    def _audit_request(self, request, response, started: float) -> None:
+        with transaction.atomic():
+            self._audit_write(request, status_code=response.status_code, data=getattr(response, "data", None),
+                              started=started)
+
+    def _audit_write(self, request, *, status_code: int, data: Any, started: float) -> None:
+        """The request's one audit event, and which secret version it used."""
+        fields = self.audit_fields_for(request, status_code=status_code, data=data, started=started)
+        audit_event_record(**fields)
+        if fields["access_id"] and fields["secret_version"]:
+            access_id_mark_used(access_pk=fields["access_id"], version=fields["secret_version"])
+
+
+class ApiNotFoundView(SignedAPIView):
+    """Any other path under /api/v1/: 404 NOT_FOUND in the spec's shape (audited)."""
+
+    authentication_classes = []
+    permission_classes = []
+    throttle_classes = []
+    schema = None
+
+    async def _not_found(self, request, *args, **kwargs):
+        raise not_found(f"no endpoint {request.method} {request.path}")
+
+    get = post = put = patch = delete = _not_found

@@ -1,0 +1,31 @@
+"""Every HTTP endpoint of the API: native (docs/signing-api.md), the XML store, the legacy
+sign-server API (docs/sign-server-compat.md), health, and the OpenAPI schema."""
+
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from . import health, legacy, views, xml_views
+from .base import ApiNotFoundView
+
+urlpatterns = [
+    path("api/v1/health", health.health, name="health"),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/sign", views.SignView.as_view(), name="api-sign"),
+    path("api/v1/sign/xml", views.SignXmlView.as_view(), name="api-sign-xml"),
+    path("api/v1/verify/xml", views.VerifyXmlView.as_view(), name="api-verify-xml"),
+    path("api/v1/sign/179", views.Sign179View.as_view(), name="api-sign-179"),
+    path("api/v1/xml-documents", xml_views.XmlDocumentListView.as_view(), name="api-xml-documents"),
+    path("api/v1/xml-documents/<int:pk>", xml_views.XmlDocumentDetailView.as_view(), name="api-xml-document"),
+    path("api/v1/rpc", views.RpcView.as_view(), name="api-rpc"),
+    path("api/v1/certificate", views.CertificateView.as_view(), name="api-certificate"),
+    path("api/v1/access-ids/self/rotate", views.RotateSelfView.as_view(), name="api-rotate-self"),
+    re_path(r"^api/v1/.*$", ApiNotFoundView.as_view(), name="api-not-found"),
+    # The legacy sign-server API
+    path("", legacy.service_index, name="legacy-index"),
+    path("health", health.legacy_health, name="legacy-health"),
+    path("getCode", legacy.get_code, name="legacy-get-code"),
+    path("xml-files/add", legacy.xml_files_add, name="legacy-xml-add"),
+    path("xml-files/list", legacy.xml_files_list, name="legacy-xml-list"),
+    path("xml-files/delete", legacy.xml_files_delete, name="legacy-xml-delete"),
+]

@@ -1,0 +1,280 @@
+"""The signed `/api/v1/` endpoints (shared/spec/signing-api.md §3). Thin: validate the
+input, call a service, shape the output; errors are raised, never returned."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.response import Response
+
+from accessids.models import AccessId
+from accessids.services import ChangeContext, access_id_mark_used, app_secret_rotate
+from audit.models import AuditEvent
+from audit.services import data_digest
+from core.ceb import XmlInputError, ceb_verify
+from core.dbthread import db_sync_to_async
+from core.errors import invalid_request, permission_denied, xml_input_error
+from signing.services import (
+    card_rpc,
+    card_signature_method_override,
+    ceb_xml_sign,
+    certificate_get,
+    data_sign,
+    device_choose,
+    pay179_sign,
+)
+from ukey.protocol import RPC_METHODS, SIGN_METHODS
+from xmlstore.services import XmlSignature, xml_directory_clean, xml_document_write, xml_filename_clean
+
+from . import serializers as s
+from .base import SignedAPIView
+
+ERRORS = {code: s.ErrorSerializer for code in (400, 401, 403, 409, 413, 429, 502, 503, 504)}
+
+
+async def _device(request, requested: str | None) -> str:
+    allowed = request.user.access.devices
+    if requested:  # checked against the database
+        device = await db_sync_to_async(device_choose)(allowed=allowed, requested=requested)
+    else:  # no I/O: no thread hop on the common path
+        device = device_choose(allowed=allowed, requested=None)
+    request.audit["device"] = device
+    return device
+
+
+class SignView(SignedAPIView):
+    required_scopes = ("sign",)
+
+    @extend_schema(request=s.SignRequestSerializer, responses={200: s.SignResponseSerializer, **ERRORS})
+    async def post(self, request):
+        serializer = s.SignRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data["data"]
+        request.audit["data_sha256"] = data_digest(data)
+        device = await _device(request, serializer.validated_data.get("device"))
+        result = await data_sign(data=data, no_hash=serializer.validated_data["no_hash"], device=device)
+        request.audit["cert_no"] = result.cert_no
+        return Response(
+            {
+                "signature": result.signature,
+                "cert_no": result.cert_no,
+                "algorithm": result.algorithm,
+                "device": result.device,
+                "request_id": request.request_id,
+            }
+        )
+
+
+class RpcView(SignedAPIView):
+    required_scopes = ("rpc",)
+
+    def operation_permission_check(self, request, client) -> None:
+        method = request.data.get("_method") if isinstance(request.data, dict) else None
+        if method and (method not in RPC_METHODS or method not in client.access.allowed_methods):
+            raise permission_denied(f"card method {method!r} is not allowed for this access ID")
+
+    @extend_schema(request=s.RpcRequestSerializer, responses={200: s.RpcResponseSerializer, **ERRORS})
+    async def post(self, request):
+        serializer = s.RpcRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        method, args = serializer.validated_data["_method"], serializer.validated_data["args"]
+        request.audit["details"] = {"method": method}
+        if isinstance(args.get("inData"), str):
+            request.audit["data_sha256"] = data_digest(args["inData"])
+        device = await _device(request, serializer.validated_data.get("device"))
+        envelope = await card_rpc(method=method, args=args, device=device)
+        if method in SIGN_METHODS:
+            data = envelope["_args"]["Data"]
+            request.audit["cert_no"] = str(data[1]) if len(data) > 1 else ""
+        return Response(envelope)
+
+
+class CertificateView(SignedAPIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("device", str, description="Card device slug (optional).")],
+        responses={200: s.CertificateResponseSerializer, **ERRORS},
+    )
+    async def get(self, request):
+        device = await _device(request, request.query_params.get("device"))
+        result = await certificate_get(device=device)
+        request.audit["cert_no"] = result["cert_no"]
+        return Response(result)
+
+
+class RotateSelfView(SignedAPIView):
+    required_scopes = ("rotate_self",)
+
+    @extend_schema(request=s.RotateRequestSerializer, responses={200: s.RotateResponseSerializer, **ERRORS})
+    async def post(self, request):
+        serializer = s.RotateRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        grace = datetime.timedelta(seconds=serializer.validated_data["grace_seconds"])
+        body = await db_sync_to_async(self._rotate)(request, grace)
+        response = Response(body)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def _rotate(self, request, grace: datetime.timedelta) -> dict:
+        """The rotation and this request's audit event, in one transaction."""
+        context = ChangeContext.from_request(request._request, source="api")
+        with transaction.atomic():
+            access = AccessId.objects.get(pk=request.user.access.pk)
+            row, secret = app_secret_rotate(
+                access_id=access,
+                grace=grace,
+                context=context,
+                outcome=AuditEvent.OK,
+                http_status=200,
+                secret_version=request.user.secret_version,
+            )
+            access_id_mark_used(access_pk=access.pk, version=request.user.secret_version)
+            request._request.audit_recorded = True
+        previous = row.previous
+        return {
+            "access_id": access.key,
+            "secret": secret,
+            "secret_version": row.version,
+            "previous_valid_until": previous.valid_until.isoformat() if previous and previous.valid_until else None,
+        }
+
+
+class SignXmlView(SignedAPIView):
+    """Sign a CEB message, verify the result, store original and signed text together."""
+
+    required_scopes = ("sign_xml",)
+
+    @extend_schema(request=s.SignXmlRequestSerializer, responses={200: s.SignXmlResponseSerializer, **ERRORS})
+    async def post(self, request):
+        serializer = s.SignXmlRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        values = serializer.validated_data
+        xml = values["xml"]
+        # Names are checked before the card is used: a bad name must not cost a signature.
+        directory = xml_directory_clean(values.get("directory"))
+        filename = xml_filename_clean(values["filename"]) if values.get("filename", "").strip() else ""
+        request.audit["data_sha256"] = data_digest(xml)
+        device = await _device(request, values.get("device"))
+        override = await db_sync_to_async(card_signature_method_override)(device=device)
+        result = await ceb_xml_sign(xml=xml, device=device, signature_method=override)
+        request.audit["cert_no"] = result.cert_no
+        if not filename:
+            stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+            filename = f"{result.message_type}-{stamp}-{request.request_id[:8]}.xml"
+
+        def store():
+            document = xml_document_write(
+                access_id=request.user.access.pk,
+                directory=directory,
+                filename=filename,
+                content=result.signed_xml,
+                request_id=request.request_id,
+                source="api",
+                message_type=result.message_type,
+                signature=XmlSignature(
+                    original_content=xml,
+                    cert_no=result.cert_no,
+                    signature_method=result.signature_method,
+                    digest_value=result.digest_value,
+                    signature_value=result.signature_value,
+                    device=result.device,
+                ),
+                checked=True,
+            )
+            request.audit["details"] = {
+                "document_id": document.pk, "path": document.path, "version": document.version,
+                "digest_value": result.digest_value, "signed_sha256": document.sha256,
+            }
+            return document
+
+        document = await db_sync_to_async(self.commit_with_audit)(request, store)
+        return Response(
+            {
+                "signed_xml": result.signed_xml,
+                "digest_value": result.digest_value,
+                "signature_value": result.signature_value,
+                "signature_method": result.signature_method,
+                "cert_no": result.cert_no,
+                "algorithm": result.algorithm,
+                "device": result.device,
+                "document_id": document.pk,
+                "filename": document.filename,
+                "directory": document.directory,
+                "version": document.version,
+                "request_id": request.request_id,
+            }
+        )
+
+
+class VerifyXmlView(SignedAPIView):
+    """Check any signed CEB message: does the digest match, does the signature verify with
+    the certificate inside, and if not, why. No card needed."""
+
+    @extend_schema(request=s.VerifyXmlRequestSerializer, responses={200: s.VerifyXmlResponseSerializer, **ERRORS})
+    async def post(self, request):
+        serializer = s.VerifyXmlRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        xml = serializer.validated_data["xml"]
+        request.audit["data_sha256"] = data_digest(xml)
+        try:
+            result = await asyncio.to_thread(ceb_verify, xml)
+        except XmlInputError as exc:
+            raise xml_input_error(exc) from None
+        certificate = result.certificate
+        request.audit["cert_no"] = result.cert_no or ""
+        request.audit["details"] = {"valid": result.valid, "reason": result.reason[:300]}
+        return Response(
+            {
+                "valid": result.valid,
+                "digest_ok": result.digest_ok,
+                "signature_ok": result.signature_ok,
+                "cert_no": result.cert_no or "",
+                "reason": result.reason,
+                "digest_value": result.digest_value or "",
+                "signature_method": result.signature_method or "",
+                "algorithm": result.algorithm or "",
+                "certificate_subject": certificate.subject if certificate else "",
+                "certificate_not_after": certificate.not_after.isoformat() if certificate else None,
+            }
+        )
+
+
+class Sign179View(SignedAPIView):
+    """Sign "179" payment data; optionally upload it to customs."""
+
+    required_scopes = ("sign_179",)
+
+    @extend_schema(request=s.Pay179RequestSerializer, responses={200: s.Pay179ResponseSerializer, **ERRORS})
+    async def post(self, request):
+        data = request.data if isinstance(request.data, dict) else None
+        if data is None:
+            raise invalid_request("the body must be a JSON object")
+        upload = data.get("upload", False)
+        if not isinstance(upload, bool):
+            raise invalid_request("upload must be true or false", {"upload": ["must be a boolean"]})
+        requested = data.get("device")
+        if requested is not None and not isinstance(requested, str):
+            raise invalid_request("device must be a string", {"device": ["must be a string"]})
+        device = await _device(request, requested or None)
+        # The raw bytes, not request.data: numbers must keep the client's text (100 stays 100).
+        result = await pay179_sign(raw_body=request._request.body, device=device, upload=upload)
+        request.audit["cert_no"] = result.cert_no
+        request.audit["data_sha256"] = data_digest(result.sign_string)
+        details = {"session_id": str(data.get("sessionID", ""))[:100]}
+        if result.upload is not None:
+            details["upload"] = {k: result.upload[k] for k in ("ok", "http_status", "code", "error")}
+            if not result.upload["ok"]:
+                request.audit["message"] = f"signed; upload to customs failed: {result.upload['error'] or result.upload['code']}"
+        request.audit["details"] = details
+        body = {
+            "sign_string": result.sign_string,
+            "signature": result.signature,
+            "cert_no": result.cert_no,
+            "device": device,
+            "request_id": request.request_id,
+        }
+        if result.upload is not None:
+            body["upload"] = result.upload
+        return Response(body)

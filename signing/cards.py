@@ -1,0 +1,77 @@
+"""The platform's side of the card package (ukey/): each card's live status in the cache,
+shared by every process, and `ukey_call`, the one way the rest of the platform reaches
+a card (over the channel layer, to the card's gateway)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.cache import cache
+
+from core.encryption import secret_decrypt, secret_encrypt
+from core.logging import request_id_var
+from ukey.client import UKeyResponse, card_call
+from ukey.status import DeviceStatus
+
+STATUS_TTL = 60
+# A PIN a legacy client sends travels to the gateway encrypted under the master key, so it
+# never sits in clear in Redis (the channel layer).
+FALLBACK_PIN_PURPOSE = "fallback-pin"
+
+
+def _status_key(slug: str) -> str:
+    return f"ukey:status:{slug}"
+
+
+def device_status_publish(status: DeviceStatus) -> None:
+    """A gateway's `publish_status` hook: the status, for every process."""
+    cache.set(_status_key(status.slug), status.as_dict(), STATUS_TTL)
+
+
+def device_status_get(slug: str) -> DeviceStatus | None:
+    """The last published status of a card, or None if no gateway ever published one."""
+    data: dict[str, Any] | None = cache.get(_status_key(slug))
+    return DeviceStatus.from_dict(data) if data else None
+
+
+def fallback_pin_seal(pin: str) -> str:
+    return secret_encrypt(pin, purpose=FALLBACK_PIN_PURPOSE)
+
+
+def fallback_pin_unseal(sealed: str) -> str:
+    return secret_decrypt(sealed, purpose=FALLBACK_PIN_PURPOSE)
+
+
+async def ukey_call(
+    method: str,
+    args: dict[str, Any] | None = None,
+    *,
+    device: str | None = None,
+    timeout: float | None = None,
+    raise_card_errors: bool = True,
+    fallback_pin: str | None = None,
+) -> UKeyResponse:
+    """Run one card method on `device` (the default card when None).
+
+    The card PIN is added by the gateway; a `passwd` in `args` is dropped.
+    `fallback_pin` is used only when the device has no PIN configured (legacy clients).
+    Raises UKeyUnavailable at once when the card's gateway is down, the card is not
+    connected or its queue is full; UKeyTimeout after `timeout` seconds (default
+    UKEY_CALL_TIMEOUT); UKeyCardError when the card answers Result:false and
+    `raise_card_errors` is set."""
+    slug = device or settings.UKEY_DEFAULT_DEVICE
+    return await card_call(
+        get_channel_layer(),
+        method,
+        args,
+        device=slug,
+        status=device_status_get(slug),
+        timeout=settings.UKEY_CALL_TIMEOUT if timeout is None else timeout,
+        raise_card_errors=raise_card_errors,
+        sealed_pin=fallback_pin_seal(fallback_pin) if fallback_pin else None,
+        request_id=request_id_var.get(),
+        queue_full=(ChannelFull,),
+    )

@@ -1,0 +1,103 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import uvicorn
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from core.encryption import master_key_file_ensure
+from core.ports import port_is_open
+from signing.models import CardDevice
+from signing.services import card_device_sync_default
+
+
+class Command(BaseCommand):
+    help = (
+        "Start the whole platform in the foreground: the ASGI server with the UKey gateway, "
+        "and the card simulator when UKEY_URL is not set. Ctrl-C stops everything."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument(
+            "--web-only",
+            action="store_true",
+            help="only the ASGI server: another process (with UKEY_GATEWAY_MODE=external) owns the cards; "
+            "run several of these behind a load balancer, sharing REDIS_URL and DATABASE_URL",
+        )
+
+    def handle(self, *args, **options):
+        key_file = master_key_file_ensure()
+        if key_file:
+            self.stdout.write(f"Master key: {key_file} (set SIGNPLATFORM_MASTER_KEY to use your own)")
+        web_only = options["web_only"]
+        if web_only and settings.UKEY_GATEWAY_MODE != "external":
+            raise CommandError("--web-only needs UKEY_GATEWAY_MODE=external (and REDIS_URL): the cards are served elsewhere")
+        device = card_device_sync_default()
+        children: list[subprocess.Popen] = []
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        try:
+            if web_only:
+                self.stdout.write("Web process only: the card gateways and webhook deliveries run elsewhere")
+                # The ASGI lifespan of this process then starts no webhook delivery worker.
+                settings.WEBHOOK_WORKER_EMBEDDED = False
+            elif not settings.UKEY_URL:
+                port = settings.UKEY_SIMULATOR_PORT
+                if port_is_open(port):
+                    raise CommandError(
+                        f"port {port} is taken; set UKEY_SIMULATOR_PORT, or UKEY_URL to use a real card"
+                    )
+                self.stdout.write(f"No UKEY_URL set: starting the card simulator on ws://127.0.0.1:{port}")
+                children.append(subprocess.Popen(manage + ["ukey_simulator", "--port", str(port)]))
+                deadline = time.monotonic() + 20
+                while not port_is_open(port):
+                    if children[-1].poll() is not None or time.monotonic() > deadline:
+                        raise CommandError("the card simulator did not start")
+                    time.sleep(0.1)
+            else:
+                self.stdout.write(f"Card: {device.url} (UKEY_URL)")
+            if settings.UKEY_GATEWAY_MODE == "external" and not web_only:
+                for slug in CardDevice.objects.filter(enabled=True).values_list("slug", flat=True):
+                    self.stdout.write(f"Starting the UKey gateway process for card {slug}")
+                    children.append(subprocess.Popen(manage + ["ukey_gateway", "--device", slug]))
+            host, port = options["host"], options["port"]
+            self.stdout.write(
+                f"Signing platform on http://{host}:{port}/  admin: /admin/  API docs: /api/v1/docs/  "
+                f"health: /api/v1/health   (Ctrl-C stops everything)"
+            )
+            self.stdout.flush()
+            config = uvicorn.Config(
+                "signplatform.asgi:application",
+                host=host,
+                port=port,
+                lifespan="on",
+                log_level=settings.LOG_LEVEL.lower(),
+                log_config=None,  # Django's LOGGING applies
+                # X-Forwarded-For is judged by the platform against TRUSTED_PROXIES
+                # (signing/auth.py client_address); uvicorn must not rewrite the peer first.
+                proxy_headers=False,
+                access_log=False,
+                timeout_graceful_shutdown=int(settings.UKEY_SHUTDOWN_GRACE) + 5,
+            )
+            server = uvicorn.Server(config)
+            # uvicorn re-raises the signal that stopped it once it has shut down; with
+            # these handlers in place that only gets noted, so the children are stopped below.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: None)
+            server.run()
+            if not server.started:
+                raise CommandError(f"the server could not start on {host}:{port}")
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for child in children:
+                try:
+                    child.wait(timeout=settings.UKEY_SHUTDOWN_GRACE + 5)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+            self.stdout.write("Signing platform stopped")

@@ -1,0 +1,129 @@
+"""The caller's side of the channel-layer contract (ukey/messages.py): send one card
+operation to a card's gateway and wait for its reply.
+
+`card_call` is given everything it needs (the layer, the card's last status, the
+timeout, a sealed PIN), so it works with any channel layer that has `new_channel`,
+`send` and `receive`. The platform's `signing.cards.ukey_call` fills these in from its
+settings. Expected failures are raised as `UKeyError` subclasses carrying the API
+error code (UKEY_ERROR / UKEY_TIMEOUT / UKEY_UNAVAILABLE)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import messages
+from .protocol import CardResult
+from .status import DeviceStatus
+
+
+class UKeyError(Exception):
+    """A card call that did not produce a successful card result."""
+
+    code = messages.UKEY_ERROR
+    http_status = 502
+
+    def __init__(self, message: str, *, device: str = "", errors: list[str] | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.device = device
+        self.errors = list(errors or [])
+        self.retry_after = retry_after
+
+
+class UKeyCardError(UKeyError):
+    """The card answered `Result:false`; `errors` is its Error list."""
+
+
+class UKeyTimeout(UKeyError):
+    code = messages.UKEY_TIMEOUT
+    http_status = 504
+
+
+class UKeyUnavailable(UKeyError):
+    """No card connected, the gateway is not running, or the card's queue is full."""
+
+    code = messages.UKEY_UNAVAILABLE
+    http_status = 503
+
+
+_ERRORS = {cls.code: cls for cls in (UKeyCardError, UKeyTimeout, UKeyUnavailable)}
+
+
+@dataclass(frozen=True)
+class UKeyResponse:
+    device: str
+    method: str
+    result: CardResult
+    cert_no: str = ""
+    algorithm: str = ""
+    duration: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def card_call(
+    layer,
+    method: str,
+    args: dict[str, Any] | None = None,
+    *,
+    device: str,
+    status: DeviceStatus | None,
+    timeout: float,
+    raise_card_errors: bool = True,
+    sealed_pin: str | None = None,
+    request_id: str = "",
+    queue_full: tuple[type[BaseException], ...] = (),
+) -> UKeyResponse:
+    """Run one card method on `device`, whose last published status is `status`.
+
+    Raises UKeyUnavailable at once when the card's gateway is down, the card is not
+    connected or its queue is full (`layer.send` raised one of `queue_full`); UKeyTimeout
+    after `timeout` seconds; UKeyCardError when the card answers Result:false and
+    `raise_card_errors` is set."""
+    if status is None or not status.alive:
+        raise UKeyUnavailable(f"no gateway is running for card {device}", device=device, retry_after=5)
+    if not status.connected:
+        raise UKeyUnavailable(
+            f"card {device} is not connected: {status.last_error or 'connecting'}", device=device, retry_after=5
+        )
+
+    # The default prefix on purpose: channels_redis serves every process-local channel
+    # from one Redis key per process, and mixing prefixes starves the receivers.
+    reply_channel = await layer.new_channel()
+    deadline = time.time() + timeout
+    message = messages.request_message(
+        request=uuid.uuid4().hex, reply=reply_channel, method=method, args=args or {}, deadline=deadline,
+        request_id=request_id, sealed_pin=sealed_pin,
+    )
+    try:
+        await layer.send(messages.device_channel(device), message)
+    except queue_full:
+        raise UKeyUnavailable(f"card {device} queue is full", device=device, retry_after=1) from None
+    try:
+        reply = await asyncio.wait_for(layer.receive(reply_channel), timeout=max(0.1, deadline - time.time()) + 1.0)
+    except asyncio.TimeoutError:
+        raise UKeyTimeout(f"card {device} did not answer {method} within {timeout:.1f}s", device=device) from None
+
+    if reply.get("result") is None:
+        error_cls = _ERRORS.get(reply.get("code"), UKeyUnavailable)
+        raise error_cls(
+            reply.get("message") or "card call failed",
+            device=device,
+            retry_after=1 if error_cls is UKeyUnavailable else None,
+        )
+    raw = reply["result"]
+    result = CardResult(ok=raw.get("Result") is True, data=list(raw.get("Data") or []), errors=list(raw.get("Error") or []))
+    response = UKeyResponse(
+        device=device,
+        method=method,
+        result=result,
+        cert_no=reply.get("cert_no") or "",
+        algorithm=reply.get("algorithm") or "",
+        duration=float(reply.get("duration") or 0.0),
+    )
+    if raise_card_errors and not result.ok:
+        raise UKeyCardError(f"card {device} refused {method}: {result.message}", device=device, errors=result.errors)
+    return response

@@ -1,0 +1,119 @@
+"""One WebSocket connection to an E-Port control: the handshake, requests out, answers
+matched to their requests. No queue, no reconnects: that is the gateway's job."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol
+
+logger = logging.getLogger("ukey.connection")
+
+
+class CardConnectionLost(Exception):
+    pass
+
+
+class CardConnection:
+    """One open WebSocket to an E-Port control, after its handshake frame.
+
+    Up to `pipeline_depth` requests may be outstanding; answers are matched by `_id`.
+    A bare `{Result,...}` answer carries no `_id`: the control answers in order, so it
+    belongs to the oldest outstanding request."""
+
+    def __init__(self, ws: ClientConnection, slug: str) -> None:
+        self.ws = ws
+        self.slug = slug
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future] = {}  # insertion order = send order
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self._reader = asyncio.create_task(self._read(), name=f"ukey-reader-{slug}")
+
+    @classmethod
+    async def open(cls, url: str, *, slug: str, connect_timeout: float, max_frame_bytes: int) -> CardConnection:
+        """Connect and wait for the control's handshake frame."""
+        ws = await connect(
+            url,
+            open_timeout=connect_timeout,
+            max_size=max_frame_bytes,
+            ping_interval=None,  # the protocol defines no heartbeat; the gateway probes instead
+            close_timeout=2,
+            compression=None,
+        )
+        try:
+            first = await asyncio.wait_for(ws.recv(), timeout=connect_timeout)
+            frame = protocol.parse_frame(first)
+            if frame.kind != "handshake":
+                raise ConnectionError("the control's first frame was not the open handshake")
+        except BaseException:
+            await ws.close()
+            raise
+        return cls(ws, slug)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                try:
+                    frame = protocol.parse_frame(message)
+                except protocol.FrameError:
+                    logger.warning("card %s sent a frame that is not a JSON object; dropped", self.slug)
+                    continue
+                if frame.kind == "response" and frame.id in self._pending:
+                    future = self._pending.pop(frame.id)
+                elif frame.kind == "bare" and self._pending:
+                    future = self._pending.pop(next(iter(self._pending)))
+                else:
+                    if frame.kind != "handshake":
+                        logger.info("card %s: dropped a %s frame with _id %s that matches no request",
+                                    self.slug, frame.kind, frame.id)
+                    continue
+                if not future.done():
+                    future.set_result(frame.result)
+            self.close_reason = "the control closed the connection"
+        except ConnectionClosed as exc:
+            self.close_reason = f"connection closed ({exc.__class__.__name__})"
+        except Exception as exc:  # a reader must never die silently
+            self.close_reason = f"reader failed: {exc.__class__.__name__}"
+            logger.exception("card %s reader failed", self.slug)
+        finally:
+            self.closed.set()
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(CardConnectionLost(self.close_reason))
+
+    async def send(self, method: str, args: dict[str, Any]) -> asyncio.Future:
+        """Send one request; returns the future of its answer."""
+        if self.closed.is_set():
+            raise CardConnectionLost(self.close_reason or "connection closed")
+        self._next_id += 1
+        request_id = self._next_id
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self.ws.send(protocol.build_request(method, request_id, args))
+        except ConnectionClosed as exc:
+            self._pending.pop(request_id, None)
+            raise CardConnectionLost(f"connection closed ({exc.__class__.__name__})") from None
+        return future
+
+    def abort(self) -> None:
+        """Drop the connection at once (after a timeout: no late answer may arrive)."""
+        self.ws.transport.abort()
+
+    async def close(self) -> None:
+        await self.ws.close()
+        try:
+            await asyncio.wait_for(self._reader, timeout=3)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._reader.cancel()

@@ -1,0 +1,544 @@
+"""The UKey gateway: the single owner of each card's WebSocket connection.
+
+Callers never touch the socket. They send `ukey.request` messages to the channel
+`ukey.<slug>` on the channel layer (ukey/messages.py, ukey/client.py); the host (the
+platform's `signing.gateway_host`) hands them to the device's `CardGateway`, which
+executes them from a bounded queue and answers on the caller's reply channel.
+
+Guarantees:
+- one operation in flight per card; replies matched by `_id` (a bare `{Result,...}`
+  answer belongs to the one in-flight request);
+- a request whose card operation times out gets UKEY_TIMEOUT and the connection is
+  reset, so a late answer can never reach the next caller;
+- a full queue, a disconnected card or a stopping gateway answer at once (UKEY_UNAVAILABLE);
+- reconnects with capped exponential backoff and full jitter; a health probe
+  (`SpcGetCertNo`) after UKEY_PROBE_INTERVAL seconds without a successful operation;
+- status (connected, since, last success, last error, queue depth, certNo, algorithm,
+  enterprise name, certificate expiry) handed to the host's `publish_status` hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from . import protocol
+from .connection import CardConnection, CardConnectionLost
+from .messages import UKEY_ERROR, UKEY_TIMEOUT, UKEY_UNAVAILABLE, reply_message
+from .status import DeviceStatus
+
+logger = logging.getLogger("ukey.gateway")
+
+HEARTBEAT_INTERVAL = 2.0
+_PUBLISH_THROTTLE = 0.5
+
+# What a gateway reports to its host's `record_event` (the platform writes them to the
+# audit log under these event types).
+CARD_CONNECTED = "card.connected"
+CARD_RECONNECTED = "card.reconnected"
+CARD_DISCONNECTED = "card.disconnected"
+CARD_ERROR = "card.error"  # an operation failed: Result:false, timeout, connection lost mid-call
+CARD_PROBE_FAILED = "card.probe_failed"
+EVENT_OK = "OK"
+
+
+@dataclass(frozen=True)
+class CardEvent:
+    slug: str
+    url: str
+    kind: str  # one of the CARD_* names above
+    outcome: str  # EVENT_OK, or an error code
+    message: str
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    """What the status shows of the card's signing certificate."""
+
+    algorithm: str
+    subject: str
+    not_after: str  # ISO 8601
+
+
+async def _no_event(event: CardEvent) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class GatewayHooks:
+    """What a gateway's host gives it, so the gateway itself needs no framework:
+    - `publish_status(status)`: the card's live status, every few seconds and on change;
+    - `record_event(event)`: connects, disconnects, failed operations and probes (awaited in
+      a background task; an exception is logged and the card keeps working);
+    - `unseal_pin(sealed)`: the clear PIN of a `fallback_pin` a client sent (raises on a
+      value it cannot read);
+    - `inspect_certificate(pem)`: facts about the card's certificate (raises ValueError
+      on one it cannot read); without it the status shows none."""
+
+    publish_status: Callable[[DeviceStatus], None] = lambda status: None
+    record_event: Callable[[CardEvent], Awaitable[None]] = _no_event
+    unseal_pin: Callable[[str], str] | None = None
+    inspect_certificate: Callable[[str], CertificateFacts] | None = None
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    slug: str
+    url: str
+    pin: str
+    connect_timeout: float
+    request_timeout: float
+    queue_size: int
+    probe_interval: float
+    reconnect_min: float
+    reconnect_max: float
+    max_frame_bytes: int
+    pipeline_depth: int = 1
+    call_timeout: float = 30.0  # a request that names no deadline gets this long
+
+    def __repr__(self) -> str:  # never show the PIN
+        return f"DeviceConfig(slug={self.slug!r}, url={self.url!r})"
+
+
+_CONNECTED = object()
+
+
+@dataclass
+class _Job:
+    message: dict[str, Any]
+    default_timeout: float
+
+    @property
+    def deadline(self) -> float:
+        return float(self.message.get("deadline") or (time.time() + self.default_timeout))
+
+
+class CardGateway:
+    """Owns one card: its connection, its queue, its status."""
+
+    def __init__(self, config: DeviceConfig, channel_layer, hooks: GatewayHooks | None = None) -> None:
+        self.config = config
+        self.layer = channel_layer
+        self.hooks = hooks or GatewayHooks()
+        self._last_publish = 0.0
+        self._queue: asyncio.Queue = asyncio.Queue()  # bounded by `config.queue_size` in submit()
+        self._depth = 0
+        self._conn: CardConnection | None = None
+        self._stopping = False
+        self._outstanding = 0
+        self._slots = asyncio.Semaphore(max(1, config.pipeline_depth))
+        self._answer_tasks: set[asyncio.Task] = set()
+        self._holding: _Job | None = None  # taken from the queue, waiting for a pipeline slot
+        self._reset_requested = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._last_activity = time.monotonic()
+        self.status = DeviceStatus(slug=config.slug, url=config.url)
+        self._event_tasks: set[asyncio.Task] = set()
+        self._reported_down = False  # a card.disconnected event was written and no connect since
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        slug = self.config.slug
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name=f"ukey-supervisor-{slug}"),
+            asyncio.create_task(self._execute_loop(), name=f"ukey-executor-{slug}"),
+            asyncio.create_task(self._heartbeat(), name=f"ukey-heartbeat-{slug}"),
+        ]
+        self._publish()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking requests, let queued and in-flight operations finish within
+        `grace` seconds, then close the card connection cleanly."""
+        if self._stopping:
+            return
+        self._stopping = True
+        logger.info("card %s: gateway stopping (%d queued, %d in flight)", self.config.slug, self._depth, self._outstanding)
+        deadline = time.monotonic() + grace
+        while (self._depth > 0 or self._outstanding > 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._event_tasks:  # card events still being written
+            await asyncio.wait(set(self._event_tasks), timeout=max(0.5, deadline - time.monotonic()))
+        tasks = [*self._tasks, *self._answer_tasks]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        left = [self._holding] if self._holding else []
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        for item in left:
+            if isinstance(item, _Job):
+                await self._reply_error(item, UKEY_UNAVAILABLE, "the gateway is shutting down")
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self.status.connected = False
+        self.status.gateway_running = False
+        self.status.last_error = "gateway stopped"
+        self.status.last_error_at = time.time()
+        self._publish()
+        logger.info("card %s: gateway stopped", self.config.slug)
+
+    # --- requests ------------------------------------------------------------------
+    async def submit(self, message: dict[str, Any]) -> None:
+        """Take one request from the channel layer; never blocks on the card."""
+        job = _Job(message, self.config.call_timeout)
+        if self._stopping:
+            await self._reply_error(job, UKEY_UNAVAILABLE, "the gateway is shutting down")
+        elif self._conn is None and not self._reset_requested.is_set():
+            await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
+        elif self._depth >= self.config.queue_size:
+            await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} queue is full ({self.config.queue_size} waiting)")
+        else:
+            self._depth += 1
+            self.status.queue_depth = self._depth
+            self._queue.put_nowait(job)
+
+    async def _next_item(self, timeout: float):
+        if not self._queue.empty():
+            return self._queue.get_nowait()  # no task or timer when work is waiting
+        return await asyncio.wait_for(self._queue.get(), timeout=timeout)
+
+    async def _execute_loop(self) -> None:
+        while True:
+            idle_for = time.monotonic() - self._last_activity
+            wait = max(0.05, self.config.probe_interval - idle_for)
+            try:
+                item = await self._next_item(wait)
+            except asyncio.TimeoutError:
+                if self._conn is not None and not self._stopping and self._outstanding == 0:
+                    await self._probe()
+                else:
+                    self._last_activity = time.monotonic()
+                continue
+            if item is _CONNECTED:
+                await self._load_card_facts()
+            elif isinstance(item, _Job):
+                await self._dispatch(item)
+
+    async def _dispatch(self, job: _Job) -> None:
+        """Send one job to the card once a pipeline slot is free; its answer is awaited
+        (and replied to) in a task of its own so the next request can go out meanwhile."""
+        self._holding = job
+        await self._slots.acquire()
+        self._holding = None
+        # Waiting for a slot still counts as queued; from here on it is the card's, and counts
+        # as in flight until its reply is sent (shutdown waits for that, not just the card).
+        self._depth -= 1
+        self._outstanding += 1
+        self.status.queue_depth = self._depth
+        released = False
+        try:
+            if self._reset_requested.is_set():
+                await self._wait_connected()
+            method = str(job.message.get("method") or "")
+            remaining = job.deadline - time.time()
+            if remaining <= 0:
+                await self._reply_error(job, UKEY_TIMEOUT, "the request waited in the card queue past its deadline")
+                return
+            conn = self._conn
+            if conn is None:
+                await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
+                return
+            args = dict(job.message.get("args") or {})
+            args.pop("passwd", None)
+            if method in protocol.PIN_METHODS and self.config.pin:
+                args["passwd"] = self.config.pin
+            elif method in protocol.PIN_METHODS and job.message.get("fallback_pin") and self.hooks.unseal_pin:
+                # Legacy clients that send their own PIN; it crossed the channel layer sealed.
+                try:
+                    args["passwd"] = self.hooks.unseal_pin(job.message["fallback_pin"])
+                except Exception:
+                    await self._reply_error(job, UKEY_ERROR, "the client's card PIN could not be read (master key mismatch)")
+                    return
+            # A request queued behind others at the control gets their time too.
+            timeout = min(self.config.request_timeout * (conn.outstanding + 1), remaining)
+            started = time.monotonic()
+            try:
+                future = await conn.send(method, args)
+            except CardConnectionLost as exc:
+                self._record_error(f"{method}: {exc}")
+                await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost: {exc}")
+                return
+            released = True
+            task = asyncio.create_task(self._answer(job, conn, method, future, timeout, started))
+            self._answer_tasks.add(task)
+            task.add_done_callback(self._answer_tasks.discard)
+        finally:
+            if not released:  # answered (with an error) here, or cancelled
+                self._outstanding -= 1
+                self._slots.release()
+
+    async def _answer(self, job: _Job, conn: CardConnection, method: str, future: asyncio.Future,
+                      timeout: float, started: float) -> None:
+        try:
+            await self._answer_reply(job, conn, method, future, timeout, started)
+        finally:
+            self._outstanding -= 1  # only once the caller has its reply
+
+    async def _answer_reply(self, job: _Job, conn: CardConnection, method: str, future: asyncio.Future,
+                            timeout: float, started: float) -> None:
+        try:
+            result = await self._await_result(conn, method, future, timeout)
+        except asyncio.TimeoutError:
+            # Answer once the reset connection is back, so the caller's next request finds
+            # the card connected (bounded by the connect timeout).
+            self._slots.release()
+            await self._wait_connected()
+            await self._reply_error(job, UKEY_TIMEOUT, f"card {self.config.slug} did not answer {method} within {timeout:.1f}s")
+            return
+        except CardConnectionLost as exc:
+            self._slots.release()
+            await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost during {method}: {exc}")
+            return
+        except BaseException:
+            self._slots.release()
+            raise
+        self._slots.release()
+        await self._reply(
+            job,
+            {
+                "ok": result.ok,
+                "code": None if result.ok else UKEY_ERROR,
+                "message": "" if result.ok else result.message,
+                "result": result.as_args(),
+                "duration": time.monotonic() - started,
+            },
+        )
+
+    async def _await_result(self, conn: CardConnection, method: str, future: asyncio.Future,
+                            timeout: float, *, report: bool = True) -> protocol.CardResult:
+        """Wait for one answer; on timeout reset the connection (a late answer must never
+        reach anyone) and let the next request wait for the reconnect. `report`: a failure
+        is a card.error audit event (the gateway's own probes report themselves)."""
+        try:
+            result = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            if self._conn is conn and not self._reset_requested.is_set():
+                self._record_error(f"{method} timed out after {timeout:.1f}s; connection reset")
+                self._reset_requested.set()
+                self._connected.clear()
+                conn.abort()
+            if report:
+                self._card_event(CARD_ERROR, UKEY_TIMEOUT, f"{method} timed out after {timeout:.1f}s")
+            raise
+        except CardConnectionLost as exc:
+            self._record_error(f"{method}: {exc}")
+            if report:
+                self._card_event(CARD_ERROR, UKEY_UNAVAILABLE, f"{method}: connection lost: {exc}")
+            raise
+        self._last_activity = time.monotonic()
+        if result.ok:
+            self.status.last_ok_at = time.time()
+        else:
+            self._record_error(f"{method}: {result.message} ({result.error_code or 'no code'})", card=True)
+            logger.warning("card %s: %s", self.config.slug, self.status.last_error)
+            if report:
+                self._card_event(CARD_ERROR, UKEY_ERROR, self.status.last_error)
+        self._publish(throttle=True)
+        return result
+
+    async def _card_call(self, method: str, args: dict[str, Any], timeout: float) -> protocol.CardResult:
+        """One card operation for the gateway itself (probe, card facts)."""
+        async with self._slot():
+            if self._reset_requested.is_set():
+                await self._wait_connected()
+            conn = self._conn
+            if conn is None:
+                raise CardConnectionLost("not connected")
+            future = await conn.send(method, args)
+            return await self._await_result(conn, method, future, timeout, report=False)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self):
+        await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def _wait_connected(self) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout=self.config.connect_timeout + 1)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _probe(self) -> None:
+        self._last_activity = time.monotonic()
+        try:
+            result = await self._card_call("cus-sec_SpcGetCertNo", {}, self.config.request_timeout)
+        except (asyncio.TimeoutError, CardConnectionLost) as exc:
+            logger.warning("card %s: health probe failed", self.config.slug)
+            self._card_event(CARD_PROBE_FAILED, "PROBE_FAILED",
+                             f"health probe cus-sec_SpcGetCertNo failed: {exc.__class__.__name__} {exc}".strip())
+            return
+        if result.ok and result.data:
+            self.status.cert_no = str(result.data[0])
+        self.status.last_probe_at = time.time()
+        self._publish()
+
+    async def _load_card_facts(self) -> None:
+        """certNo, enterprise name and certificate, asked once per connection."""
+        timeout = self.config.request_timeout
+        try:
+            for method, field in (
+                ("cus-sec_SpcGetCertNo", "cert_no"),
+                ("cus-sec_SpcGetEntName", "ent_name"),
+                ("cus-sec_SpcGetSignCertAsPEM", "certificate"),
+            ):
+                result = await self._card_call(method, {}, timeout)
+                if not (result.ok and result.data):
+                    continue
+                value = str(result.data[0])
+                if field == "certificate":
+                    if self.hooks.inspect_certificate is None:
+                        continue
+                    try:
+                        facts = self.hooks.inspect_certificate(value)
+                    except ValueError as exc:
+                        self._record_error(f"card certificate unreadable: {exc}")
+                        continue
+                    self.status.algorithm = facts.algorithm
+                    self.status.cert_subject = facts.subject
+                    self.status.cert_not_after = facts.not_after
+                else:
+                    setattr(self.status, field, value)
+        except (asyncio.TimeoutError, CardConnectionLost):
+            logger.warning("card %s: could not read card facts after connecting", self.config.slug)
+        self._publish()
+
+    # --- connection supervision -------------------------------------------------------
+    async def _supervise(self) -> None:
+        """Connect, wait for the connection to end, reconnect: at once after a deliberate
+        reset, otherwise with capped exponential backoff and full jitter."""
+        attempt = 0
+        while True:
+            try:
+                conn = await CardConnection.open(
+                    self.config.url, slug=self.config.slug, connect_timeout=self.config.connect_timeout,
+                    max_frame_bytes=self.config.max_frame_bytes,
+                )
+            except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI, ConnectionError, ConnectionClosed) as exc:
+                attempt += 1
+                delay = random.uniform(0, min(self.config.reconnect_max, self.config.reconnect_min * 2 ** min(attempt, 16)))
+                delay = max(delay, self.config.reconnect_min / 2)
+                self._record_error(f"connect to {self.config.url} failed: {exc.__class__.__name__}: {exc}")
+                self.status.reconnect_attempts = attempt
+                if not self._reported_down:  # once per outage, not once per attempt
+                    self._reported_down = True
+                    self._card_event(CARD_DISCONNECTED, "CARD_DISCONNECTED", self.status.last_error)
+                if self._reset_requested.is_set():
+                    # The reset could not reconnect: requests waiting for it now fail fast.
+                    self._reset_requested.clear()
+                    self._fail_queued_fast()
+                self._publish()
+                if attempt == 1 or attempt % 10 == 0:
+                    logger.warning("card %s: cannot connect (%s); retrying in %.1fs", self.config.slug, self.status.last_error, delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self._conn = conn
+            self.status.connected = True
+            self.status.connected_since = time.time()
+            self.status.reconnect_attempts = 0
+            self.status.connections += 1
+            logger.info("card %s: connected to %s", self.config.slug, self.config.url)
+            if self.status.connections == 1:
+                self._card_event(CARD_CONNECTED, EVENT_OK, f"connected to {self.config.url}")
+            else:
+                self._card_event(CARD_RECONNECTED, EVENT_OK,
+                                 f"reconnected to {self.config.url} (connection {self.status.connections})")
+            self._reported_down = False
+            self._queue.put_nowait(_CONNECTED)
+            self._reset_requested.clear()
+            self._connected.set()
+            self._publish()
+            await conn.closed.wait()
+            self._conn = None
+            self._connected.clear()
+            self.status.connected = False
+            self.status.connected_since = None
+            if self._reset_requested.is_set():
+                logger.warning("card %s: connection reset after a timeout; reconnecting", self.config.slug)
+                self._publish()
+                continue  # a deliberate reset reconnects at once; queued requests wait for it
+            self._record_error(f"disconnected: {conn.close_reason}")
+            logger.warning("card %s: %s", self.config.slug, self.status.last_error)
+            self._reported_down = True
+            self._card_event(CARD_DISCONNECTED, "CARD_DISCONNECTED", self.status.last_error)
+            self._fail_queued_fast()
+            self._publish()
+            await asyncio.sleep(random.uniform(0, self.config.reconnect_min))
+
+    def _fail_queued_fast(self) -> None:
+        """Requests waiting for a card that just went away get an answer now."""
+        pending = []
+        while not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        for item in pending:
+            if isinstance(item, _Job):
+                self._depth -= 1
+                asyncio.create_task(self._reply_error(item, UKEY_UNAVAILABLE, f"card {self.config.slug} disconnected: {self.status.last_error}"))
+        self.status.queue_depth = self._depth
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            self._publish()
+
+    # --- status and replies ---------------------------------------------------------------
+    def _card_event(self, event_type: str, outcome: str, message: str) -> None:
+        """Write a card event in the background: the card's work never waits for the database."""
+        task = asyncio.create_task(self._card_event_write(event_type, outcome, message[:500]))
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _card_event_write(self, event_type: str, outcome: str, message: str) -> None:
+        try:
+            await self.hooks.record_event(CardEvent(slug=self.config.slug, url=self.config.url, kind=event_type,
+                                                    outcome=outcome, message=message))
+        except Exception as exc:  # the card keeps working when the audit store does not
+            logger.error("card %s: could not record %s: %s", self.config.slug, event_type, exc.__class__.__name__)
+
+    def _record_error(self, text: str, card: bool = False) -> None:
+        self.status.last_error = text
+        self.status.last_error_at = time.time()
+        if card:
+            self.status.card_errors += 1
+
+    def _publish(self, throttle: bool = False) -> None:
+        now = time.time()
+        if throttle and now - self._last_publish < _PUBLISH_THROTTLE:
+            return
+        self._last_publish = now
+        self.status.queue_depth = self._depth
+        self.status.in_flight = self._outstanding
+        self.status.heartbeat_at = now
+        try:
+            self.hooks.publish_status(self.status)
+        except Exception as exc:  # a status store that is down must not stop the card
+            logger.warning("card %s: could not publish its status: %s", self.config.slug, exc.__class__.__name__)
+
+    async def _reply(self, job: _Job, payload: dict[str, Any]) -> None:
+        reply_to = job.message.get("reply")
+        if not reply_to:
+            return
+        reply = reply_message(job.message, device=self.config.slug, cert_no=self.status.cert_no,
+                              algorithm=self.status.algorithm, payload=payload)
+        try:
+            await self.layer.send(reply_to, reply)
+        except Exception:  # a caller that went away must not stop the gateway
+            logger.warning("card %s: could not deliver a reply to %s", self.config.slug, reply_to)
+
+    async def _reply_error(self, job: _Job, code: str, message: str) -> None:
+        await self._reply(job, {"ok": False, "code": code, "message": message, "result": None})
+
+

@@ -1,0 +1,53 @@
+"""A card's live status, as its gateway sees it. The gateway hands it to its host's
+`publish_status` hook (the platform keeps it in the cache for every process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+# A gateway publishes every 2 s; older than this means it is not running.
+STALE_AFTER = 8.0
+
+
+@dataclasses.dataclass
+class DeviceStatus:
+    slug: str
+    url: str = ""
+    gateway_running: bool = True
+    connected: bool = False
+    connected_since: float | None = None
+    last_ok_at: float | None = None
+    last_error: str = ""
+    last_error_at: float | None = None
+    last_probe_at: float | None = None
+    queue_depth: int = 0
+    in_flight: int = 0
+    cert_no: str = ""
+    algorithm: str = ""
+    ent_name: str = ""
+    cert_subject: str = ""
+    cert_not_after: str = ""
+    reconnect_attempts: int = 0
+    connections: int = 0
+    card_errors: int = 0
+    heartbeat_at: float = 0.0
+
+    @property
+    def alive(self) -> bool:
+        """The gateway owning this card has published recently."""
+        return self.gateway_running and (time.time() - self.heartbeat_at) < STALE_AFTER
+
+    @property
+    def can_sign(self) -> bool:
+        return self.alive and self.connected
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceStatus:
+        """From `as_dict()` output, ignoring fields this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
