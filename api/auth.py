@@ -1,4 +1,4 @@
-"""Request signing (shared/spec/signing-api.md §1): HMAC-SHA256 over the string to sign,
+"""Request signing (docs/signing-api.md §1): HMAC-SHA256 over the string to sign,
 with a timestamp window and a nonce claimed once across every process.
 
 `HmacSignatureAuthentication` runs the spec's checks 1–5 in order; scopes and the rate

@@ -1,4 +1,4 @@
-"""The sign-server compatible endpoints (shared/spec/sign-server-compat.md): `POST /getCode`,
+"""The sign-server compatible endpoints (docs/sign-server-compat.md): `POST /getCode`,
 `POST /xml-files/add|list|delete`, `GET /` (and `GET /health` in views.py).
 
 The caller is the access ID whose legacy AES key decrypts the body; from there a legacy

@@ -1,4 +1,4 @@
-"""The signed `/api/v1/` endpoints (shared/spec/signing-api.md §3). Thin: validate the
+"""The signed `/api/v1/` endpoints (docs/signing-api.md §5). Thin: validate the
 input, call a service, shape the output; errors are raised, never returned."""
 
 from __future__ import annotations

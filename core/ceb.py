@@ -1,7 +1,7 @@
 """CEB customs messages: defused parsing, the enveloped XML-DSig the customs system expects,
 and a verifier whose reasons explain a "签名错误" receipt.
 
-Contract: shared/spec/ceb-xml-and-179.md, section 1. Pure functions: no models, no I/O.
+Contract: docs/ceb-xml-and-179.md, section 1. Pure functions: no models, no I/O.
 The digest is SHA-1 over C14N 1.0 *with comments* of the whole unsigned document; the card
 signs one fixed line of canonical SignedInfo text; the Signature element goes immediately
 before the root's closing tag so that removing it gives back the original text byte for byte.

@@ -1,4 +1,4 @@
-"""The legacy sign-server's transport cipher (shared/spec/sign-server-compat.md): AES-128-ECB
+"""The legacy sign-server's transport cipher (docs/sign-server-compat.md): AES-128-ECB
 with PKCS#7 padding under a "MySQL folded" key, ciphertext as hex. Pure functions.
 
 ECB and key folding are weak; they are kept only so that existing clients work unchanged.

@@ -1,6 +1,6 @@
 """"179" payment data (公告2018年第179号): the string the card signs and the customs upload.
 
-Contract: shared/spec/ceb-xml-and-179.md, section 2. The customs side rebuilds the string
+Contract: docs/ceb-xml-and-179.md, section 2. The customs side rebuilds the string
 from the uploaded JSON, so key order and the client's number text must survive untouched:
 the request body is parsed keeping both, and serialised by hand.
 """

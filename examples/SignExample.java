@@ -1,5 +1,5 @@
 // Sign a text with the signing platform from Java 11+, standard library only
-// (request signing: shared/spec/signing-api.md §1).
+// (request signing: docs/signing-api.md §1).
 //
 //   java examples/SignExample.java "text to sign"
 //

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sign and send one request to the signing platform with nothing but bash, curl and openssl
-# (request signing: shared/spec/signing-api.md §1).
+# (request signing: docs/signing-api.md §1).
 #
 #   examples/sign.sh '{"data": "hello"}'                      POST /api/v1/sign with this JSON body
 #   examples/sign.sh METHOD PATH[?QUERY] [JSON_BODY]           any endpoint, for example

@@ -8,10 +8,17 @@ ties the two modules together.
 
 Rules:
 1. a module of one top-level package may import another package only if that package is
-   on a lower layer (packages on one layer are independent siblings);
+   on a lower layer (packages on one layer are independent siblings); every top-level
+   package of the repository is on a layer or `outside` (tests, benchmarks: above them
+   all, and nothing on a layer may import them);
 2. no circle among the project's modules (inside a package as well as across packages);
-3. a package listed in `pure`, and every project module it imports, imports none of the
-   `pure_forbid` packages (the card package must run without Django).
+3. a package listed in `pure`, and every project module it reaches, imports nothing but the
+   standard library and the `pure_allow` packages (the card package must run on a PC with
+   only websockets: no Django, nothing that pulls it in).
+
+Not seen, on purpose: references by name that Django resolves at run time (a ForeignKey to
+"app.Model", `reverse("admin:...")`, URL `include("app.urls")`); the README lists the
+few that cross layers.
 
 Usage: check_layers.py [ROOT]   (ROOT defaults to the repository this script is in)
 Exit status 0 when clean, 1 with one line per problem (`path:line: message`)."""
@@ -38,7 +45,8 @@ class Edge:
 class Config:
     layer_of: dict[str, int]
     pure: tuple[str, ...]
-    pure_forbid: tuple[str, ...]
+    pure_allow: tuple[str, ...]
+    outside: tuple[str, ...] = ()
     layers: list[list[str]] = field(default_factory=list)
 
 
@@ -46,8 +54,13 @@ def config_load(root: Path) -> Config:
     data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["layers"]
     layers = [entry.split() for entry in data["order"]]
     layer_of = {package: index for index, names in enumerate(layers) for package in names}
-    return Config(layer_of=layer_of, pure=tuple(data.get("pure", ())),
-                  pure_forbid=tuple(data.get("pure_forbid", ())), layers=layers)
+    return Config(layer_of=layer_of, pure=tuple(data.get("pure", ())), pure_allow=tuple(data.get("pure_allow", ())),
+                  outside=tuple(data.get("outside", ())), layers=layers)
+
+
+def top_packages(root: Path) -> set[str]:
+    """The repository's own top-level packages (folders with an __init__.py)."""
+    return {path.parent.name for path in root.glob("*/__init__.py") if not path.parent.name.startswith(".")}
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -99,6 +112,9 @@ def imports_read(module: str, path: Path, known: dict[str, Path], root: Path) ->
         else:
             external.append((top, line))
     return edges, external
+
+
+STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -153,6 +169,10 @@ def check(root: Path) -> list[str]:
     config = config_load(root)
     known = modules_find(root, [p for names in config.layers for p in names])
     problems: list[str] = []
+    placed = set(config.layer_of) | set(config.outside)
+    for package in sorted(top_packages(root) - placed):
+        problems.append(f"{package}/__init__.py:1: package {package} is on no layer: add it to [tool.layers] "
+                        "order (or outside) in pyproject.toml")
     edges: list[Edge] = []
     external: dict[str, list[tuple[str, int]]] = {}
     for module, path in known.items():
@@ -160,7 +180,12 @@ def check(root: Path) -> list[str]:
         edges.extend(module_edges)
         external[module] = module_external
 
-    # 1. layers
+    # 1. layers (and nothing on a layer imports what is outside them)
+    for module, imports in external.items():
+        for top, line in imports:
+            if top in config.outside:
+                problems.append(f"{known[module].relative_to(root)}:{line}: {module} imports {top}, which is "
+                                "outside the layers (only tests and tools may import it)")
     for edge in edges:
         src, dst = edge.source.split(".")[0], edge.target.split(".")[0]
         if src == dst or edge.implicit:
@@ -195,11 +220,13 @@ def check(root: Path) -> list[str]:
         while todo:
             current = todo.pop()
             for top, line in external[current]:
-                if top in config.pure_forbid and (current, top) not in reported:
+                allowed = top in STDLIB or top in config.pure_allow or top in config.outside
+                if not allowed and (current, top) not in reported:
                     reported.add((current, top))
                     chain = " -> ".join(via[current])
                     problems.append(f"{known[current].relative_to(root)}:{line}: {current} imports {top}, "
-                                    f"which {module.split('.')[0]}/ must run without (reached by {chain})")
+                                    f"which {module.split('.')[0]}/ must run without (reached by {chain}; "
+                                    "allowed: the standard library and pure_allow)")
             for target in sorted(graph[current]):
                 if target not in seen:
                     seen.add(target)

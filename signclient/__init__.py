@@ -1,4 +1,4 @@
-"""A small client for the signing platform's API (shared/spec/signing-api.md), standard
+"""A small client for the signing platform's API (docs/signing-api.md), standard
 library only, so a client system can copy this one package.
 
     from signclient import SignClient

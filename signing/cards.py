@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 
-from core.encryption import secret_decrypt, secret_encrypt
+from core.encryption import MasterKeyError, secret_decrypt, secret_encrypt
 from core.logging import request_id_var
 from ukey.client import UKeyResponse, card_call
 from ukey.status import DeviceStatus
@@ -42,7 +42,11 @@ def fallback_pin_seal(pin: str) -> str:
 
 
 def fallback_pin_unseal(sealed: str) -> str:
-    return secret_decrypt(sealed, purpose=FALLBACK_PIN_PURPOSE)
+    """The gateway's `unseal_pin` hook (ValueError when this master key cannot read it)."""
+    try:
+        return secret_decrypt(sealed, purpose=FALLBACK_PIN_PURPOSE)
+    except MasterKeyError as exc:
+        raise ValueError(str(exc)) from None
 
 
 async def ukey_call(
@@ -71,7 +75,8 @@ async def ukey_call(
         status=device_status_get(slug),
         timeout=settings.UKEY_CALL_TIMEOUT if timeout is None else timeout,
         raise_card_errors=raise_card_errors,
-        sealed_pin=fallback_pin_seal(fallback_pin) if fallback_pin else None,
+        fallback_pin=fallback_pin,
+        pin_seal=fallback_pin_seal,
         request_id=request_id_var.get(),
         queue_full=(ChannelFull,),
     )

@@ -204,7 +204,7 @@ def card_signature_method_override(*, device: str) -> str:
 
 
 async def ceb_xml_sign(*, xml: str, device: str, signature_method: str = "") -> CebSignResult:
-    """Sign a CEB message (shared/spec/ceb-xml-and-179.md §1) and verify the result before
+    """Sign a CEB message (docs/ceb-xml-and-179.md §1) and verify the result before
     returning it. Refuses hostile or unsuitable XML with INVALID_REQUEST; a signature that
     does not verify with the card's certificate is never returned (UKEY_ERROR)."""
     def prepare():

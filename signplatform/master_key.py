@@ -96,7 +96,9 @@ def encrypted_columns_check(app_configs=None, **kwargs) -> list[checks.CheckMess
     listed = {(column.model.lower(), column.field) for column in ENCRYPTED_COLUMNS}
     found = set()
     errors = []
-    for model in apps.get_models():
+    models = ([m for config in app_configs for m in config.get_models()] if app_configs is not None
+              else apps.get_models())
+    for model in models:
         for field in model._meta.get_fields():
             name = getattr(field, "name", "")
             if not name.endswith(ENCRYPTED_SUFFIX) or getattr(field, "concrete", False) is False:
@@ -109,6 +111,8 @@ def encrypted_columns_check(app_configs=None, **kwargs) -> list[checks.CheckMess
                     "so rotate_master_key would leave it unreadable",
                     hint="add it to signplatform/master_key.py ENCRYPTED_COLUMNS", obj=model, id="signplatform.E001",
                 ))
+    if app_configs is not None:  # a partial check cannot tell that a listed column is missing
+        return errors
     for model_label, field in sorted(listed - found):
         errors.append(checks.Error(f"ENCRYPTED_COLUMNS names {model_label}.{field}, which does not exist",
                                    id="signplatform.E002"))

@@ -1,6 +1,6 @@
 """Prometheus metrics at `GET /metrics` (text exposition format, `prometheus_client`).
 
-Who may scrape: a client whose address (`api.auth.client_address`, so X-Forwarded-For
+Who may scrape: a client whose address (`core.networks.client_address`, so X-Forwarded-For
 counts only from TRUSTED_PROXIES) is in METRICS_ALLOWED_NETWORKS (default 127.0.0.1/32 and
 ::1/128), or any client sending `Authorization: Bearer <METRICS_TOKEN>` (compared in
 constant time; without METRICS_TOKEN only the networks are allowed). Anyone else gets a

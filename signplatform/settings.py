@@ -193,7 +193,7 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-# --- The signed API (shared/spec/signing-api.md) -------------------------------------------
+# --- The signed API (docs/signing-api.md) -------------------------------------------
 API_TIMESTAMP_TOLERANCE_SECONDS = env_int("API_TIMESTAMP_TOLERANCE_SECONDS", 300)
 # A nonce is remembered for twice the timestamp window.
 API_NONCE_TTL_SECONDS = env_int("API_NONCE_TTL_SECONDS", 2 * API_TIMESTAMP_TOLERANCE_SECONDS)
@@ -206,7 +206,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # Reverse proxies whose X-Forwarded-For is believed (CIDR list); empty: the peer address is the client.
 TRUSTED_PROXIES = [p.strip() for p in env("TRUSTED_PROXIES").split(",") if p.strip()]
 
-# --- Customs payloads (shared/spec/ceb-xml-and-179.md) ---------------------------------------
+# --- Customs payloads (docs/ceb-xml-and-179.md) ---------------------------------------
 # Where `POST /api/v1/sign/179` with "upload": true posts the signed 179 data. Default: customs'
 # test system; production is https://customs.chinaport.gov.cn/ceb2grab/grab/realTimeDataUpload
 CUSTOMS_179_UPLOAD_URL = env(

@@ -1,4 +1,4 @@
-"""The signed REST API (shared/spec/signing-api.md) through a real ASGI server: every error
+"""The signed REST API (docs/signing-api.md) through a real ASGI server: every error
 code produced by a real request, signatures that verify with the card's certificate
 (RSA and SM2), replay protection across two server processes, rotation, and no secret
 or PIN anywhere it should not be."""

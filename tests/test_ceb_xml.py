@@ -1,4 +1,4 @@
-"""CEB XML signing against shared/spec/ceb-xml-and-179.md section 1: the published digest,
+"""CEB XML signing against docs/ceb-xml-and-179.md section 1: the published digest,
 sign + insert + verify round trips with real simulator keys (RSA and SM2), tampering, and
 hostile input refused by the defused parser."""
 

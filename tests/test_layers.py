@@ -64,11 +64,14 @@ def test_an_upward_import_hidden_in_a_function_fails_naming_file_and_line(tmp_pa
     assert "3 problem(s)" in result.stdout
 
 
-def write_tree(root: Path, files: dict[str, str], order: list[str], pure: list[str] | None = None) -> Path:
-    order_text = ", ".join(f'"{entry}"' for entry in order)
-    pure_text = ", ".join(f'"{p}"' for p in pure or [])
+def write_tree(root: Path, files: dict[str, str], order: list[str], pure: list[str] | None = None,
+               outside: list[str] | None = None) -> Path:
+    def toml_list(items):
+        return "[" + ", ".join(f'"{item}"' for item in items or []) + "]"
+
     (root / "pyproject.toml").write_text(
-        f'[tool.layers]\norder = [{order_text}]\npure = [{pure_text}]\npure_forbid = ["django"]\n')
+        f"[tool.layers]\norder = {toml_list(order)}\npure = {toml_list(pure)}\npure_allow = [\"websockets\"]\n"
+        f"outside = {toml_list(outside)}\n")
     for name, text in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,13 +104,30 @@ def test_a_circle_inside_one_package_fails_even_through_relative_and_inner_impor
 def test_a_pure_package_may_not_reach_django_through_a_lower_module(tmp_path):
     root = write_tree(tmp_path, {
         "core/__init__.py": "", "core/settings_reader.py": "from django.conf import settings\n",
-        "core/plain.py": "import json\n",
+        "core/plain.py": "import json\nimport websockets\n",
         "card/__init__.py": "", "card/protocol.py": "from core import plain\n",
         "card/gateway.py": "from . import protocol\nfrom core.settings_reader import settings\n",
+        "card/relay.py": "def go():\n    import channels_redis\n",
     }, ["core", "card"], pure=["card"])
     problems = _checker().check(root)
-    assert problems == ["core/settings_reader.py:1: core.settings_reader imports django, which card/ must run "
-                        "without (reached by card.gateway -> core.settings_reader)"]
+    assert problems == [
+        "card/relay.py:2: card.relay imports channels_redis, which card/ must run without (reached by card.relay; "
+        "allowed: the standard library and pure_allow)",
+        "core/settings_reader.py:1: core.settings_reader imports django, which card/ must run without (reached by "
+        "card.gateway -> core.settings_reader; allowed: the standard library and pure_allow)",
+    ]
+
+
+def test_a_package_on_no_layer_and_imports_of_the_tests_fail(tmp_path):
+    root = write_tree(tmp_path, {
+        "core/__init__.py": "", "core/a.py": "from tests import helpers\n",
+        "newapp/__init__.py": "", "tests/__init__.py": "", "tests/helpers.py": "import core.a\n",
+    }, ["core"], outside=["tests"])
+    assert _checker().check(root) == [
+        "core/a.py:1: core.a imports tests, which is outside the layers (only tests and tools may import it)",
+        "newapp/__init__.py:1: package newapp is on no layer: add it to [tool.layers] order (or outside) in "
+        "pyproject.toml",
+    ]
 
 
 def test_the_card_package_imports_without_django(tmp_path):

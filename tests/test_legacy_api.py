@@ -1,4 +1,4 @@
-"""The legacy Flask sign-server interface (shared/spec/sign-server-compat.md) through a real
+"""The legacy Flask sign-server interface (docs/sign-server-compat.md) through a real
 ASGI server: the spec's test vector, caller identification by legacy AES key, every error
 row of the spec from a real request, the xml-files flow on the XML store, authorisation and
 one audit event per call like native requests, /health reporting the card's real state,

@@ -24,11 +24,11 @@ from webhooks import services as webhook_services
 from webhooks.models import SECRET_PURPOSE as WEBHOOK_SECRET_PURPOSE
 from webhooks.models import Webhook, WebhookDelivery
 
-pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
 WEBHOOK_SECRET = "whsec-rotation-0123456789abcdef"
 
 
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
 def test_after_a_rotation_old_app_secrets_card_pins_and_webhook_secrets_all_still_work(tmp_path, settings):
     key_file = tmp_path / "master.key"
     key_file.write_text(master_key_file_ensure().read_text())
@@ -84,6 +84,7 @@ def test_after_a_rotation_old_app_secrets_card_pins_and_webhook_secrets_all_stil
         receiver.stop()
 
 
+@pytest.mark.embedded
 def test_every_encrypted_model_field_is_in_the_rotation_list(monkeypatch):
     assert rotation.encrypted_columns_check() == []
     # Leave the webhook secrets out (the bug this list fixed): the check names the field.

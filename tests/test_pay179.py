@@ -1,4 +1,4 @@
-""""179" payment data against shared/spec/ceb-xml-and-179.md section 2: the published sign
+""""179" payment data against docs/ceb-xml-and-179.md section 2: the published sign
 string byte for byte, key order and number text, field errors, the upload form, and the
 upload to a real local HTTP server standing in for customs."""
 

@@ -1,4 +1,4 @@
-"""Frame building and parsing against shared/spec/eport-protocol.md."""
+"""Frame building and parsing against docs/card-protocol.md."""
 
 import json
 

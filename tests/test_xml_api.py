@@ -1,5 +1,5 @@
 """The customs endpoints of the native API through a real ASGI server
-(shared/spec/ceb-xml-and-179.md, shared/spec/signing-api.md §3):
+(docs/ceb-xml-and-179.md, docs/signing-api.md §5):
 
 - `POST /api/v1/sign/xml` with the published CEB621Message vector on an RSA and an SM2 card,
   every part of the result checked independently (lxml C14N digest, the spec's SignedInfo line

@@ -13,7 +13,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import messages
 from .protocol import CardResult
@@ -73,11 +73,13 @@ async def card_call(
     status: DeviceStatus | None,
     timeout: float,
     raise_card_errors: bool = True,
-    sealed_pin: str | None = None,
+    fallback_pin: str | None = None,
+    pin_seal: Callable[[str], str] | None = None,
     request_id: str = "",
     queue_full: tuple[type[BaseException], ...] = (),
 ) -> UKeyResponse:
     """Run one card method on `device`, whose last published status is `status`.
+    `fallback_pin` (a PIN the client sent) crosses the layer sealed by `pin_seal`.
 
     Raises UKeyUnavailable at once when the card's gateway is down, the card is not
     connected or its queue is full (`layer.send` raised one of `queue_full`); UKeyTimeout
@@ -92,6 +94,11 @@ async def card_call(
 
     # The default prefix on purpose: channels_redis serves every process-local channel
     # from one Redis key per process, and mixing prefixes starves the receivers.
+    sealed_pin = None
+    if fallback_pin:
+        if pin_seal is None:
+            raise ValueError("a fallback PIN needs pin_seal: it never crosses the layer in clear")
+        sealed_pin = pin_seal(fallback_pin)
     reply_channel = await layer.new_channel()
     deadline = time.time() + timeout
     message = messages.request_message(

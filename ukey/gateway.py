@@ -77,8 +77,8 @@ class GatewayHooks:
     - `publish_status(status)`: the card's live status, every few seconds and on change;
     - `record_event(event)`: connects, disconnects, failed operations and probes (awaited in
       a background task; an exception is logged and the card keeps working);
-    - `unseal_pin(sealed)`: the clear PIN of a `fallback_pin` a client sent (raises on a
-      value it cannot read);
+    - `unseal_pin(sealed)`: the clear PIN of a `fallback_pin` a client sent (raises
+      ValueError on a value it cannot read);
     - `inspect_certificate(pem)`: facts about the card's certificate (raises ValueError
       on one it cannot read); without it the status shows none."""
 
@@ -252,11 +252,13 @@ class CardGateway:
             args.pop("passwd", None)
             if method in protocol.PIN_METHODS and self.config.pin:
                 args["passwd"] = self.config.pin
-            elif method in protocol.PIN_METHODS and job.message.get("fallback_pin") and self.hooks.unseal_pin:
+            elif method in protocol.PIN_METHODS and job.message.get("fallback_pin"):
                 # Legacy clients that send their own PIN; it crossed the channel layer sealed.
                 try:
+                    if self.hooks.unseal_pin is None:
+                        raise ValueError("this gateway cannot unseal a client's PIN")
                     args["passwd"] = self.hooks.unseal_pin(job.message["fallback_pin"])
-                except Exception:
+                except ValueError:
                     await self._reply_error(job, UKEY_ERROR, "the client's card PIN could not be read (master key mismatch)")
                     return
             # A request queued behind others at the control gets their time too.

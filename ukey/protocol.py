@@ -1,7 +1,7 @@
 """The E-Port client control's WebSocket protocol as pure functions (no I/O).
 
 Both sides live here: the gateway builds requests and parses responses, the card
-simulator parses requests and builds responses. See shared/spec/eport-protocol.md.
+simulator parses requests and builds responses. See docs/card-protocol.md.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ nonce and signature, and the same body and X-Delivery-Id):
      "device": "default", "outcome": "CARD_DISCONNECTED", "message": "...", "audit_event_id": 42}
     (api.request adds request_id, access_id, endpoint, http_status, duration_ms, cert_no, data_sha256)
 
-The string to sign is the platform's own API scheme (shared/spec/signing-api.md §1), with the
+The string to sign is the platform's own API scheme (docs/signing-api.md §1), with the
 receiver URL's path and query, so a receiver verifies a notification exactly like the platform
 verifies an API call (`signclient.string_to_sign` builds it): eight lines joined by "\\n", no
 trailing newline:

@@ -78,7 +78,7 @@ class Command(BaseCommand):
                 log_level=settings.LOG_LEVEL.lower(),
                 log_config=None,  # Django's LOGGING applies
                 # X-Forwarded-For is judged by the platform against TRUSTED_PROXIES
-                # (signing/auth.py client_address); uvicorn must not rewrite the peer first.
+                # (core/networks.py client_address); uvicorn must not rewrite the peer first.
                 proxy_headers=False,
                 access_log=False,
                 timeout_graceful_shutdown=int(settings.UKEY_SHUTDOWN_GRACE) + 5,
