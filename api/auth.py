@@ -21,7 +21,7 @@ from core.errors import AUTH_SCHEME, ApiError, payload_too_large
 from core.networks import address_allowed, client_address
 from signclient import string_to_sign
 
-from .nonces import NonceStoreUnavailable, nonce_store
+from .nonces import NonceStoreUnavailable, StaleTimestamp, nonce_store
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,14 @@ class HmacSignatureAuthentication(BaseAuthentication):
 
         # 5. the nonce, claimed only now that the signature is known to be the caller's
         try:
-            fresh = nonce_store().claim(access_key, nonce)
+            fresh = nonce_store().claim(access_key, nonce, int(timestamp))
+        except StaleTimestamp as exc:
+            raise ApiError(
+                "DUPLICATE_REQUEST",
+                "this request was signed before the nonce store last lost its data, so it cannot be told apart "
+                "from a replay; sign it anew with the current time",
+                status=409, details={"not_before": exc.epoch_ms},
+            ) from None
         except NonceStoreUnavailable:
             raise ApiError(
                 "NONCE_STORE_UNAVAILABLE", "the nonce store cannot be reached; retry later", status=503,

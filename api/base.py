@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from rest_framework import exceptions
 from rest_framework.views import APIView
 
@@ -21,13 +22,15 @@ from accessids.services import access_id_mark_used
 from audit.models import AuditEvent
 from audit.services import audit_event_record
 from core.dbthread import db_sync_to_async
-from core.errors import ApiError, error_response, not_found
+from core.errors import ApiError, error_response, invalid_request, not_found
 from core.networks import client_address
 
 from .auth import HmacSignatureAuthentication
 from .permissions import AccessIdRateThrottle, HasScope
 
 logger = logging.getLogger(__name__)
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SignedAPIView(APIView):
@@ -45,7 +48,9 @@ class SignedAPIView(APIView):
         self.request = drf_request
         self.headers = self.default_response_headers
         try:
-            await db_sync_to_async(self.initial)(drf_request, *args, **kwargs)
+            if _CONTROL_CHARS.search(request.path):
+                raise invalid_request("the path contains a control character (e.g. %00)", {"path": ["invalid"]})
+            await db_sync_to_async(self._initial_checked)(drf_request, *args, **kwargs)
             method = request.method.lower()
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:
@@ -64,6 +69,14 @@ class SignedAPIView(APIView):
                 failure = ApiError("INTERNAL_ERROR", "the request could not be recorded in the audit log", status=500)
                 response = self.finalize_response(drf_request, error_response(failure, request.request_id))
         return response
+
+    def _initial_checked(self, request, *args, **kwargs) -> None:
+        """DRF's checks, then proof that this request's audit event can be written: a
+        request is refused before the card is called, never after (the event is written
+        once the answer is known)."""
+        self.initial(request, *args, **kwargs)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
 
     def handle_exception(self, exc):
         # No DRF 401→403 coercion: every error takes the spec's shape in one place.

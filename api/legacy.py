@@ -11,7 +11,6 @@ device has none configured and is never logged; `directory` is a name in the dat
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from audit.models import AuditEvent
 from audit.services import audit_event_record, data_digest
 from core.dbthread import db_sync_to_async
 from core.errors import ApiError
+from core.jsontext import JsonInputError, json_loads_strict
 from core.legacy_cipher import LegacyDecryptError, legacy_data_encrypt, legacy_decrypt
 from core.networks import address_allowed, client_address
 from signing.services import data_sign, device_choose
@@ -119,7 +119,9 @@ def _identify(body: bytes) -> tuple[str, bytes, Any]:
         except LegacyDecryptError:
             continue
         try:
-            return access_key, folded, json.loads(text)
+            return access_key, folded, json_loads_strict(text)
+        except JsonInputError as exc:  # JSON, but refused (too deep, a NUL): still this caller's
+            return access_key, folded, exc
         except ValueError:
             text_only = text_only or (access_key, folded)
     if text_only is not None:
@@ -161,6 +163,9 @@ def _begin(call: LegacyCall, scope: str) -> dict[str, Any]:
     if call.access is None:  # removed in between
         raise LegacyError(400, 400, "请求数据解密失败", outcome="INVALID_REQUEST")
     _authorise(call, scope)
+    if isinstance(payload, JsonInputError):
+        raise LegacyError(400, 400, f"请求数据不符合要求 (the decrypted JSON is refused: {payload.message})",
+                          outcome="INVALID_REQUEST")
     if not isinstance(payload, dict):
         raise LegacyError(400, 400, "请求数据不是JSON对象 (the decrypted body is not a JSON object)",
                           outcome="INVALID_REQUEST")

@@ -5,13 +5,15 @@ from __future__ import annotations
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
+from .fields import StrictBooleanField, StrictCharField, StrictIntegerField
+
 
 class SignRequestSerializer(serializers.Serializer):
-    data = serializers.CharField(trim_whitespace=False, help_text="The text to sign (UTF-8).")
-    no_hash = serializers.BooleanField(
+    data = StrictCharField(trim_whitespace=False, help_text="The text to sign (UTF-8).")
+    no_hash = StrictBooleanField(
         default=False, help_text="Send the hex SHA-1 of `data` to SpcSignDataNoHashAsPEM instead of the text."
     )
-    device = serializers.CharField(required=False, allow_blank=True, help_text="Card device slug (optional).")
+    device = StrictCharField(required=False, allow_blank=True, help_text="Card device slug (optional).")
 
 
 class SignResponseSerializer(serializers.Serializer):
@@ -23,9 +25,9 @@ class SignResponseSerializer(serializers.Serializer):
 
 
 class RpcRequestSerializer(serializers.Serializer):
-    _method = serializers.CharField(help_text="A card method allowed for this access ID, e.g. cus-sec_SpcGetCertNo.")
+    _method = StrictCharField(help_text="A card method allowed for this access ID, e.g. cus-sec_SpcGetCertNo.")
     args = serializers.DictField(required=False, default=dict, help_text="The method's args; `passwd` is dropped.")
-    device = serializers.CharField(required=False, allow_blank=True)
+    device = StrictCharField(required=False, allow_blank=True)
 
 
 class CardArgsSerializer(serializers.Serializer):
@@ -52,7 +54,7 @@ class CertificateResponseSerializer(serializers.Serializer):
 
 
 class RotateRequestSerializer(serializers.Serializer):
-    grace_seconds = serializers.IntegerField(
+    grace_seconds = StrictIntegerField(
         default=86400, min_value=0, max_value=7 * 86400,
         help_text="How long the current secret stays valid (0: revoked now). Default 24 h, at most 7 days.",
     )
@@ -65,7 +67,7 @@ class RotateResponseSerializer(serializers.Serializer):
     previous_valid_until = serializers.DateTimeField(allow_null=True)
 
 
-class XmlTextField(serializers.CharField):
+class XmlTextField(StrictCharField):
     """XML text. Without DRF's per-character surrogate check (a pure-Python loop that costs
     ~40 ms per MB on the event loop): the XML parser refuses text that is not valid UTF-8."""
 
@@ -77,11 +79,11 @@ class XmlTextField(serializers.CharField):
 
 class SignXmlRequestSerializer(serializers.Serializer):
     xml = XmlTextField(help_text="A CEB message (root ceb:CEB<nnn>Message), unsigned.")
-    filename = serializers.CharField(
+    filename = StrictCharField(
         required=False, allow_blank=True, help_text="Store the signed document under this name (.xml added)."
     )
-    directory = serializers.CharField(required=False, allow_blank=True, help_text="Logical folder in the XML store.")
-    device = serializers.CharField(required=False, allow_blank=True, help_text="Card device slug (optional).")
+    directory = StrictCharField(required=False, allow_blank=True, help_text="Logical folder in the XML store.")
+    device = StrictCharField(required=False, allow_blank=True, help_text="Card device slug (optional).")
 
 
 class SignXmlResponseSerializer(serializers.Serializer):

@@ -11,6 +11,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from api.base import SignedAPIView
+from api.fields import StrictCharField
 from api.serializers import XmlTextField
 from api.views import ERRORS
 from audit.services import data_digest
@@ -55,9 +56,9 @@ class DocumentDetailSerializer(DocumentSerializer):
 
 
 class DocumentCreateSerializer(serializers.Serializer):
-    filename = serializers.CharField(help_text="File name; .xml is added when missing.")
+    filename = StrictCharField(help_text="File name; .xml is added when missing.")
     xml = XmlTextField(help_text="Well-formed XML (no DOCTYPE).")
-    directory = serializers.CharField(required=False, allow_blank=True, default="", help_text="Logical folder.")
+    directory = StrictCharField(required=False, allow_blank=True, default="", help_text="Logical folder.")
 
 
 class DocumentPageSerializer(serializers.Serializer):
@@ -75,14 +76,26 @@ class DeletedSerializer(serializers.Serializer):
     request_id = serializers.CharField()
 
 
-def _positive_int(value: str | None, *, name: str, default: int, maximum: int | None = None) -> int:
+MAX_PAGE = 1_000_000
+MAX_ID = 2**63 - 1  # the id column's range (PostgreSQL bigint)
+
+
+def _positive_int(value: str | None, *, name: str, default: int, maximum: int) -> int:
     if value in (None, ""):
         return default
-    # isascii: str.isdigit() also accepts "²" and "٣", which int() refuses or misreads.
-    if not (value.isascii() and value.isdigit()) or int(value) < 1 or (maximum and int(value) > maximum):
-        limit = f" (at most {maximum})" if maximum else ""
-        raise invalid_request(f"{name} must be a whole number from 1{limit}", {name: ["invalid"]})
+    # isascii: str.isdigit() also accepts "²" and "٣", which int() refuses or misreads; the
+    # length first, so a thousand-digit number is never converted.
+    if not (value.isascii() and value.isdigit() and len(value) <= len(str(maximum))) \
+            or not 1 <= int(value) <= maximum:
+        raise invalid_request(f"{name} must be a whole number from 1 to {maximum}", {name: ["invalid"]})
     return int(value)
+
+
+def _text_param(value: str | None, *, name: str) -> str | None:
+    """A query text: no NUL or other control character (no column holds them)."""
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise invalid_request(f"{name} must not contain control characters", {name: ["invalid"]})
+    return value
 
 
 def _bool_param(value: str | None, *, name: str) -> bool | None:
@@ -116,7 +129,7 @@ class XmlDocumentListView(SignedAPIView):
     )
     async def get(self, request):
         params = request.query_params
-        page = _positive_int(params.get("page"), name="page", default=1)
+        page = _positive_int(params.get("page"), name="page", default=1, maximum=MAX_PAGE)
         size = _positive_int(params.get("page_size"), name="page_size", default=DEFAULT_PAGE_SIZE,
                              maximum=MAX_PAGE_SIZE)
         signed = _bool_param(params.get("signed"), name="signed")
@@ -125,10 +138,10 @@ class XmlDocumentListView(SignedAPIView):
         def query():
             documents = xml_documents_filter(
                 xml_documents_visible(access_pk=client.access.pk, read_all=client.has_scope("xml_read_all")),
-                directory=params.get("directory"),
-                filename=params.get("filename"),
+                directory=_text_param(params.get("directory"), name="directory"),
+                filename=_text_param(params.get("filename"), name="filename"),
                 signed=signed,
-                q=params.get("q"),
+                q=_text_param(params.get("q"), name="q"),
             ).defer("content", "original_content", "signature_value")
             count = documents.count()
             rows = list(documents.order_by("directory", "filename", "pk")[(page - 1) * size: page * size])
@@ -164,6 +177,8 @@ class XmlDocumentDetailView(SignedAPIView):
     def _document(self, request, pk: int, *, for_delete: bool) -> XmlDocument:
         client = request.user
         read_all = client.has_scope("xml_read_all") and not for_delete
+        if pk > MAX_ID:
+            raise not_found(f"no XML document {pk}")
         document = xml_documents_visible(access_pk=client.access.pk, read_all=read_all).filter(pk=pk).first()
         if document is None:
             raise not_found(f"no XML document {pk}")

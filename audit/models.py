@@ -20,6 +20,7 @@ class AuditEvent(models.Model):
     ACCESS_ID_ENABLED = "accessid.enabled"
     ACCESS_ID_DISABLED = "accessid.disabled"
     MASTER_KEY_ROTATED = "platform.master_key_rotated"
+    PROCESS_EXITED = "platform.process_exited"  # a supervised process died and is being restarted
     # The card, as its gateway reports it (source "gateway", `device` set; ukey/gateway.py names them).
     CARD_CONNECTED = card_gateway.CARD_CONNECTED
     CARD_RECONNECTED = card_gateway.CARD_RECONNECTED
@@ -44,6 +45,7 @@ class AuditEvent(models.Model):
         (ACCESS_ID_ENABLED, "Access ID enabled"),
         (ACCESS_ID_DISABLED, "Access ID disabled"),
         (MASTER_KEY_ROTATED, "Master key rotated"),
+        (PROCESS_EXITED, "Platform process exited (restarted)"),
         (CARD_CONNECTED, "Card connected"),
         (CARD_RECONNECTED, "Card reconnected"),
         (CARD_DISCONNECTED, "Card disconnected"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,28 @@ _MAX_MESSAGE = 500
 def data_digest(text: str) -> str:
     """What the audit log keeps of signed or stored data: the SHA-256 of its UTF-8 bytes."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """Text every database takes: NUL (PostgreSQL refuses it in text and JSON) and lone
+    surrogates (not encodable as UTF-8) written as visible escapes, e.g. `\\x00`."""
+    if not _UNSTORABLE.search(value):
+        return value
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def storable_json(value: Any) -> Any:
+    """`storable_text` applied to every key and string of a JSON-like value."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable_json(v) for v in value]
+    return value
 
 
 def audit_event_record(
@@ -50,26 +73,39 @@ def audit_event_record(
     access_pk = getattr(access_id, "pk", access_id)
     if access_id is not None and not access_key:
         access_key = getattr(access_id, "key", "")
+    altered: dict[str, str] = {}
+
+    def text(name: str, value: str | None, limit: int | None = None) -> str:
+        value = value or ""
+        safe = storable_text(value)
+        if safe != value:
+            altered[name] = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        return safe[:limit] if limit else safe
+
     event = AuditEvent(
         event_type=event_type,
-        outcome=outcome,
-        request_id=request_id or "",
+        outcome=text("outcome", outcome, 40),
+        request_id=text("request_id", request_id, 36),
         access_id_id=access_pk,
-        access_key=(access_key or "")[:64],
+        access_key=text("access_key", access_key, 64),
         actor=actor if getattr(actor, "pk", None) else None,
-        actor_name=getattr(actor, "get_username", lambda: "")() if actor is not None else "",
-        source=source,
-        endpoint=endpoint[:200],
+        actor_name=text("actor_name", getattr(actor, "get_username", lambda: "")() if actor is not None else ""),
+        source=text("source", source, 20),
+        endpoint=text("endpoint", endpoint, 200),
         http_status=http_status,
         duration_ms=duration_ms,
         client_ip=client_ip,
-        device=device[:50],
-        cert_no=cert_no[:64],
-        data_sha256=data_sha256,
+        device=text("device", device, 50),
+        cert_no=text("cert_no", cert_no, 64),
+        data_sha256=text("data_sha256", data_sha256, 64),
         secret_version=secret_version,
-        message=message[:_MAX_MESSAGE],
-        details=details or {},
+        message=text("message", message, _MAX_MESSAGE),
+        details=storable_json(details or {}),
     )
+    if event.details != (details or {}):
+        altered["details"] = hashlib.sha256(repr(details).encode("utf-8", "surrogatepass")).hexdigest()
+    if altered:  # what was escaped, and the SHA-256 of what the request really carried
+        event.details = {**event.details, "escaped_sha256": altered}
     return chain_append(event)
 
 

@@ -4,6 +4,7 @@ a card (over the channel layer, to the card's gateway)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -13,8 +14,11 @@ from django.core.cache import cache
 
 from core.encryption import MasterKeyError, secret_decrypt, secret_encrypt
 from core.logging import request_id_var
-from ukey.client import UKeyResponse, card_call
+from ukey import messages
+from ukey.client import UKeyResponse, UKeyUnavailable, card_call
 from ukey.status import DeviceStatus
+
+logger = logging.getLogger(__name__)
 
 STATUS_TTL = 60
 # A PIN a legacy client sends travels to the gateway encrypted under the master key, so it
@@ -31,9 +35,17 @@ def device_status_publish(status: DeviceStatus) -> None:
     cache.set(_status_key(status.slug), status.as_dict(), STATUS_TTL)
 
 
-def device_status_get(slug: str) -> DeviceStatus | None:
-    """The last published status of a card, or None if no gateway ever published one."""
-    data: dict[str, Any] | None = cache.get(_status_key(slug))
+def device_status_get(slug: str, *, strict: bool = False) -> DeviceStatus | None:
+    """The last published status of a card, or None if no gateway ever published one (or,
+    unless `strict`, when the cache cannot be read: the card then shows as not running)."""
+    try:
+        data: dict[str, Any] | None = cache.get(_status_key(slug))
+    except Exception as exc:
+        if strict:
+            raise UKeyUnavailable(f"card {slug}: its status cannot be read ({exc.__class__.__name__})",
+                                  device=slug, retry_after=2) from None
+        logger.warning("card %s: status unreadable: %s", slug, exc.__class__.__name__)
+        return None
     return DeviceStatus.from_dict(data) if data else None
 
 
@@ -47,6 +59,14 @@ def fallback_pin_unseal(sealed: str) -> str:
         return secret_decrypt(sealed, purpose=FALLBACK_PIN_PURPOSE)
     except MasterKeyError as exc:
         raise ValueError(str(exc)) from None
+
+
+async def ukey_reset(device: str, *, reason: str) -> None:
+    """Ask the card's gateway to reset its connection (best effort: the layer may be down)."""
+    try:
+        await get_channel_layer().send(messages.device_channel(device), messages.reset_message(reason=reason))
+    except Exception as exc:
+        logger.error("card %s: could not ask for a connection reset (%s): %s", device, exc.__class__.__name__, reason)
 
 
 async def ukey_call(
@@ -72,7 +92,7 @@ async def ukey_call(
         method,
         args,
         device=slug,
-        status=device_status_get(slug),
+        status=device_status_get(slug, strict=True),
         timeout=settings.UKEY_CALL_TIMEOUT if timeout is None else timeout,
         raise_card_errors=raise_card_errors,
         fallback_pin=fallback_pin,

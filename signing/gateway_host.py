@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import random
 
-from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 
@@ -75,101 +73,81 @@ def device_config_load(slug: str) -> DeviceConfig:
     )
 
 
-class UKeyGatewayConsumer(AsyncConsumer):
-    """The Channels consumer for channel `ukey.<slug>`: owns that card's gateway.
-
-    Started by `GatewayHost` (in the web process by default, or by
-    `manage.py ukey_gateway --device SLUG`); `manage.py runworker ukey.SLUG` works too.
-    """
-
-    gateway: CardGateway | None = None
-
-    async def _ensure_gateway(self) -> CardGateway:
-        if self.gateway is None:
-            slug = self.scope["channel"][len(messages.CHANNEL_PREFIX) :]
-            config = await device_config_load(slug)
-            self.gateway = CardGateway(config, self.channel_layer, gateway_hooks())
-            self.gateway.start()
-            running_gateways[slug] = self.gateway
-            logger.info("card %s: gateway started for %s", slug, config.url)
-        return self.gateway
-
-    async def ukey_start(self, message: dict[str, Any]) -> None:
-        await self._ensure_gateway()
-
-    async def ukey_request(self, message: dict[str, Any]) -> None:
-        gateway = await self._ensure_gateway()
-        await gateway.submit(message)
-
-    async def ukey_shutdown(self, message: dict[str, Any]) -> None:
-        if self.gateway is not None:
-            await self.gateway.shutdown(float(message.get("grace", settings.UKEY_SHUTDOWN_GRACE)))
-            running_gateways.pop(self.gateway.config.slug, None)
-        raise StopConsumer()
-
-
 class GatewayHost:
-    """Runs gateway consumers for a set of devices inside the current event loop,
-    feeding each from its channel, like Channels' worker does."""
+    """Runs the gateways of a set of card devices inside the current event loop (the web
+    process, or `manage.py ukey_gateway`), each fed from its channel `ukey.<slug>`.
+
+    The listener rides out a channel-layer outage (Redis restarting): it retries with capped
+    backoff and the gateway keeps its card connection meanwhile, so signing resumes within
+    a second or two of the layer coming back. Callers get UKEY_UNAVAILABLE in between."""
+
+    RECEIVE_RETRY_MIN = 0.1
+    RECEIVE_RETRY_MAX = 2.0
 
     def __init__(self, slugs: list[str]) -> None:
         self.slugs = slugs
         self.layer = get_channel_layer()
-        self._instances: dict[str, tuple[asyncio.Queue, asyncio.Task, asyncio.Task]] = {}
+        self.gateways: dict[str, CardGateway] = {}
+        self._listeners: dict[str, asyncio.Task] = {}
 
     async def start(self) -> None:
-        app = UKeyGatewayConsumer.as_asgi()
         for slug in self.slugs:
-            channel = messages.device_channel(slug)
-            inbox: asyncio.Queue = asyncio.Queue()
-            inbox.put_nowait({"type": messages.START})
-            instance = asyncio.create_task(app({"type": "channel", "channel": channel}, inbox.get, self._no_send))
-            listener = asyncio.create_task(self._listen(channel, inbox, instance))
-            self._instances[slug] = (inbox, instance, listener)
+            config = await device_config_load(slug)
+            gateway = CardGateway(config, self.layer, gateway_hooks())
+            gateway.start()
+            self.gateways[slug] = running_gateways[slug] = gateway
+            self._listeners[slug] = asyncio.create_task(self._listen(slug, gateway), name=f"ukey-listener-{slug}")
+            logger.info("card %s: gateway started for %s", slug, config.url)
 
-    @staticmethod
-    async def _no_send(message: dict[str, Any]) -> None:
-        raise RuntimeError("a channel consumer has nobody to send to")
-
-    async def _listen(self, channel: str, inbox: asyncio.Queue, instance: asyncio.Task) -> None:
-        while not instance.done():
+    async def _listen(self, slug: str, gateway: CardGateway) -> None:
+        channel = messages.device_channel(slug)
+        failures = 0
+        while True:
             try:
                 message = await self.layer.receive(channel)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("channel layer receive on %s failed; retrying", channel)
-                await asyncio.sleep(1)
+            except Exception as exc:
+                failures += 1
+                if failures == 1 or failures % 50 == 0:
+                    logger.warning("card %s: the channel layer cannot be read (%s: %s); retrying", slug,
+                                   exc.__class__.__name__, exc)
+                delay = min(self.RECEIVE_RETRY_MAX, self.RECEIVE_RETRY_MIN * 2 ** min(failures, 8))
+                await asyncio.sleep(random.uniform(delay / 2, delay))
                 continue
-            if message.get("type") == messages.REQUEST:
-                inbox.put_nowait(message)
+            if failures:
+                logger.info("card %s: the channel layer is back after %d failed reads", slug, failures)
+                failures = 0
+            kind = message.get("type")
+            if kind == messages.REQUEST:
+                await gateway.submit(message)
+            elif kind == messages.RESET:
+                gateway.reset(str(message.get("reason") or "requested by a caller"))
 
     async def wait(self) -> None:
-        """Until every consumer has ended (or one failed)."""
-        instances = [instance for _, instance, _ in self._instances.values()]
-        if instances:
-            done, _ = await asyncio.wait(instances, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception():
-                    raise task.exception()
+        """Until a listener or a gateway task fails (a bug: the process should be restarted);
+        runs for ever otherwise."""
+        tasks = [*self._listeners.values(), *(t for g in self.gateways.values() for t in g.tasks)]
+        if not tasks:
+            return
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception():
+                raise task.exception()
+        raise RuntimeError(f"a gateway task ended: {', '.join(t.get_name() for t in done)}")
 
     async def stop(self, grace: float | None = None) -> None:
+        """Drain first, while the listeners keep answering new requests ("shutting down"),
+        then stop listening."""
         grace = settings.UKEY_SHUTDOWN_GRACE if grace is None else grace
-        # Drain first, while the consumers keep answering new requests ("shutting down").
-        gateways = [running_gateways[slug] for slug in self._instances if slug in running_gateways]
+        gateways = list(self.gateways.values())
         await asyncio.gather(*(gateway.shutdown(grace) for gateway in gateways), return_exceptions=True)
         for gateway in gateways:
             running_gateways.pop(gateway.config.slug, None)
-        for inbox, _, listener in self._instances.values():
+        for listener in self._listeners.values():
             listener.cancel()
-            inbox.put_nowait({"type": messages.SHUTDOWN, "grace": grace})
-        for _, instance, listener in self._instances.values():
-            try:
-                await asyncio.wait_for(asyncio.shield(instance), timeout=grace + 5)
-            except asyncio.TimeoutError:
-                instance.cancel()
-            except Exception:
-                logger.exception("gateway consumer ended with an error")
+        if self._listeners:
             # A channel layer's receive may not end at once on cancel; never wait for ever.
-            await asyncio.wait([listener], timeout=2)
-        self._instances.clear()
+            await asyncio.wait(list(self._listeners.values()), timeout=2)
+        self._listeners.clear()
+        self.gateways.clear()

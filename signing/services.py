@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +22,14 @@ from core.ceb import (
     ceb_verify,
     signature_method_uri,
 )
-from core.certs import CertificateError, certificate_load
+from core.certs import CertificateError, CertificateInfo, certificate_load, signature_verify, signature_verify_digest
 from core.encryption import secret_decrypt, secret_encrypt
 from core.errors import invalid_request, permission_denied, xml_input_error
 from core.pay179 import Pay179Error, pay179_parse, pay179_sign_string, pay179_upload, pay179_upload_form
 from ukey.client import UKeyCardError
+from ukey.protocol import SIGN_METHODS
 
-from .cards import device_status_get, ukey_call
+from .cards import device_status_get, ukey_call, ukey_reset
 from .models import CardDevice
 
 PIN_PURPOSE = "card-pin"
@@ -112,7 +114,8 @@ def device_choose(*, allowed: tuple[str, ...], requested: str | None) -> str:
 async def data_sign(*, data: str, no_hash: bool, device: str, fallback_pin: str | None = None) -> SignResult:
     """Sign text with the card: `SpcSignDataAsPEM` (the card hashes), or with `no_hash`
     the hex SHA-1 of the UTF-8 text sent to `SpcSignDataNoHashAsPEM`. `fallback_pin`
-    (legacy clients) is used only when the device has no PIN configured."""
+    (legacy clients) is used only when the device has no PIN configured. The signature is
+    verified over this caller's data with the card's certificate before it is returned."""
     if no_hash:
         method, in_data = "cus-sec_SpcSignDataNoHashAsPEM", hashlib.sha1(data.encode("utf-8")).hexdigest()
     else:
@@ -122,7 +125,48 @@ async def data_sign(*, data: str, no_hash: bool, device: str, fallback_pin: str 
     if not values or not isinstance(values[0], str):
         raise UKeyCardError(f"card {device} answered {method} without a signature", device=device)
     cert_no = str(values[1]) if len(values) > 1 else response.cert_no
+    await signature_check(device=device, method=method, in_data=in_data, signature=values[0], cert_no=cert_no)
     return SignResult(signature=values[0], cert_no=cert_no, algorithm=response.algorithm, device=device)
+
+
+_certificates: dict[tuple[str, str], tuple[float, CertificateInfo]] = {}
+_CERTIFICATE_TTL = 300.0
+
+
+async def _certificate_for(device: str, cert_no: str) -> CertificateInfo | None:
+    """The card's certificate, if its certNo is `cert_no` (kept in this process a while)."""
+    now = time.monotonic()
+    cached = _certificates.get((device, cert_no))
+    if cached and now - cached[0] < _CERTIFICATE_TTL:
+        return cached[1]
+    current = await certificate_get(device=device)
+    if current["cert_no"] != cert_no:
+        return None
+    info = certificate_load(current["certificate_pem"])
+    _certificates[(device, cert_no)] = (now, info)
+    return info
+
+
+async def signature_check(*, device: str, method: str, in_data: str, signature: str, cert_no: str) -> None:
+    """A signature from the card is handed out only if it verifies over what this caller
+    sent, with the certificate of the card that claims to have made it. Otherwise the
+    answers were mixed up somewhere (the control, a relay): the connection is reset, a
+    card.error event written by the gateway, and the caller gets UKEY_ERROR."""
+    info = await _certificate_for(device, cert_no)
+    if info is None:
+        valid, why = False, f"certNo {cert_no!r} is not the card's"
+    elif method == "cus-sec_SpcSignDataNoHashAsPEM":
+        try:
+            digest = bytes.fromhex(in_data)
+        except ValueError:
+            digest = b""
+        valid, why = signature_verify_digest(info, digest, signature), "the signature does not verify over this digest"
+    else:
+        valid, why = signature_verify(info, in_data.encode("utf-8"), signature), \
+            "the signature does not verify over this request's data"
+    if not valid:
+        await ukey_reset(device, reason=f"{method}: {why} (answer mixed up with another request?)")
+        raise UKeyCardError(f"card {device} returned a signature that was not handed out: {why}", device=device)
 
 
 async def card_rpc(*, method: str, args: dict[str, Any], device: str) -> dict[str, Any]:
@@ -131,6 +175,12 @@ async def card_rpc(*, method: str, args: dict[str, Any], device: str) -> dict[st
     clean = {k: v for k, v in args.items() if k != "passwd"}
     response = await ukey_call(method, clean, device=device, raise_card_errors=False)
     envelope = {"_method": method, "_status": "00", "_args": response.result.as_args()}
+    data = response.result.data
+    if response.result.ok and method in SIGN_METHODS:
+        if not data or not isinstance(data[0], str) or not isinstance(clean.get("inData"), str):
+            raise UKeyCardError(f"card {device} answered {method} without a signature", device=device)
+        await signature_check(device=device, method=method, in_data=clean["inData"], signature=data[0],
+                              cert_no=str(data[1]) if len(data) > 1 else response.cert_no)
     if not response.result.ok:
         error = UKeyCardError(f"card {device} refused {method}: {response.result.message}", device=device,
                               errors=response.result.errors)

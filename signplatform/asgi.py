@@ -15,8 +15,6 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.conf import settings
 
-from signing.gateway_host import UKeyGatewayConsumer
-
 from .lifespan import LifespanGateway
 
 logger = logging.getLogger("signplatform.asgi")
@@ -34,8 +32,6 @@ application = LifespanGateway(
         {
             "http": http_app,
             "websocket": URLRouter(websocket_urlpatterns),
-            # `manage.py runworker ukey.<slug>` runs a card's gateway through this.
-            "channel": UKeyGatewayConsumer.as_asgi(),
         }
     )
 )

@@ -6,11 +6,13 @@ finished the ones in flight) it drains the card queues and closes the card conne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from api.nonces import redis_persistence_warnings
 from signing.gateway_host import GatewayHost
 from signing.models import CardDevice
 from signing.services import card_device_sync_default
@@ -50,6 +52,9 @@ class LifespanGateway:
                 return
 
     async def startup(self) -> None:
+        if settings.NONCE_STORE == "redis":
+            for warning in await asyncio.to_thread(redis_persistence_warnings):
+                logger.warning(warning)
         if embedded_worker_wanted():  # not in `runplatform --web-only` processes
             self.webhooks = WebhookWorker()
             await self.webhooks.start()

@@ -127,19 +127,29 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL")
 if REDIS_URL:
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    # After a Redis restart every pooled connection is dead; one retry on a fresh connection
+    # turns that into nothing the caller sees (instead of one failed request per connection).
+    _REDIS_OPTIONS = {
+        "IGNORE_EXCEPTIONS": False, "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2,
+        "CONNECTION_POOL_KWARGS": {"retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1)},
+    }
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "signplatform",
-            "OPTIONS": {"IGNORE_EXCEPTIONS": False, "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+            "OPTIONS": _REDIS_OPTIONS,
         },
         # The nonce store and rate limits: must raise on connection errors (fail closed).
         "nonces": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "signplatform",
-            "OPTIONS": {"IGNORE_EXCEPTIONS": False, "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+            "OPTIONS": _REDIS_OPTIONS,
         },
     }
     CHANNEL_LAYERS = {
@@ -149,7 +159,8 @@ if REDIS_URL:
                 # channels_redis blocks 5 s in BZPOPMIN: the socket timeout must be longer.
                 # redis-py raises at max_connections instead of waiting, and each
                 # concurrent send holds one connection.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "max_connections": 1000}],
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "max_connections": 1000,
+                           "retry": AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), 1)}],
                 "prefix": "signplatform",
                 "capacity": 1000,
                 "expiry": 60,
@@ -187,7 +198,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["api.parsers.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "signplatform.exception_handler.api_exception_handler",
     "UNAUTHENTICATED_USER": None,

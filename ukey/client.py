@@ -99,20 +99,26 @@ async def card_call(
         if pin_seal is None:
             raise ValueError("a fallback PIN needs pin_seal: it never crosses the layer in clear")
         sealed_pin = pin_seal(fallback_pin)
-    reply_channel = await layer.new_channel()
     deadline = time.time() + timeout
-    message = messages.request_message(
-        request=uuid.uuid4().hex, reply=reply_channel, method=method, args=args or {}, deadline=deadline,
-        request_id=request_id, sealed_pin=sealed_pin,
-    )
     try:
+        reply_channel = await layer.new_channel()
+        message = messages.request_message(
+            request=uuid.uuid4().hex, reply=reply_channel, method=method, args=args or {}, deadline=deadline,
+            request_id=request_id, sealed_pin=sealed_pin,
+        )
         await layer.send(messages.device_channel(device), message)
     except queue_full:
         raise UKeyUnavailable(f"card {device} queue is full", device=device, retry_after=1) from None
+    except Exception as exc:  # the layer itself (Redis) is down: nothing was sent
+        raise UKeyUnavailable(f"card {device} cannot be reached: the channel layer failed ({exc.__class__.__name__})",
+                              device=device, retry_after=2) from None
     try:
         reply = await asyncio.wait_for(layer.receive(reply_channel), timeout=max(0.1, deadline - time.time()) + 1.0)
     except asyncio.TimeoutError:
         raise UKeyTimeout(f"card {device} did not answer {method} within {timeout:.1f}s", device=device) from None
+    except Exception as exc:
+        raise UKeyUnavailable(f"card {device}: the channel layer failed while waiting for the answer "
+                              f"({exc.__class__.__name__})", device=device, retry_after=2) from None
 
     if reply.get("result") is None:
         error_cls = _ERRORS.get(reply.get("code"), UKeyUnavailable)

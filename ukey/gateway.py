@@ -145,6 +145,12 @@ class CardGateway:
         self._reported_down = False  # a card.disconnected event was written and no connect since
 
     # --- lifecycle -------------------------------------------------------------
+    @property
+    def tasks(self) -> list[asyncio.Task]:
+        """The gateway's long-running tasks (supervisor, executor, heartbeat): none ends
+        before `shutdown()` unless something is badly wrong."""
+        return list(self._tasks)
+
     def start(self) -> None:
         slug = self.config.slug
         self._tasks = [
@@ -201,6 +207,21 @@ class CardGateway:
             self._depth += 1
             self.status.queue_depth = self._depth
             self._queue.put_nowait(job)
+
+    def reset(self, reason: str) -> None:
+        """A caller found an answer of this card wrong (a signature that does not verify over
+        its data): record a card error and drop the connection; it reconnects at once, and
+        requests on the dropped connection get UKEY_UNAVAILABLE."""
+        message = f"connection reset: {reason}"
+        self._record_error(message, card=True)
+        logger.error("card %s: %s", self.config.slug, message)
+        self._card_event(CARD_ERROR, "ANSWER_MISMATCH", message)
+        conn = self._conn
+        if conn is not None and not self._stopping:
+            self._reset_requested.set()
+            self._connected.clear()
+            conn.abort()
+        self._publish()
 
     async def _next_item(self, timeout: float):
         if not self._queue.empty():

@@ -12,6 +12,7 @@ CHANNEL_PREFIX = "ukey."
 
 REQUEST = "ukey.request"
 REPLY = "ukey.reply"
+RESET = "ukey.reset"  # a caller found the card's answer wrong: reset the connection (no reply)
 START = "ukey.start"
 SHUTDOWN = "ukey.shutdown"
 
@@ -42,6 +43,12 @@ def request_message(*, request: str, reply: str, method: str, args: dict[str, An
     if sealed_pin:
         message["fallback_pin"] = sealed_pin
     return message
+
+
+def reset_message(*, reason: str) -> dict[str, Any]:
+    """Ask a card's gateway to drop its connection (and reconnect), e.g. after a signature
+    that did not verify over the data sent: whatever mixed the answers up is not trusted."""
+    return {"type": RESET, "reason": reason[:300]}
 
 
 def reply_message(request: dict[str, Any], *, device: str, cert_no: str, algorithm: str,

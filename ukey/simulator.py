@@ -38,7 +38,9 @@ from . import protocol
 logger = logging.getLogger("ukey.simulator")
 
 SIGN_METHODS = protocol.SIGN_METHODS
-FAULT_KINDS = ("reset", "close", "noanswer", "slow")
+# swap: answer a signing request with the result of the previous one (a control, or a relay,
+# that mixes answers up: the caller would get a signature over somebody else's data).
+FAULT_KINDS = ("reset", "close", "noanswer", "slow", "swap")
 ENT_NAME = "模拟海关申报测试有限公司"
 
 
@@ -265,6 +267,7 @@ class CardSimulator:
         self._card_task: asyncio.Task | None = None
         self._reply_tasks: set[asyncio.Task] = set()
         self._connections: set[ServerConnection] = set()
+        self._last_signature: protocol.CardResult | None = None  # for the "swap" fault
 
     async def serve(self, host: str = "127.0.0.1", port: int = 61232):
         """Start listening; returns the websockets server (use `async with` or `.close()`)."""
@@ -324,6 +327,12 @@ class CardSimulator:
                     result = protocol.card_error("[读卡器底层库]复位读卡器失败:错误码=50070", "Custom", 50070)
                 else:
                     result = self.execute(method, args)
+                    if method in SIGN_METHODS and result.ok:
+                        if fault and fault.kind == "swap" and self._last_signature is not None:
+                            logger.info("simulator fault: request %s answered with the previous signature", frame.id)
+                            result, self._last_signature = self._last_signature, result
+                        else:
+                            self._last_signature = result
                 await _sleep_until(deadline)
                 self.stats.operations += 1
                 self.stats.last_end = time.perf_counter()

@@ -1,15 +1,18 @@
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
 
+from audit.models import AuditEvent
+from audit.services import audit_event_record
 from core.encryption import master_key_file_ensure
 from core.ports import port_is_open
+from core.supervisor import ChildExit, Supervisor, exit_text
 from signing.models import CardDevice
 from signing.services import card_device_sync_default
 
@@ -38,8 +41,8 @@ class Command(BaseCommand):
         if web_only and settings.UKEY_GATEWAY_MODE != "external":
             raise CommandError("--web-only needs UKEY_GATEWAY_MODE=external (and REDIS_URL): the cards are served elsewhere")
         device = card_device_sync_default()
-        children: list[subprocess.Popen] = []
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        supervisor = Supervisor(on_exit=_process_exit_record)
         try:
             if web_only:
                 self.stdout.write("Web process only: the card gateways and webhook deliveries run elsewhere")
@@ -52,10 +55,10 @@ class Command(BaseCommand):
                         f"port {port} is taken; set UKEY_SIMULATOR_PORT, or UKEY_URL to use a real card"
                     )
                 self.stdout.write(f"No UKEY_URL set: starting the card simulator on ws://127.0.0.1:{port}")
-                children.append(subprocess.Popen(manage + ["ukey_simulator", "--port", str(port)]))
+                simulator = supervisor.spawn("card simulator", manage + ["ukey_simulator", "--port", str(port)])
                 deadline = time.monotonic() + 20
                 while not port_is_open(port):
-                    if children[-1].poll() is not None or time.monotonic() > deadline:
+                    if simulator.proc.poll() is not None or time.monotonic() > deadline:
                         raise CommandError("the card simulator did not start")
                     time.sleep(0.1)
             else:
@@ -63,7 +66,9 @@ class Command(BaseCommand):
             if settings.UKEY_GATEWAY_MODE == "external" and not web_only:
                 for slug in CardDevice.objects.filter(enabled=True).values_list("slug", flat=True):
                     self.stdout.write(f"Starting the UKey gateway process for card {slug}")
-                    children.append(subprocess.Popen(manage + ["ukey_gateway", "--device", slug]))
+                    supervisor.spawn(f"ukey_gateway --device {slug}", manage + ["ukey_gateway", "--device", slug])
+            # From here on a child that dies is restarted (logged, and an audit event).
+            supervisor.watch()
             host, port = options["host"], options["port"]
             self.stdout.write(
                 f"Signing platform on http://{host}:{port}/  admin: /admin/  API docs: /api/v1/docs/  "
@@ -92,12 +97,20 @@ class Command(BaseCommand):
             if not server.started:
                 raise CommandError(f"the server could not start on {host}:{port}")
         finally:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            for child in children:
-                try:
-                    child.wait(timeout=settings.UKEY_SHUTDOWN_GRACE + 5)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            supervisor.stop(grace=settings.UKEY_SHUTDOWN_GRACE + 5)
             self.stdout.write("Signing platform stopped")
+
+
+def _process_exit_record(exit: ChildExit) -> None:
+    """A supervised process died: an audit event (from the supervisor's thread)."""
+    device = exit.name.split("--device ", 1)[1] if "--device " in exit.name else ""
+    try:
+        audit_event_record(
+            event_type=AuditEvent.PROCESS_EXITED, source="runplatform", outcome="PROCESS_EXITED", device=device,
+            message=f"{exit.name} (pid {exit.pid}) exited with {exit_text(exit.returncode)}; "
+                    f"restart {exit.restarts} in {exit.delay:.1f} s",
+            details={"process": exit.name, "pid": exit.pid, "returncode": exit.returncode,
+                     "restarts": exit.restarts, "restart_in_seconds": exit.delay},
+        )
+    finally:
+        close_old_connections()
