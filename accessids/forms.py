@@ -16,6 +16,7 @@ from .services import legacy_key_fingerprint
 SCOPE_LABELS = {
     "sign": "Sign data (POST /api/v1/sign)",
     "sign_xml": "Sign customs XML messages",
+    "verify_xml": "Check signed XML messages (POST /api/v1/verify/xml)",
     "sign_179": "Sign 179 payment data",
     "rpc": "Call card methods directly (POST /api/v1/rpc, only the methods ticked below)",
     "xml_read": "Read its own stored XML messages",

@@ -7,7 +7,8 @@ from django.utils import timezone
 from signing.models import CardDevice
 from ukey.protocol import RPC_METHODS
 
-SCOPES = ("sign", "sign_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all", "rotate_self")
+SCOPES = ("sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all",
+          "rotate_self")
 # What a new access ID gets when no scopes are given: everything except reading other
 # access IDs' XML documents, which must be granted on purpose.
 DEFAULT_SCOPES = tuple(scope for scope in SCOPES if scope != "xml_read_all")

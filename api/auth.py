@@ -102,15 +102,11 @@ class HmacSignatureAuthentication(BaseAuthentication):
                 {"server_time": now_ms},
             )
 
-        # 3. access ID exists, is active, and the client address is allowed
+        # 3. the access ID exists
         info = AppSecretService.lookup(access_key) if len(access_key) <= 64 else None
         if info is None:
             raise _unauthorized("INVALID_ACCESS_ID", "unknown access ID")
         django_request.access_pk = info.pk
-        if not AppSecretService.is_active(info):
-            raise ApiError("ACCESS_ID_DISABLED", "this access ID is disabled or expired", status=403)
-        if not address_allowed(client_address(django_request), info.allowed_networks):
-            raise ApiError("IP_NOT_ALLOWED", "this access ID may not be used from this address", status=403)
 
         # 4. signature over the raw body bytes, against every valid secret, in constant time
         try:
@@ -130,6 +126,13 @@ class HmacSignatureAuthentication(BaseAuthentication):
                 {"string_to_sign_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()},
             )
         django_request.secret_version = matched
+
+        # 3b. only now, to a caller who proved it holds the secret: is the access ID usable from
+        # here? (Answered before the signature, these would tell anyone that the ID exists.)
+        if not AppSecretService.is_active(info):
+            raise ApiError("ACCESS_ID_DISABLED", "this access ID is disabled or expired", status=403)
+        if not address_allowed(client_address(django_request), info.allowed_networks):
+            raise ApiError("IP_NOT_ALLOWED", "this access ID may not be used from this address", status=403)
 
         # 5. the nonce, claimed only now that the signature is known to be the caller's
         try:

@@ -2,7 +2,7 @@
 sign-server API (docs/sign-server-compat.md), health, and the OpenAPI schema."""
 
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from . import health, legacy, views, xml_views
 from .base import ApiNotFoundView
@@ -10,7 +10,7 @@ from .base import ApiNotFoundView
 urlpatterns = [
     path("api/v1/health", health.health, name="health"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/sign", views.SignView.as_view(), name="api-sign"),
     path("api/v1/sign/xml", views.SignXmlView.as_view(), name="api-sign-xml"),
     path("api/v1/verify/xml", views.VerifyXmlView.as_view(), name="api-verify-xml"),

@@ -25,6 +25,7 @@ from signing.services import (
     data_sign,
     device_choose,
     pay179_sign,
+    xml_work_slot,
 )
 from ukey.protocol import RPC_METHODS, SIGN_METHODS
 from xmlstore.services import XmlSignature, xml_directory_clean, xml_document_write, xml_filename_clean
@@ -158,7 +159,7 @@ class SignXmlView(SignedAPIView):
         request.audit["data_sha256"] = data_digest(xml)
         device = await _device(request, values.get("device"))
         override = await db_sync_to_async(card_signature_method_override)(device=device)
-        result = await ceb_xml_sign(xml=xml, device=device, signature_method=override)
+        result = await ceb_xml_sign(xml=xml, device=device, owner=request.user.key, signature_method=override)
         request.audit["cert_no"] = result.cert_no
         if not filename:
             stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
@@ -210,7 +211,9 @@ class SignXmlView(SignedAPIView):
 
 class VerifyXmlView(SignedAPIView):
     """Check any signed CEB message: does the digest match, does the signature verify with
-    the certificate inside, and if not, why. No card needed."""
+    the certificate inside, and if not, why. No card needed; the work shares the XML pool."""
+
+    required_scopes = ("verify_xml",)
 
     @extend_schema(request=s.VerifyXmlRequestSerializer, responses={200: s.VerifyXmlResponseSerializer, **ERRORS})
     async def post(self, request):
@@ -219,7 +222,8 @@ class VerifyXmlView(SignedAPIView):
         xml = serializer.validated_data["xml"]
         request.audit["data_sha256"] = data_digest(xml)
         try:
-            result = await asyncio.to_thread(ceb_verify, xml)
+            async with xml_work_slot(request.user.key):
+                result = await asyncio.to_thread(ceb_verify, xml)
         except XmlInputError as exc:
             raise xml_input_error(exc) from None
         certificate = result.certificate

@@ -19,7 +19,15 @@ from xml.sax.saxutils import escape
 from asn1crypto import algos as asn1_algos
 from lxml import etree
 
-from core.certs import ALG_RSA, ALG_SM2, CertificateError, CertificateInfo, certificate_load, signature_verify
+from core.certs import (
+    ALG_RSA,
+    ALG_SM2,
+    CertificateError,
+    CertificateInfo,
+    CertificateRefused,
+    certificate_load,
+    signature_verify,
+)
 
 CEB_NS = "http://www.chinaport.gov.cn/ceb"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -470,6 +478,8 @@ def ceb_verify(text: str) -> VerifyResult:
     else:
         try:
             certificate = certificate_load(certificate_text)
+        except CertificateRefused as exc:
+            raise XmlInputError("CERTIFICATE_REFUSED", f"the X509Certificate's key is refused: {exc}") from None
         except CertificateError as exc:
             signature_problems.append(f"X509Certificate is not a readable certificate: {exc}")
     if c14n_uri != C14N_URI:

@@ -56,6 +56,11 @@ class CertificateError(ValueError):
     """The card's certificate could not be read."""
 
 
+class CertificateRefused(CertificateError):
+    """A readable certificate whose key the platform will not work with (its size, its
+    exponent, a point off the curve): verifying with it could cost seconds of CPU."""
+
+
 @dataclass(frozen=True)
 class CertificateInfo:
     der: bytes
@@ -106,16 +111,17 @@ def certificate_load(value: bytes | str) -> CertificateInfo:
             algorithm, public_key = ALG_SM2, point[1:].hex()
             x, y = int.from_bytes(point[1:33], "big"), int.from_bytes(point[33:], "big")
             if not (x < _SM2_P and y < _SM2_P and (y * y - x * x * x - _SM2_A * x - _SM2_B) % _SM2_P == 0):
-                raise CertificateError("SM2 public key is not a point on the SM2 curve")
+                raise CertificateRefused("SM2 public key is not a point on the SM2 curve")
         elif key_alg == "rsa":
             rsa = spki["public_key"].parsed
             algorithm = ALG_RSA
             modulus, exponent = rsa["modulus"].native, rsa["public_exponent"].native
             bits = modulus.bit_length()
             if not RSA_BITS[0] <= bits <= RSA_BITS[1]:
-                raise CertificateError(f"RSA key of {bits} bits: only {RSA_BITS[0]} to {RSA_BITS[1]} bits are accepted")
+                raise CertificateRefused(
+                    f"RSA key of {bits} bits: only {RSA_BITS[0]} to {RSA_BITS[1]} bits are accepted")
             if exponent not in RSA_EXPONENTS:
-                raise CertificateError(f"RSA public exponent {exponent}: only 3 and 65537 are accepted")
+                raise CertificateRefused(f"RSA public exponent {exponent}: only 3 and 65537 are accepted")
             public_key = RSA.construct((modulus, exponent))
         else:
             raise CertificateError(f"unsupported certificate key algorithm {key_alg}")

@@ -14,7 +14,9 @@ exception traceback, the stack, and any `extra=` fields:
    `passwd=1234`, `"pwdstr": "1234"`, `'pin': '1234'`, `\\"secret\\": \\"x\\"`,
    `Authorization: Bearer x` → `passwd=***`, `"pwdstr": "***"`, `'pin': '***'`, ... ;
 3. `Bearer <token>` anywhere;
-4. websockets' DEBUG frame lines: frames up to 1500 characters are logged whole (so rule 2 sees
+4. the data a card signs (`"inData"`, `"szInfo"` in card frames) is replaced by the start of
+   its SHA-256, so a DEBUG log never holds what was signed (even cut short by websockets);
+5. websockets' DEBUG frame lines: frames up to 1500 characters are logged whole (so rule 2 sees
    their `"passwd"`); a longer frame, cut in the middle by websockets, loses its tail unless the
    tail holds the PIN's key whole: the cut can split the key, and the PIN is a card request's last field.
 In `extra=` dicts, the value of a key that names a secret is masked whole, whatever its type.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +67,14 @@ _HINTS = ("pass", "pwd", "pin", "secret", "key", "token", "autho", "signa", "coo
 _SECRET_KEY_NAME_RE = re.compile(_SECRET_KEY)
 
 
+_CARD_DATA_RE = re.compile(r"""(?P<key>\\*["'](?:inData|szInfo)\\*["']\s*:\s*(?P<q>\\*["']))(?P<value>(?:[^"'\\]|\\[^"'])*)""")
+
+
+def _card_data_digest(match: re.Match[str]) -> str:
+    digest = hashlib.sha256(match.group("value").encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{match.group('key')}sha256:{digest}…"
+
+
 def _mask_field(match: re.Match[str]) -> str:
     if match.group("scheme"):
         return f"{match.group('scheme')} {MASK}"
@@ -100,6 +111,8 @@ def redact(text: str) -> str:
     lowered = text.lower()
     if any(hint in lowered for hint in _HINTS):
         text = _SECRET_FIELD_RE.sub(_mask_field, text)
+    if "indata" in lowered or "szinfo" in lowered:
+        text = _CARD_DATA_RE.sub(_card_data_digest, text)
     registered = _registered_re
     if registered is not None:
         text = registered.sub(MASK, text)

@@ -70,6 +70,7 @@ def device_config_load(slug: str) -> DeviceConfig:
         max_frame_bytes=settings.UKEY_MAX_FRAME_BYTES,
         pipeline_depth=device.pipeline_depth,
         call_timeout=settings.UKEY_CALL_TIMEOUT,
+        reconnect_wait=settings.UKEY_RECONNECT_WAIT,
     )
 
 

@@ -26,6 +26,7 @@ from core.certs import CertificateError, CertificateInfo, certificate_load, sign
 from core.encryption import secret_decrypt, secret_encrypt
 from core.errors import invalid_request, permission_denied, xml_input_error
 from core.pay179 import Pay179Error, pay179_parse, pay179_sign_string, pay179_upload, pay179_upload_form
+from core.workpool import FairPool
 from ukey.client import UKeyCardError
 from ukey.protocol import SIGN_METHODS
 
@@ -238,14 +239,17 @@ class CebSignResult:
     device: str
 
 
-_xml_slots: asyncio.Semaphore | None = None
+_xml_pool: FairPool | None = None
 
 
-def _xml_work_slot() -> asyncio.Semaphore:
-    global _xml_slots
-    if _xml_slots is None:
-        _xml_slots = asyncio.Semaphore(settings.XML_WORK_CONCURRENCY)
-    return _xml_slots
+def xml_work_slot(owner: str):
+    """A slot of the XML work pool (XML_WORK_CONCURRENCY at once; one access ID at most half
+    of them): lxml work on a multi-megabyte message runs in a thread, never on the event loop,
+    and never more of it than memory and CPU allow."""
+    global _xml_pool
+    if _xml_pool is None or _xml_pool.size != settings.XML_WORK_CONCURRENCY:
+        _xml_pool = FairPool(settings.XML_WORK_CONCURRENCY)
+    return _xml_pool.slot(owner)
 
 
 def card_signature_method_override(*, device: str) -> str:
@@ -253,18 +257,16 @@ def card_signature_method_override(*, device: str) -> str:
     return CardDevice.objects.filter(slug=device).values_list("signature_method", flat=True).first() or ""
 
 
-async def ceb_xml_sign(*, xml: str, device: str, signature_method: str = "") -> CebSignResult:
+async def ceb_xml_sign(*, xml: str, device: str, owner: str, signature_method: str = "") -> CebSignResult:
     """Sign a CEB message (docs/ceb-xml-and-179.md §1) and verify the result before
-    returning it. Refuses hostile or unsuitable XML with INVALID_REQUEST; a signature that
+    returning it. `owner` (the access ID) shares the XML work pool fairly. Refuses hostile or unsuitable XML with INVALID_REQUEST; a signature that
     does not verify with the card's certificate is never returned (UKEY_ERROR)."""
     def prepare():
         document = ceb_document_check(xml)
         return document, ceb_document_digest(document)
 
     try:
-        # lxml work on a multi-megabyte message must not stall the event loop; at most
-        # XML_WORK_CONCURRENCY documents are worked on at once (memory, CPU).
-        async with _xml_work_slot():
+        async with xml_work_slot(owner):
             document, digest = await asyncio.to_thread(prepare)
     except XmlInputError as exc:
         raise xml_input_error(exc) from None
@@ -282,7 +284,7 @@ async def ceb_xml_sign(*, xml: str, device: str, signature_method: str = "") -> 
         )
         return text, ceb_verify(text)
 
-    async with _xml_work_slot():
+    async with xml_work_slot(owner):
         signed_xml, check = await asyncio.to_thread(assemble)
     if not check.valid:
         raise UKeyCardError(

@@ -4,6 +4,7 @@ the card simulator). `.env.example` lists every variable."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import secrets
 from pathlib import Path
@@ -35,7 +36,24 @@ def env_int(name: str, default: int) -> int:
 
 
 VAR_DIR = Path(env("SIGNPLATFORM_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _private(path: Path, *, directory: bool) -> None:
+    """Create `path` for this user only (0700 / 0600), and tighten it if it exists and is ours:
+    var/ holds the SQLite database, keys and secrets."""
+    mode = 0o700 if directory else 0o600
+    if directory:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    elif not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, mode))
+    try:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+    except OSError:
+        pass
+
+
+_private(VAR_DIR, directory=True)
 
 
 def _secret_file(name: str, nbytes: int) -> str:
@@ -53,6 +71,39 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
 
+# --- Browser security of the admin (behind HTTPS, set the first three) ----------------------
+# Cookies sent only over HTTPS; HSTS; redirect plain HTTP. Off by default: `make run` is
+# plain HTTP on 127.0.0.1, where Secure cookies would never come back.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+# Sent on every HTML page (signplatform.middleware.SecurityHeadersMiddleware): nothing from
+# another site, no inline scripts; inline styles are allowed (the admin and the SVG charts).
+CONTENT_SECURITY_POLICY = env(
+    "CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; "
+    "object-src 'none'",
+)
+
+# --- Admin login throttling (django-axes) ------------------------------------------------------
+# After AXES_FAILURE_LIMIT wrong passwords for one user from one address, that pair is locked
+# out for AXES_COOLOFF_MINUTES (a right password does not get in meanwhile); a success resets.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_float("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "core.networks.client_address"  # TRUSTED_PROXIES decide X-Forwarded-For
+AXES_LOCKOUT_TEMPLATE = "admin/login_locked.html"
+AXES_VERBOSE = False
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+
 # Master key for secrets at rest (App Secrets, card PINs). Without the variable, a key
 # file is created in var/ (mode 0600) on first run and its path is printed by `make run`.
 SIGNPLATFORM_MASTER_KEY = env("SIGNPLATFORM_MASTER_KEY")
@@ -69,6 +120,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
     "audit",
     "signing",
     "accessids",
@@ -88,6 +140,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "signplatform.middleware.SecurityHeadersMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "signplatform.urls"
@@ -116,6 +170,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    if str(DATABASES["default"]["NAME"]) != ":memory:":
+        _private(Path(DATABASES["default"]["NAME"]), directory=False)  # SQLite gives -wal/-shm its mode
     # WAL and a busy timeout let the web process and management commands share the file.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,
@@ -273,7 +329,10 @@ UKEY_PIPELINE_DEPTH = env_int("UKEY_PIPELINE_DEPTH", 1 if UKEY_URL else 2)
 UKEY_CALL_TIMEOUT = env_float("UKEY_CALL_TIMEOUT", 30.0)
 UKEY_PROBE_INTERVAL = env_float("UKEY_PROBE_INTERVAL", 30.0)
 UKEY_RECONNECT_MIN = env_float("UKEY_RECONNECT_MIN", 0.2)
-UKEY_RECONNECT_MAX = env_float("UKEY_RECONNECT_MAX", 30.0)
+# Capped low: a card that is back is used within seconds, and a local connect costs nothing.
+UKEY_RECONNECT_MAX = env_float("UKEY_RECONNECT_MAX", 5.0)
+# After a drop, requests wait this long (within their own timeout) for the reconnect.
+UKEY_RECONNECT_WAIT = env_float("UKEY_RECONNECT_WAIT", 3.0)
 UKEY_SHUTDOWN_GRACE = env_float("UKEY_SHUTDOWN_GRACE", 10.0)
 UKEY_MAX_FRAME_BYTES = env_int("UKEY_MAX_FRAME_BYTES", 64 * 1024 * 1024)
 # "embedded": the gateway runs inside the web process (default without Redis).

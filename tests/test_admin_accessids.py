@@ -111,7 +111,7 @@ def test_create_shows_the_secret_once_and_nowhere_else(chief):
     add = client.get(reverse("admin:accessids_accessid_add"))
     page = add.content.decode()
     # Checkboxes, not JSON; networks one per line; devices a multi-select.
-    assert page.count('type="checkbox" name="scopes"') == 8 and 'name="allowed_methods"' in page
+    assert page.count('type="checkbox" name="scopes"') == 9 and 'name="allowed_methods"' in page
     assert '<textarea name="allowed_networks"' in page and '<select name="devices"' in page and "multiple" in page
     assert "Save and add another" not in page
 
@@ -404,7 +404,7 @@ def test_browser_create_reveal_use_rotate_and_clerk(platform, chromium):
     admin_login(chromium, base, "chief")
     page.goto(base + CHANGELIST + "add/")
     page.fill("#id_name", "ERP – browser")
-    assert page.locator("input[name=scopes]:checked").count() == 7
+    assert page.locator("input[name=scopes]:checked").count() == 8  # the defaults: all but xml_read_all
     page.uncheck("input[name=scopes][value=rotate_self]")
     chromium.screenshot("accessid-add")
     page.click("input[name=_save]")
@@ -423,7 +423,7 @@ def test_browser_create_reveal_use_rotate_and_clerk(platform, chromium):
     certificate = SignClient(base, key, secret).certificate()
     assert certificate["cert_no"]
     access = AccessId.objects.get(key=key)
-    assert access.scopes == ["sign", "sign_xml", "sign_179", "rpc", "xml_read", "xml_write"]
+    assert access.scopes == ["sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_write"]
     assert [e.actor for e in events(access)] == [chief]
 
     # Rotate with no grace, confirming with the password.

@@ -353,14 +353,15 @@ def _browse(platform: Platform, sim, chromium) -> None:
     # Updating without a reload: a marker on the window survives every update.
     page.evaluate("window.__sameDocument = 'yes'")
     AuditEvent.objects.bulk_create([request_at(timezone.now(), erp.key, "RATE_LIMITED") for _ in range(5)])
-    page.wait_for_function(f"Number(document.querySelector('#fig-requests-24h .dash-figure-value').textContent)"
-                           f" === {expected_24h + 5}", timeout=20_000)
+    # Functions, not expression strings: the page's CSP forbids eval, which Playwright would need.
+    page.wait_for_function("(n) => Number(document.querySelector('#fig-requests-24h .dash-figure-value')"
+                           ".textContent) === n", arg=expected_24h + 5, timeout=20_000)
     assert page.locator("#dash-failures-table tr[data-outcome='RATE_LIMITED']").count() == 1
     assert int(page.get_attribute("#audit-dashboard", "data-updates")) >= 1
 
     sim.stop()
-    page.wait_for_function("document.querySelector('#card-default .card-state').dataset.state === 'disconnected'",
-                           timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#card-default .card-state').dataset.state"
+                           " === 'disconnected'", timeout=30_000)
     assert page.evaluate("window.__sameDocument") == "yes"  # not reloaded
     assert card.locator(".card-state").inner_text() == "disconnected"
     poll(lambda: card.locator(".card-last-error").inner_text().strip() not in ("", "—"), 15, "the last error shown")

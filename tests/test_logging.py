@@ -5,6 +5,7 @@ the card failed."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -222,10 +223,13 @@ def test_websockets_frame_lines_never_show_a_pin(capture, monkeypatch):
     # The filter raised websockets' log size: an ordinary card request is logged whole, PIN masked.
     assert Frame.MAX_LOG_SIZE >= 1500
     line = frame_line(request("abcdefgh"))
-    assert '"inData":"abcdefgh","passwd":"***"}}' in line and pin not in line
+    # The data being signed shows only as the start of its SHA-256 (issue 11: nothing signed in the log).
+    digest = hashlib.sha256(b"abcdefgh").hexdigest()[:16]
+    assert f'"inData":"sha256:{digest}…","passwd":"***"}}}}' in line and pin not in line and "abcdefgh" not in line
     # A long one is cut in the middle; its tail holds the PIN's key whole: the value is masked.
     line = frame_line(request("x" * 3000))
-    assert '...' in line and '"passwd":"***"}}' in line and pin not in line
+    # (the cut, "...", falls inside inData, which shows as its digest)
+    assert '"inData":"sha256:' in line and "x" * 10 not in line and '"passwd":"***"}}' in line and pin not in line
     # With websockets' own size (75), the cut falls inside the key: the tail goes whole.
     monkeypatch.setattr(Frame, "MAX_LOG_SIZE", 75)
     line = frame_line(request("abcdefgh"))

@@ -87,7 +87,7 @@ async def card_call(
     `raise_card_errors` is set."""
     if status is None or not status.alive:
         raise UKeyUnavailable(f"no gateway is running for card {device}", device=device, retry_after=5)
-    if not status.connected:
+    if not status.accepting:
         raise UKeyUnavailable(
             f"card {device} is not connected: {status.last_error or 'connecting'}", device=device, retry_after=5
         )

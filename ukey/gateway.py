@@ -102,6 +102,9 @@ class DeviceConfig:
     max_frame_bytes: int
     pipeline_depth: int = 1
     call_timeout: float = 30.0  # a request that names no deadline gets this long
+    # After the connection drops, requests wait this long (within their deadline) for the
+    # reconnect instead of failing at once; after it they fail fast until the card is back.
+    reconnect_wait: float = 3.0
 
     def __repr__(self) -> str:  # never show the PIN
         return f"DeviceConfig(slug={self.slug!r}, url={self.url!r})"
@@ -199,7 +202,7 @@ class CardGateway:
         job = _Job(message, self.config.call_timeout)
         if self._stopping:
             await self._reply_error(job, UKEY_UNAVAILABLE, "the gateway is shutting down")
-        elif self._conn is None and not self._reset_requested.is_set():
+        elif self._conn is None and not self._reset_requested.is_set() and not self._reconnect_window():
             await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
         elif self._depth >= self.config.queue_size:
             await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} queue is full ({self.config.queue_size} waiting)")
@@ -258,8 +261,8 @@ class CardGateway:
         self.status.queue_depth = self._depth
         released = False
         try:
-            if self._reset_requested.is_set():
-                await self._wait_connected()
+            if self._conn is None or self._reset_requested.is_set():
+                await self._wait_reconnect(job.deadline)
             method = str(job.message.get("method") or "")
             remaining = job.deadline - time.time()
             if remaining <= 0:
@@ -388,6 +391,23 @@ class CardGateway:
         finally:
             self._slots.release()
 
+    def _reconnect_window(self) -> float:
+        """Seconds left in which a request may wait for the reconnect (0: fail fast)."""
+        if self._conn is not None or self.status.down_since is None:
+            return 0.0
+        return max(0.0, self.status.down_since + self.config.reconnect_wait - time.time())
+
+    async def _wait_reconnect(self, deadline: float) -> None:
+        """Wait for the connection: after a deliberate reset up to the connect timeout, after a
+        drop while the reconnect window is open; never past the request's deadline."""
+        limit = self.config.connect_timeout + 1 if self._reset_requested.is_set() else self._reconnect_window()
+        limit = min(limit, deadline - time.time())
+        if limit > 0:
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout=limit)
+            except asyncio.TimeoutError:
+                pass
+
     async def _wait_connected(self) -> None:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout=self.config.connect_timeout + 1)
@@ -471,6 +491,7 @@ class CardGateway:
             self._conn = conn
             self.status.connected = True
             self.status.connected_since = time.time()
+            self.status.down_since = self.status.accepting_until = None
             self.status.reconnect_attempts = 0
             self.status.connections += 1
             logger.info("card %s: connected to %s", self.config.slug, self.config.url)
@@ -497,7 +518,10 @@ class CardGateway:
             logger.warning("card %s: %s", self.config.slug, self.status.last_error)
             self._reported_down = True
             self._card_event(CARD_DISCONNECTED, "CARD_DISCONNECTED", self.status.last_error)
-            self._fail_queued_fast()
+            # Queued and new requests wait up to reconnect_wait for the reconnect (a control
+            # that drops its socket is usually back within a second).
+            self.status.down_since = time.time()
+            self.status.accepting_until = self.status.down_since + self.config.reconnect_wait
             self._publish()
             await asyncio.sleep(random.uniform(0, self.config.reconnect_min))
 

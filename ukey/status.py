@@ -33,6 +33,8 @@ class DeviceStatus:
     connections: int = 0
     card_errors: int = 0
     heartbeat_at: float = 0.0
+    down_since: float | None = None  # the connection dropped then (None: connected, or never was)
+    accepting_until: float | None = None  # requests may wait for the reconnect until then
 
     @property
     def alive(self) -> bool:
@@ -42,6 +44,11 @@ class DeviceStatus:
     @property
     def can_sign(self) -> bool:
         return self.alive and self.connected
+
+    @property
+    def accepting(self) -> bool:
+        """Connected, or just dropped and reconnecting (a request may wait for it)."""
+        return self.connected or (self.accepting_until is not None and time.time() < self.accepting_until)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

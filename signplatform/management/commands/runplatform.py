@@ -15,6 +15,7 @@ from core.ports import port_is_open
 from core.supervisor import ChildExit, Supervisor, exit_text
 from signing.models import CardDevice
 from signing.services import card_device_sync_default
+from signplatform.http_server import LimitedHttpToolsProtocol
 
 
 class Command(BaseCommand):
@@ -77,6 +78,7 @@ class Command(BaseCommand):
             self.stdout.flush()
             config = uvicorn.Config(
                 "signplatform.asgi:application",
+                http=LimitedHttpToolsProtocol,  # limits on the request head (431)
                 host=host,
                 port=port,
                 lifespan="on",
