@@ -14,6 +14,9 @@ from core.jsontext import JsonInputError, json_loads_strict
 class StrictJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        if encoding.lower().replace("-", "").replace("_", "") != "utf8":  # JSON is UTF-8 (RFC 8259)
+            raise invalid_request(f"the request body must be UTF-8 JSON, not charset={encoding[:40]}",
+                                  {"Content-Type": ["charset must be utf-8"]})
         raw = stream.read() if stream is not None else b""
         try:
             return json_loads_strict(raw.decode(encoding))

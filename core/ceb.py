@@ -180,7 +180,7 @@ def _qname(element: etree._Element) -> str:
 def ceb_document_check(text: str) -> CebDocument:
     """Parse an unsigned CEB message: root `CEB<nnn>Message` in the CEB namespace, no ds:Signature.
 
-    Raises XmlInputError (the parse codes, not_ceb, already_signed)."""
+    Raises XmlInputError (the parse codes, not_ceb, already_signed, empty_root)."""
     tree = xml_parse_safe(text)
     root = tree.getroot()
     name = etree.QName(root)
@@ -198,7 +198,9 @@ def ceb_document_check(text: str) -> CebDocument:
             f"the document already has a ds:Signature (line {signature.sourceline}); "
             "send the unsigned message, it is signed once",
         )
-    return CebDocument(tree=tree, message_type=name.localname, root_qname=_qname(root))
+    document = CebDocument(tree=tree, message_type=name.localname, root_qname=_qname(root))
+    _root_close_start(text, document)  # where the signature would go: refused now, not after the card signed
+    return document
 
 
 # --- digest and signature text ---------------------------------------------------------

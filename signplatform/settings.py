@@ -85,11 +85,10 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
 # Sent on every HTML page (signplatform.middleware.SecurityHeadersMiddleware): nothing from
 # another site, no inline scripts; inline styles are allowed (the admin and the SVG charts).
-CONTENT_SECURITY_POLICY = env(
-    "CONTENT_SECURITY_POLICY",
+CONTENT_SECURITY_POLICY = env("CONTENT_SECURITY_POLICY") or (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; "
-    "object-src 'none'",
+    "object-src 'none'"
 )
 
 # --- Admin login throttling (django-axes) ------------------------------------------------------

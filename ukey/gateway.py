@@ -204,7 +204,7 @@ class CardGateway:
             await self._reply_error(job, UKEY_UNAVAILABLE, "the gateway is shutting down")
         elif self._conn is None and not self._reset_requested.is_set() and not self._reconnect_window():
             await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
-        elif self._depth >= self.config.queue_size:
+        elif self._depth - self._free_slots() >= self.config.queue_size:
             await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} queue is full ({self.config.queue_size} waiting)")
         else:
             self._depth += 1
@@ -225,6 +225,11 @@ class CardGateway:
             self._connected.clear()
             conn.abort()
         self._publish()
+
+    def _free_slots(self) -> int:
+        """Pipeline slots no job holds: that many queued jobs go to the card at once, so they
+        are not waiting (whether or not the executor has taken them off the queue yet)."""
+        return max(0, max(1, self.config.pipeline_depth) - self._outstanding)
 
     async def _next_item(self, timeout: float):
         if not self._queue.empty():
