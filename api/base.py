@@ -48,6 +48,9 @@ class SignedAPIView(APIView):
         self.request = drf_request
         self.headers = self.default_response_headers
         try:
+            if getattr(request, "refused_host", None) is not None:
+                raise invalid_request(f"the Host header {request.refused_host!r} is not one this platform serves "
+                                      "(DJANGO_ALLOWED_HOSTS)", {"Host": ["not allowed"]})
             if _CONTROL_CHARS.search(request.path):
                 raise invalid_request("the path contains a control character (e.g. %00)", {"path": ["invalid"]})
             await db_sync_to_async(self._initial_checked)(drf_request, *args, **kwargs)

@@ -33,6 +33,12 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+def not_blank(value: str) -> None:
+    """Text a card will sign: the card refuses empty or white-space-only input."""
+    if not value.strip():
+        raise serializers.ValidationError("must not be empty or only white space (the card refuses it)")
+
+
 def json_kind(value) -> str:
     """How JSON calls the value's type, for error messages."""
     if value is None:

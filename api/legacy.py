@@ -184,6 +184,9 @@ async def _run(request, endpoint: str, scope: str, handler) -> JsonResponse:
     try:
         if request.method != "POST":
             raise LegacyError(405, 405, "请求方法不允许，请使用 POST", outcome="METHOD_NOT_ALLOWED")
+        if getattr(request, "refused_host", None) is not None:
+            raise LegacyError(400, 400, "请求的主机名不在允许列表中 (the Host header is not allowed)",
+                              outcome="INVALID_REQUEST")
         payload = await db_sync_to_async(_begin)(call, scope)
         try:
             response = await handler(call, payload)
@@ -228,6 +231,9 @@ async def get_code(request):
 
     async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
         text = _string_field(payload, "str", required=True)
+        if not text.strip():
+            raise LegacyError(400, 400, "参数 str 不能为空 (str must not be empty or only white space)",
+                              outcome="INVALID_REQUEST")
         pin = _string_field(payload, "pwdstr", required=True)
         call.audit["data_sha256"] = data_digest(text)
         device = device_choose(allowed=call.access.devices, requested=None)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from .fields import StrictBooleanField, StrictCharField, StrictIntegerField
+from .fields import StrictBooleanField, StrictCharField, StrictIntegerField, not_blank
 
 
 class SignRequestSerializer(serializers.Serializer):
-    data = StrictCharField(trim_whitespace=False, help_text="The text to sign (UTF-8).")
+    data = StrictCharField(trim_whitespace=False, validators=[not_blank],
+                           help_text="The text to sign (UTF-8), not empty or only white space.")
     no_hash = StrictBooleanField(
         default=False, help_text="Send the hex SHA-1 of `data` to SpcSignDataNoHashAsPEM instead of the text."
     )

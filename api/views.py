@@ -27,7 +27,7 @@ from signing.services import (
     pay179_sign,
     xml_work_slot,
 )
-from ukey.protocol import RPC_METHODS, SIGN_METHODS
+from ukey.protocol import RPC_METHODS, SIGN_METHODS, rpc_args_problems
 from xmlstore.services import XmlSignature, xml_directory_clean, xml_document_write, xml_filename_clean
 
 from . import serializers as s
@@ -83,6 +83,8 @@ class RpcView(SignedAPIView):
         serializer.is_valid(raise_exception=True)
         method, args = serializer.validated_data["_method"], serializer.validated_data["args"]
         request.audit["details"] = {"method": method}
+        if problems := rpc_args_problems(method, args):
+            raise invalid_request(f"args for {method} are not valid", {f"args.{k}": [v] for k, v in problems.items()})
         if isinstance(args.get("inData"), str):
             request.audit["data_sha256"] = data_digest(args["inData"])
         device = await _device(request, serializer.validated_data.get("device"))

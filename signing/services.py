@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -100,11 +101,17 @@ class SignResult:
     device: str
 
 
+_DEVICE_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
+
+
 def device_choose(*, allowed: tuple[str, ...], requested: str | None) -> str:
     """The card a request will use: the one asked for (if the access ID may use it), else
     the access ID's first card, else the platform's default card."""
     if requested:
-        if allowed and requested not in allowed:
+        if not _DEVICE_SLUG.fullmatch(requested):
+            raise invalid_request(f"no card device {requested[:60]!r}", {"device": ["unknown card device"]})
+        # An access ID with no cards listed uses the default card only.
+        if requested not in (allowed or (settings.UKEY_DEFAULT_DEVICE,)):
             raise permission_denied(f"this access ID may not use card device {requested!r}")
         if not CardDevice.objects.filter(slug=requested, enabled=True).exists():
             raise invalid_request(f"no enabled card device {requested!r}", {"device": ["unknown card device"]})

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -52,6 +52,9 @@ def as_api_error(exc: Exception) -> ApiError:
             details={"retry_after": wait},
             headers={"Retry-After": str(wait)},
         )
+    if isinstance(exc, SuspiciousOperation) and not isinstance(exc, RequestDataTooBig):
+        # e.g. TooManyFieldsSent (more than DATA_UPLOAD_MAX_NUMBER_FIELDS query parameters)
+        return invalid_request(f"the request is refused: {exc}")
     if isinstance(exc, RequestDataTooBig):
         return payload_too_large(settings.API_MAX_BODY_BYTES)
     if isinstance(exc, (exceptions.PermissionDenied, DjangoPermissionDenied)):

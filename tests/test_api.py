@@ -374,10 +374,12 @@ def test_payload_too_large(rsa):
 def test_card_errors_timeouts_and_unavailable_cards(rsa):
     sim, platform = rsa
     access, secret = access_id_create(name="ERP")
-    # The card refuses (its own parameter check): 502 with the card's Error list.
-    body = assert_error(call(platform, "POST", "/api/v1/rpc", {"_method": "cus-sec_SpcSignDataAsPEM", "args": {}},
-                             access=access, secret=secret), 502, "UKEY_ERROR")
-    assert body["details"]["errors"][-1] == "Err:Base50000"
+    # The card refuses (a signature that does not verify): 502 with the card's Error list.
+    # (Missing or mistyped args never reach the card: 400, see the hostile-input tests.)
+    refused = {"_method": "cus-sec_SpcVerifySignData", "args": {"inData": "x", "signData": "AAAA"}}
+    body = assert_error(call(platform, "POST", "/api/v1/rpc", refused, access=access, secret=secret),
+                        502, "UKEY_ERROR")
+    assert body["details"]["errors"][-1] == "Err:Custom50100"
     assert body["details"]["envelope"]["_args"]["Result"] is False
     # A reader fault on a sign.
     asyncio.run(sim.control("sim_setFaults", {"faults": [{"kind": "reset", "count": 1}]}))

@@ -47,6 +47,40 @@ RPC_METHODS = (
     "cus-sec_SpcGetCardUserInfo",
 )
 
+# The args each pass-through method needs (non-blank text) and may have; anything else, or a
+# value that is not text, the control refuses (or worse), so the platform refuses it first.
+RPC_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "cus-sec_SpcSignDataAsPEM": (("inData",), ()),
+    "cus-sec_SpcSignDataNoHashAsPEM": (("inData",), ()),
+    "cus-sec_SpcGetValidTimeFromCert": ((), ("cert",)),
+    "cus-sec_SpcSHA1DigestAsPEM": (("szInfo",), ()),
+    "cus-sec_SpcVerifySignData": (("inData", "signData"), ("certDataPEM",)),
+}
+_SHA1_HEX_RE = re.compile(r"^[0-9A-Fa-f]{40}$")
+
+
+def rpc_args_problems(method: str, args: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with `args` for `method`, by arg name (empty when nothing). `passwd` is
+    ignored: the gateway adds the PIN."""
+    required, optional = RPC_ARGS.get(method, ((), ()))
+    problems = {}
+    for name, value in args.items():
+        if name == "passwd":
+            continue
+        if name not in required and name not in optional:
+            problems[name] = f"{method} takes no argument {name!r}"
+        elif not isinstance(value, str):
+            problems[name] = "must be text"
+    for name in required:
+        value = args.get(name)
+        if name not in problems and (not isinstance(value, str) or not value.strip()):
+            problems[name] = "required, and not empty or only white space"
+    if method == "cus-sec_SpcSignDataNoHashAsPEM" and "inData" not in problems \
+            and not _SHA1_HEX_RE.match(args["inData"].strip()):
+        problems["inData"] = "must be the 40 hex digits of a SHA-1 digest"
+    return problems
+
+
 _ERROR_CODE_RE = re.compile(r"^Err:([A-Za-z]+)(\d+)$")
 
 
