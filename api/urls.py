@@ -20,7 +20,7 @@ urlpatterns = [
     path("api/v1/rpc", views.RpcView.as_view(), name="api-rpc"),
     path("api/v1/certificate", views.CertificateView.as_view(), name="api-certificate"),
     path("api/v1/access-ids/self/rotate", views.RotateSelfView.as_view(), name="api-rotate-self"),
-    re_path(r"^api/v1/(?s:.*)$", ApiNotFoundView.as_view(), name="api-not-found"),  # newlines too
+    re_path(r"^api/v1/[\s\S]*$", ApiNotFoundView.as_view(), name="api-not-found"),  # newlines too
     # The legacy sign-server API
     path("", legacy.service_index, name="legacy-index"),
     path("health", health.legacy_health, name="legacy-health"),

@@ -110,8 +110,7 @@ def device_choose(*, allowed: tuple[str, ...], requested: str | None) -> str:
     if requested:
         if not _DEVICE_SLUG.fullmatch(requested):
             raise invalid_request(f"no card device {requested[:60]!r}", {"device": ["unknown card device"]})
-        # An access ID with no cards listed uses the default card only.
-        if requested not in (allowed or (settings.UKEY_DEFAULT_DEVICE,)):
+        if allowed and requested not in allowed:
             raise permission_denied(f"this access ID may not use card device {requested!r}")
         if not CardDevice.objects.filter(slug=requested, enabled=True).exists():
             raise invalid_request(f"no enabled card device {requested!r}", {"device": ["unknown card device"]})

@@ -116,6 +116,25 @@ async def test_simulator_restart_mid_run_reconnects(simulator_factory, device_fa
         assert device_status_get(device.slug).connections >= 2
 
 
+async def test_after_a_long_outage_the_card_is_used_within_seconds_of_coming_back(simulator_factory,
+                                                                                  device_factory):
+    """The reconnect backoff is capped (UKEY_RECONNECT_MAX, 5 s): a card back after an outage
+    that grew the backoff is in use again within that, not 10-30 s later."""
+    sim = simulator_factory(latency_ms=2)
+    device = await device_factory(sim)
+    async with running_gateway(device):
+        sim.stop()
+        await asyncio.sleep(8)  # six or seven failed attempts
+        assert device_status_get(device.slug).reconnect_attempts >= 5
+        sim.start()
+        started = time.monotonic()
+        await wait_for(lambda: device_status_get(device.slug).connected, timeout=30, interval=0.02,
+                       what="reconnect")
+        assert time.monotonic() - started < settings.UKEY_RECONNECT_MAX + 0.5
+        response = await ukey_call(SIGN, {"inData": "back"}, device=device.slug)
+        assert response.result.ok
+
+
 async def test_close_mid_request_fails_that_call_and_recovers(simulator_factory, device_factory):
     sim = simulator_factory()
     device = await device_factory(sim)
