@@ -246,10 +246,11 @@ def test_card_connects_disconnects_errors_and_reconnects_are_chained_events(plat
     platform.wait_card()
     poll(lambda: AuditEvent.objects.filter(event_type=AuditEvent.CARD_RECONNECTED, device="chain-card").exists(),
          15, "card.reconnected")
-    # A failed operation: the card refuses a method with a missing argument.
+    # A failed operation: the card refuses to verify a signature that is not one. (A missing
+    # argument no longer reaches the card: the API refuses it first.)
     access, secret = access_id_create(name="ERP")
-    status, _, body = call(platform, "POST", "/api/v1/rpc", {"_method": "cus-sec_SpcSignDataAsPEM", "args": {}},
-                           access=access, secret=secret)
+    refused = {"_method": "cus-sec_SpcVerifySignData", "args": {"inData": "x", "signData": "AAAA"}}
+    status, _, body = call(platform, "POST", "/api/v1/rpc", refused, access=access, secret=secret)
     assert status == 502, body
     error = poll(lambda: AuditEvent.objects.filter(event_type=AuditEvent.CARD_ERROR, device="chain-card").first(),
                  10, "card.error")

@@ -45,6 +45,7 @@ from Crypto.Util.Padding import pad, unpad
 from signclient import sign_headers
 from tests.conftest import SimulatorProcess, test_database_url
 from tests.live import ROOT, Platform, embedded_env, http, only_card_row, services_env
+from tests.test_xml_api import BILLION_LAUGHS, CEB621, CEB_OPEN, PAY179_RAW, XXE
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db(transaction=True)]
 
@@ -53,9 +54,7 @@ DEVICE = "hostile-card"
 MAX_BODY = 2 * 1024 * 1024  # API_MAX_BODY_BYTES of the platform under test: a 413 costs little
 LEGACY_KEY = "hostile-legacy-key-0123"  # 23 bytes: folded
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-VECTORS = Path(__file__).resolve().parent / "vectors"
-CEB621 = (VECTORS / "CEB621Message.xml").read_bytes().decode("utf-8")
-PAY179 = (VECTORS / "179-payload.json").read_bytes().decode("utf-8")
+PAY179 = PAY179_RAW.decode("utf-8")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 NATIVE_KEYS = {"success", "code", "message", "request_id", "details"}
 
@@ -95,15 +94,6 @@ def _foreign_cipher() -> str:
 
 # --- hostile documents ------------------------------------------------------------------------
 
-CEB_OPEN = '<ceb:CEB621Message xmlns:ceb="http://www.chinaport.gov.cn/ceb" guid="x" version="v1.0">'
-BILLION_LAUGHS = (
-    '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n<!ENTITY lol "lol">\n'
-    + "".join(f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">\n'
-              for i in range(1, 10))
-    + "]>\n" + CEB_OPEN + "<ceb:note>&lol9;</ceb:note></ceb:CEB621Message>"
-)
-XXE = ('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE ceb:CEB621Message [\n'
-       '<!ENTITY xxe SYSTEM "file:///etc/passwd">\n]>\n' + CEB_OPEN + "<ceb:note>&xxe;</ceb:note></ceb:CEB621Message>")
 NOT_WELL_FORMED = CEB621[:-5]
 NOT_CEB = '<Order xmlns="urn:x"><orderNo>1</orderNo></Order>'
 ALREADY_SIGNED = CEB621.replace(
