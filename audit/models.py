@@ -27,6 +27,18 @@ class AuditEvent(models.Model):
     CARD_DISCONNECTED = card_gateway.CARD_DISCONNECTED
     CARD_ERROR = card_gateway.CARD_ERROR
     CARD_PROBE_FAILED = card_gateway.CARD_PROBE_FAILED
+    # Card devices and their agents (the program on the card's PC that dials in).
+    CARD_DEVICE_CREATED = "card.device_created"
+    CARD_DEVICE_CHANGED = "card.device_changed"
+    CARD_DEVICE_DELETED = "card.device_deleted"
+    AGENT_TOKEN_CREATED = "card.agent_token_created"
+    AGENT_TOKEN_ROTATED = "card.agent_token_rotated"
+    AGENT_TOKEN_REVOKED = "card.agent_token_revoked"
+    AGENT_CONNECTED = "card.agent_connected"
+    AGENT_DISCONNECTED = "card.agent_disconnected"
+    AGENT_REFUSED = "card.agent_refused"
+    AGENT_REPLACED = "card.agent_replaced"
+    AGENT_RESTARTED = card_gateway.CARD_AGENT_RESTARTED  # the agent restarted a stalled E-Port client
     AUDIT_PRUNED = "audit.pruned"
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_CHANGED = "webhook.changed"
@@ -35,7 +47,7 @@ class AuditEvent(models.Model):
     WEBHOOK_DISABLED = "webhook.disabled"
     WEBHOOK_TEST_SENT = "webhook.test_sent"
     WEBHOOK_DELIVERY_RETRIED = "webhook.delivery_retried"
-    CARD_FAILURES = (CARD_DISCONNECTED, CARD_ERROR, CARD_PROBE_FAILED)
+    CARD_FAILURES = (CARD_DISCONNECTED, CARD_ERROR, CARD_PROBE_FAILED, AGENT_RESTARTED)
     EVENT_TYPES = [
         (API_REQUEST, "API request"),
         (ACCESS_ID_CREATED, "Access ID created"),
@@ -51,6 +63,17 @@ class AuditEvent(models.Model):
         (CARD_DISCONNECTED, "Card disconnected"),
         (CARD_ERROR, "Card operation failed"),
         (CARD_PROBE_FAILED, "Card health probe failed"),
+        (CARD_DEVICE_CREATED, "Card device created"),
+        (CARD_DEVICE_CHANGED, "Card device changed"),
+        (CARD_DEVICE_DELETED, "Card device deleted"),
+        (AGENT_TOKEN_CREATED, "Agent token created"),
+        (AGENT_TOKEN_ROTATED, "Agent token rotated"),
+        (AGENT_TOKEN_REVOKED, "Agent tokens revoked"),
+        (AGENT_CONNECTED, "Card agent connected"),
+        (AGENT_DISCONNECTED, "Card agent disconnected"),
+        (AGENT_REFUSED, "Card agent refused"),
+        (AGENT_REPLACED, "Card agent replaced by a newer connection"),
+        (AGENT_RESTARTED, "Card agent restarted the E-Port client"),
         (AUDIT_PRUNED, "Audit log pruned"),
         (WEBHOOK_CREATED, "Webhook created"),
         (WEBHOOK_CHANGED, "Webhook changed"),

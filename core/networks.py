@@ -42,11 +42,21 @@ def address_in(address: str | None, networks: tuple[Network, ...]) -> bool:
 def client_address(request) -> str | None:
     """The client's IP: the peer, or — behind a trusted proxy — the right-most address of
     X-Forwarded-For that is not itself a trusted proxy."""
-    peer = request.META.get("REMOTE_ADDR") or None
+    return _client(request.META.get("REMOTE_ADDR") or None, request.META.get("HTTP_X_FORWARDED_FOR", ""))
+
+
+def client_address_from(scope: dict) -> str | None:
+    """`client_address` of an ASGI connection scope (a WebSocket's)."""
+    client = scope.get("client") or (None, None)
+    headers = dict(scope.get("headers") or [])
+    return _client(client[0], headers.get(b"x-forwarded-for", b"").decode("latin-1"))
+
+
+def _client(peer: str | None, forwarded: str) -> str | None:
     trusted = networks_parse(tuple(settings.TRUSTED_PROXIES))
     if not peer or not trusted or not address_in(peer, trusted):
         return peer
-    for hop in reversed([h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]):
+    for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
         if not address_in(hop, trusted):
             try:
                 return str(ipaddress.ip_address(hop))

@@ -85,16 +85,23 @@ class GatewayHost:
     RECEIVE_RETRY_MIN = 0.1
     RECEIVE_RETRY_MAX = 2.0
 
-    def __init__(self, slugs: list[str]) -> None:
+    def __init__(self, slugs: list[str], *, connect=None, configure=None) -> None:
+        """`connect` (an async callable) opens each card connection instead of dialling the
+        device's URL; `configure(config)` may adjust the loaded DeviceConfig (the agent host
+        gives both)."""
         self.slugs = slugs
         self.layer = get_channel_layer()
         self.gateways: dict[str, CardGateway] = {}
         self._listeners: dict[str, asyncio.Task] = {}
+        self._connect = connect
+        self._configure = configure
 
     async def start(self) -> None:
         for slug in self.slugs:
             config = await device_config_load(slug)
-            gateway = CardGateway(config, self.layer, gateway_hooks())
+            if self._configure is not None:
+                config = self._configure(config)
+            gateway = CardGateway(config, self.layer, gateway_hooks(), connect=self._connect)
             gateway.start()
             self.gateways[slug] = running_gateways[slug] = gateway
             self._listeners[slug] = asyncio.create_task(self._listen(slug, gateway), name=f"ukey-listener-{slug}")

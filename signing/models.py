@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
@@ -7,14 +8,24 @@ slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,49}$", "Lower-case lette
 
 
 class CardDevice(models.Model):
-    """An operator card (UKey) reachable through an E-Port control's WebSocket."""
+    """An operator card (UKey) behind an E-Port control: the platform dials the control's
+    WebSocket URL, or a card agent on the card's PC dials in to the platform."""
+
+    TRANSPORT_URL = "url"
+    TRANSPORT_AGENT = "agent"
+    TRANSPORTS = [
+        (TRANSPORT_URL, "The platform connects to the control's URL"),
+        (TRANSPORT_AGENT, "A card agent on the card's PC connects to the platform"),
+    ]
 
     slug = models.CharField(max_length=50, unique=True, validators=[slug_validator])
     name = models.CharField(max_length=200, blank=True)
+    transport = models.CharField(max_length=10, choices=TRANSPORTS, default=TRANSPORT_URL)
     url = models.CharField(
         "WebSocket URL",
         max_length=500,
-        help_text="The E-Port client control, e.g. ws://127.0.0.1:61232 or wss://wss.singlewindow.cn:61231",
+        blank=True,
+        help_text="The E-Port client control, e.g. ws://127.0.0.1:61232 (not used for an agent card)",
     )
     pin_encrypted = models.TextField(blank=True, editable=False, help_text="Card PIN, AES-GCM encrypted.")
     enabled = models.BooleanField(default=True)
@@ -49,6 +60,44 @@ class CardDevice(models.Model):
     @property
     def has_pin(self) -> bool:
         return bool(self.pin_encrypted)
+
+    @property
+    def is_agent(self) -> bool:
+        return self.transport == self.TRANSPORT_AGENT
+
+    def clean(self) -> None:
+        if self.transport == self.TRANSPORT_URL and not self.url:
+            raise ValidationError({"url": "A card the platform connects to needs the control's URL."})
+
+
+class AgentToken(models.Model):
+    """What a card agent presents to connect for its device: stored only as a SHA-256 (the
+    token is 256 random bits), rotated with a grace period like App Secrets, revocable."""
+
+    CURRENT = "current"
+    PREVIOUS = "previous"
+    REVOKED = "revoked"
+    STATES = [(CURRENT, "current"), (PREVIOUS, "previous (grace period)"), (REVOKED, "revoked")]
+
+    device = models.ForeignKey(CardDevice, on_delete=models.CASCADE, related_name="agent_tokens")
+    version = models.PositiveIntegerField()
+    token_sha256 = models.CharField(max_length=64, unique=True, editable=False)
+    state = models.CharField(max_length=10, choices=STATES, default=CURRENT)
+    valid_until = models.DateTimeField(null=True, blank=True, help_text="Previous tokens: end of the grace period.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["device", "-version"]
+        constraints = [models.UniqueConstraint(fields=["device", "version"], name="agent_token_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.device.slug} agent token v{self.version} ({self.state})"
+
+    @property
+    def fingerprint(self) -> str:
+        return self.token_sha256[:12]
 
 
 class UsedNonce(models.Model):

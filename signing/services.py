@@ -14,6 +14,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from audit.models import AuditEvent
+from audit.services import COMMAND, ChangeContext
 from core.ceb import (
     XmlInputError,
     ceb_document_check,
@@ -49,6 +51,19 @@ def card_device_set_pin(*, device: CardDevice, pin: str, save: bool = True) -> C
     device.pin_encrypted = secret_encrypt(pin, purpose=PIN_PURPOSE) if pin else ""
     if save:
         device.save(update_fields=["pin_encrypted", "updated_at"])
+    return device
+
+
+@transaction.atomic
+def card_device_create(*, slug: str, name: str = "", transport: str = CardDevice.TRANSPORT_URL, url: str = "",
+                       pin: str = "", context: ChangeContext = COMMAND, **fields) -> CardDevice:
+    """A new card device (validated), its PIN encrypted, with its audit event."""
+    device = CardDevice(slug=slug, name=name, transport=transport, url=url, **fields)
+    device.full_clean(exclude=["pin_encrypted"])
+    card_device_set_pin(device=device, pin=pin, save=False)
+    device.save(force_insert=True)
+    context.record(event_type=AuditEvent.CARD_DEVICE_CREATED, device=device.slug,
+                   details={"transport": device.transport, "url": device.url, "pin_set": device.has_pin})
     return device
 
 

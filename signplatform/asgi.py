@@ -1,5 +1,5 @@
-"""ASGI entry point: HTTP (Django), WebSocket (Channels), and the lifespan hooks that
-host the UKey gateway inside this process in the embedded mode."""
+"""ASGI entry point: HTTP (Django), WebSocket (Channels: card agents at /agent/v1), and the
+lifespan hooks that host the UKey gateway inside this process in the embedded mode."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.conf import settings
+from django.urls import path
+
+from signing.agent_host import AgentConsumer
 
 from .lifespan import LifespanGateway
 
@@ -25,7 +28,8 @@ if settings.SERVE_STATIC:
 
     http_app = ASGIStaticFilesHandler(django_asgi_app)
 
-websocket_urlpatterns: list = []
+# Card agents dial in here (ukey/agentproto.py).
+websocket_urlpatterns = [path("agent/v1", AgentConsumer.as_asgi())]
 
 application = LifespanGateway(
     ProtocolTypeRouter(

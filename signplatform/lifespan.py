@@ -24,7 +24,7 @@ logger = logging.getLogger("signplatform.lifespan")
 @database_sync_to_async
 def _enabled_device_slugs() -> list[str]:
     card_device_sync_default()
-    return list(CardDevice.objects.filter(enabled=True).values_list("slug", flat=True))
+    return list(CardDevice.objects.filter(enabled=True, transport=CardDevice.TRANSPORT_URL).values_list("slug", flat=True))
 
 
 class LifespanGateway:

@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from . import protocol
+from .agentproto import EVENT_AGENT_RESTARTED
 from .connection import CardConnection, CardConnectionLost
 from .messages import UKEY_ERROR, UKEY_TIMEOUT, UKEY_UNAVAILABLE, reply_message
 from .status import DeviceStatus
@@ -46,6 +47,7 @@ CARD_RECONNECTED = "card.reconnected"
 CARD_DISCONNECTED = "card.disconnected"
 CARD_ERROR = "card.error"  # an operation failed: Result:false, timeout, connection lost mid-call
 CARD_PROBE_FAILED = "card.probe_failed"
+CARD_AGENT_RESTARTED = EVENT_AGENT_RESTARTED  # a card agent restarted a stalled E-Port client
 EVENT_OK = "OK"
 
 
@@ -126,10 +128,15 @@ class _Job:
 class CardGateway:
     """Owns one card: its connection, its queue, its status."""
 
-    def __init__(self, config: DeviceConfig, channel_layer, hooks: GatewayHooks | None = None) -> None:
+    def __init__(self, config: DeviceConfig, channel_layer, hooks: GatewayHooks | None = None, *,
+                 connect: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """`connect`: opens the card connection (default: a WebSocket to `config.url`); for a
+        card behind an agent, the agent session's. It raises OSError, ConnectionError or
+        asyncio.TimeoutError when the card cannot be reached (the gateway backs off)."""
         self.config = config
         self.layer = channel_layer
         self.hooks = hooks or GatewayHooks()
+        self._connect = connect or self._connect_url
         self._last_publish = 0.0
         self._queue: asyncio.Queue = asyncio.Queue()  # bounded by `config.queue_size` in submit()
         self._depth = 0
@@ -470,10 +477,7 @@ class CardGateway:
         attempt = 0
         while True:
             try:
-                conn = await CardConnection.open(
-                    self.config.url, slug=self.config.slug, connect_timeout=self.config.connect_timeout,
-                    max_frame_bytes=self.config.max_frame_bytes,
-                )
+                conn = await self._connect()
             except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI, ConnectionError, ConnectionClosed) as exc:
                 attempt += 1
                 delay = random.uniform(0, min(self.config.reconnect_max, self.config.reconnect_min * 2 ** min(attempt, 16)))
@@ -529,6 +533,11 @@ class CardGateway:
             self.status.accepting_until = self.status.down_since + self.config.reconnect_wait
             self._publish()
             await asyncio.sleep(random.uniform(0, self.config.reconnect_min))
+
+    async def _connect_url(self) -> CardConnection:
+        return await CardConnection.open(self.config.url, slug=self.config.slug,
+                                         connect_timeout=self.config.connect_timeout,
+                                         max_frame_bytes=self.config.max_frame_bytes)
 
     def _fail_queued_fast(self) -> None:
         """Requests waiting for a card that just went away get an answer now."""

@@ -29,6 +29,8 @@ class Command(BaseCommand):
             raise CommandError(f"no card device {slug!r}; create it in the admin first")
         if not device.enabled:
             raise CommandError(f"card device {slug!r} is disabled")
+        if device.is_agent:
+            raise CommandError(f"card device {slug!r} is served by its card agent (the web process it connects to)")
         asyncio.run(self._run(slug, device.url))
 
     async def _run(self, slug: str, url: str) -> None:

@@ -65,7 +65,8 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(f"Card: {device.url} (UKEY_URL)")
             if settings.UKEY_GATEWAY_MODE == "external" and not web_only:
-                for slug in CardDevice.objects.filter(enabled=True).values_list("slug", flat=True):
+                for slug in (CardDevice.objects.filter(enabled=True, transport=CardDevice.TRANSPORT_URL)
+                             .values_list("slug", flat=True)):
                     self.stdout.write(f"Starting the UKey gateway process for card {slug}")
                     supervisor.spawn(f"ukey_gateway --device {slug}", manage + ["ukey_gateway", "--device", slug])
             # From here on a child that dies is restarted (logged, and an audit event).

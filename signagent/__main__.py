@@ -1,0 +1,5 @@
+import sys
+
+from signagent.cli import main
+
+sys.exit(main())
