@@ -245,10 +245,8 @@ class Agent:
                 elif kind == "call":
                     self._spawn(self._call(message))
                 elif kind == "reset":
-                    card = self.card
-                    if card is not None:
-                        logger.warning("the platform reset the E-Port connection: %s", message.get("reason"))
-                        card.abort()
+                    # The platform waited in vain for an answer: that counts as a timeout here too.
+                    self._timed_out(f"the platform reset the connection ({message.get('reason')})")
                 elif kind == "bye":
                     bye = str(message.get("reason") or "")
                     logger.warning("the platform ends the link: %s", bye)
