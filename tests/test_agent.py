@@ -6,14 +6,17 @@ the one holding the agent."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import datetime
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import venv
 from pathlib import Path
 
 import pytest
@@ -290,3 +293,69 @@ def test_with_redis_callers_on_another_web_process_sign_through_the_agent(tmp_pa
         holder.stop()
         platform_card.stop()
         office_card.stop()
+
+
+# --- what the clerk copies: one file, or a wheel ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def agent_build(tmp_path_factory):
+    """dist/ of scripts/build_agent.py, and a fresh virtual environment with nothing in it."""
+    out = tmp_path_factory.mktemp("agent-dist")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_agent.py"), "--out", str(out)], check=True,
+                   timeout=300, capture_output=True)
+    env_dir = out / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    return out, env_dir / "bin" / "python"
+
+
+def test_the_one_file_agent_runs_alone_with_its_bundled_websockets(agent_world, agent_build):
+    platform, office_card, device, token, _ = agent_world
+    out, python = agent_build
+    pyz = out / "signagent.pyz"
+    probe = subprocess.run([str(python), "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import websockets;"
+                            " print(websockets.__version__, websockets.__file__)", str(pyz)],
+                           capture_output=True, text=True, check=True)
+    version, location = probe.stdout.split()
+    assert version == "13.1" and location.startswith(str(pyz))  # the CPython 3.8 one, from the file
+    access, secret = access_id_create(name="ERP", devices=[device])
+    agent_process = AgentProcess(platform, office_card, token, out)
+    agent_process.argv = [str(python), "-I", str(pyz), *agent_process.argv[3:]]
+    agent_process.start()
+    try:
+        poll(lambda: call(platform, "POST", "/api/v1/sign", {"data": "one file"}, access=access,
+                          secret=secret)[0] == 200, 20, "signing through the one-file agent")
+    finally:
+        agent_process.stop()
+
+
+def test_the_wheel_installs_with_its_console_script(agent_build):
+    out, python = agent_build
+    (wheel,) = out.glob("signagent-*-py3-none-any.whl")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   timeout=120)
+    script = python.parent / "signagent"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    # websockets is the wheel's one dependency (not installed here): the script says what is missing.
+    assert "No module named 'websockets'" in result.stderr
+    listed = subprocess.run([str(python), "-m", "pip", "show", "-f", "signagent"], capture_output=True, text=True,
+                            check=True).stdout
+    assert "Requires: websockets" in listed and "ukey/agentproto.py" in listed and "signagent/cli.py" in listed
+    assert "ukey/gateway.py" not in listed  # the agent ships only what it runs
+
+
+def test_the_agent_is_python_3_8_code():
+    """Parsed as Python 3.8 (no newer syntax), and every module defers its annotations (no
+    `list[str]` or `X | None` evaluated at run time on 3.8)."""
+    spec = importlib.util.spec_from_file_location("build_agent", ROOT / "scripts" / "build_agent.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    for name in build.MODULES:
+        source = (ROOT / name).read_text(encoding="utf-8")
+        ast.parse(source, filename=name, feature_version=(3, 8))
+        tree = ast.parse(source)
+        annotated = any(isinstance(node, (ast.AnnAssign, ast.arg)) and getattr(node, "annotation", None)
+                        or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns
+                        for node in ast.walk(tree))
+        if annotated:
+            assert "from __future__ import annotations" in source, name
