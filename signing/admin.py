@@ -1,10 +1,20 @@
 from django import forms
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
+from audit.models import AuditEvent
+from audit.services import admin_change_context
+
+from .agents import AgentTokenError, agent_token_create, agent_token_rotate, agent_tokens_revoke
 from .cards import device_status_get
-from .models import CardDevice
+from .models import AgentToken, CardDevice
 from .services import card_device_set_pin
+
+# What the admin records of a change (the PIN as "changed", never its value).
+_AUDITED_FIELDS = ["slug", "name", "transport", "url", "enabled", "connect_timeout", "request_timeout", "queue_size",
+                   "pipeline_depth", "signature_method"]
 
 
 class CardDeviceForm(forms.ModelForm):
@@ -17,10 +27,17 @@ class CardDeviceForm(forms.ModelForm):
     )
     clear_pin = forms.BooleanField(label="Remove the stored PIN", required=False)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["transport"].required = False  # left out: a card the platform dials
+
+    def clean_transport(self):
+        return self.cleaned_data.get("transport") or CardDevice.TRANSPORT_URL
+
     class Meta:
         model = CardDevice
         fields = [
-            "slug", "name", "url", "enabled", "connect_timeout", "request_timeout", "queue_size",
+            "slug", "name", "transport", "url", "enabled", "connect_timeout", "request_timeout", "queue_size",
             "pipeline_depth", "signature_method",
         ]
 
@@ -28,25 +45,110 @@ class CardDeviceForm(forms.ModelForm):
 @admin.register(CardDevice)
 class CardDeviceAdmin(admin.ModelAdmin):
     form = CardDeviceForm
-    list_display = ["slug", "name", "url", "enabled", "state", "cert_no", "queue_depth", "last_error", "pin_set"]
-    list_filter = ["enabled"]
+    list_display = ["slug", "name", "transport", "url", "enabled", "state", "cert_no", "queue_depth", "last_error",
+                    "pin_set"]
+    list_filter = ["enabled", "transport"]
     search_fields = ["slug", "name", "url"]
-    readonly_fields = ["pin_set", "state", "cert_no", "queue_depth", "last_error", "created_at", "updated_at"]
+    readonly_fields = ["pin_set", "state", "cert_no", "queue_depth", "last_error", "agent_tokens_display",
+                       "created_at", "updated_at"]
+    actions = ["agent_token_issue", "agent_tokens_revoke_selected"]
     fieldsets = [
-        (None, {"fields": ["slug", "name", "url", "enabled"]}),
+        (None, {"fields": ["slug", "name", "transport", "url", "enabled"]}),
+        ("Card agent", {"fields": ["agent_tokens_display"],
+                        "description": "For a card behind an agent: issue or revoke its token with the actions of "
+                                       "the list. The token is shown once, when it is issued."}),
         ("PIN", {"fields": ["pin", "clear_pin", "pin_set"]}),
         ("Timeouts and queue", {"fields": ["connect_timeout", "request_timeout", "queue_size", "pipeline_depth",
                                             "signature_method"]}),
         ("Live state", {"fields": ["state", "cert_no", "queue_depth", "last_error", "created_at", "updated_at"]}),
     ]
 
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.slug == settings.UKEY_DEFAULT_DEVICE:
+            fields += ["slug", "url"]  # the environment owns them (UKEY_URL; the PIN: UKEY_PIN)
+        return fields
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        if obj is not None and obj.slug == settings.UKEY_DEFAULT_DEVICE and "pin" in form.base_fields:
+            form.base_fields["pin"].help_text = (
+                "The default card's URL and PIN come from UKEY_URL and UKEY_PIN and are set again at every start; "
+                "change them there. Everything else here is yours.")
+        return form
+
     def save_model(self, request, obj, form, change):
+        """The change and its audit event in one transaction (the admin's)."""
         pin = form.cleaned_data.get("pin")
+        pin_change = ""
         if form.cleaned_data.get("clear_pin"):
             card_device_set_pin(device=obj, pin="", save=False)
+            pin_change = "removed"
         elif pin:
             card_device_set_pin(device=obj, pin=pin, save=False)
+            pin_change = "changed"
         super().save_model(request, obj, form, change)
+        changed = [name for name in form.changed_data if name in _AUDITED_FIELDS]
+        details = {"changed": changed, **({"pin": pin_change} if pin_change else {})}
+        if not change:
+            details = {"transport": obj.transport, "url": obj.url, "enabled": obj.enabled, "pin_set": obj.has_pin}
+        elif not changed and not pin_change:
+            return
+        admin_change_context(request).record(
+            event_type=AuditEvent.CARD_DEVICE_CHANGED if change else AuditEvent.CARD_DEVICE_CREATED,
+            device=obj.slug, details=details,
+            message=(f"changed {', '.join(changed + (['PIN'] if pin_change else []))}" if change else "created"))
+
+    def delete_model(self, request, obj):
+        admin_change_context(request).record(event_type=AuditEvent.CARD_DEVICE_DELETED, device=obj.slug,
+                                             details={"transport": obj.transport, "url": obj.url})
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for device in queryset:
+            self.delete_model(request, device)
+
+    # --- agent tokens ------------------------------------------------------------------------------
+    @admin.display(description="Agent tokens")
+    def agent_tokens_display(self, obj):
+        if obj is None or not obj.pk or not obj.is_agent:
+            return "—"
+        rows = [f"v{t.version} {t.state}" + (f" until {t.valid_until:%Y-%m-%d %H:%M}" if t.valid_until else "")
+                + f" (…{t.fingerprint})" for t in obj.agent_tokens.exclude(state=AgentToken.REVOKED)]
+        return "; ".join(rows) or "none: issue one with the list's action"
+
+    @admin.action(description="Issue a new agent token (shown once; the old one works 24 h more)")
+    def agent_token_issue(self, request, queryset):
+        context = admin_change_context(request)
+        issued = []
+        for device in queryset:
+            if not device.is_agent:
+                self.message_user(request, f"{device.slug} is not an agent card", messages.WARNING)
+                continue
+            try:
+                if device.agent_tokens.filter(state=AgentToken.CURRENT).exists():
+                    row, token = agent_token_rotate(device=device, context=context)
+                else:
+                    row, token = agent_token_create(device=device, context=context)
+            except AgentTokenError as exc:
+                self.message_user(request, f"{device.slug}: {exc}", messages.ERROR)
+                continue
+            issued.append({"device": device, "version": row.version, "token": token})
+        if not issued:
+            return None
+        # Shown in this response only: never stored in a message, a session or a log.
+        response = TemplateResponse(request, "admin/signing/carddevice/agent_tokens.html", {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "issued": issued,
+            "title": "Agent tokens issued"})
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke the agent tokens (the agent is cut off at once)")
+    def agent_tokens_revoke_selected(self, request, queryset):
+        context = admin_change_context(request)
+        for device in queryset.filter(transport=CardDevice.TRANSPORT_AGENT):
+            count = agent_tokens_revoke(device=device, context=context)
+            self.message_user(request, f"{device.slug}: {count} agent token(s) revoked")
 
     @admin.display(boolean=True, description="PIN set")
     def pin_set(self, obj):

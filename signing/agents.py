@@ -143,8 +143,10 @@ def agent_token_check(token: str) -> AgentIdentity:
 
 
 def agent_token_valid(*, device_pk: int, token_version: int) -> bool:
-    """Is this token still good (checked while its agent stays connected)?"""
-    row = AgentToken.objects.filter(device_id=device_pk, version=token_version).first()
-    if row is None or row.state == AgentToken.REVOKED:
+    """Is this token still good, and its device an enabled agent card (checked while its
+    agent stays connected: a revoked token, or a card disabled, removed or switched to a URL
+    in the admin, cuts the agent off)?"""
+    row = AgentToken.objects.select_related("device").filter(device_id=device_pk, version=token_version).first()
+    if row is None or row.state == AgentToken.REVOKED or not row.device.enabled or not row.device.is_agent:
         return False
     return row.state == AgentToken.CURRENT or bool(row.valid_until and row.valid_until > timezone.now())

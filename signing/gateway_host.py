@@ -43,6 +43,14 @@ def certificate_inspect(pem: str) -> CertificateFacts:
     return CertificateFacts(algorithm=info.algorithm, subject=info.subject, not_after=info.not_after.isoformat())
 
 
+@database_sync_to_async
+def _url_devices() -> dict[str, tuple]:
+    """The enabled cards the platform dials, each with what its gateway is configured from."""
+    rows = CardDevice.objects.filter(enabled=True, transport=CardDevice.TRANSPORT_URL).values_list(
+        "slug", "url", "pin_encrypted", "connect_timeout", "request_timeout", "queue_size", "pipeline_depth")
+    return {row[0]: row[1:] for row in rows}
+
+
 def gateway_hooks() -> GatewayHooks:
     return GatewayHooks(
         publish_status=device_status_publish,
@@ -98,14 +106,56 @@ class GatewayHost:
 
     async def start(self) -> None:
         for slug in self.slugs:
-            config = await device_config_load(slug)
-            if self._configure is not None:
-                config = self._configure(config)
-            gateway = CardGateway(config, self.layer, gateway_hooks(), connect=self._connect)
-            gateway.start()
-            self.gateways[slug] = running_gateways[slug] = gateway
-            self._listeners[slug] = asyncio.create_task(self._listen(slug, gateway), name=f"ukey-listener-{slug}")
-            logger.info("card %s: gateway started for %s", slug, config.url)
+            await self.add(slug)
+
+    async def add(self, slug: str) -> None:
+        """Start serving one more card."""
+        config = await device_config_load(slug)
+        if self._configure is not None:
+            config = self._configure(config)
+        gateway = CardGateway(config, self.layer, gateway_hooks(), connect=self._connect)
+        gateway.start()
+        self.gateways[slug] = running_gateways[slug] = gateway
+        self._listeners[slug] = asyncio.create_task(self._listen(slug, gateway), name=f"ukey-listener-{slug}")
+        logger.info("card %s: gateway started for %s", slug, config.url)
+
+    async def remove(self, slug: str, grace: float | None = None) -> None:
+        """Stop serving a card: drain its queue (up to `grace`), then close its connection."""
+        gateway, listener = self.gateways.pop(slug, None), self._listeners.pop(slug, None)
+        if gateway is not None:
+            await gateway.shutdown(settings.UKEY_SHUTDOWN_GRACE if grace is None else grace)
+            running_gateways.pop(slug, None)
+        if listener is not None:
+            listener.cancel()
+            await asyncio.wait([listener], timeout=2)
+
+    async def follow_devices(self, interval: float = 2.0) -> None:
+        """Keep the served cards those of the database: a card device added, enabled, edited
+        (URL, PIN, timeouts, queue, pipeline) or disabled/removed in the admin takes effect
+        within `interval` seconds, without a restart. For hosts of every URL card."""
+        initial = await _url_devices()
+        served = {slug: initial.get(slug, ()) for slug in self.gateways}
+        while True:
+            try:
+                wanted = await _url_devices()
+            except Exception as exc:  # the database is down: keep what runs
+                logger.warning("could not read the card devices (%s); retrying", exc.__class__.__name__)
+                await asyncio.sleep(interval)
+                continue
+            for slug in [s for s in self.gateways if s not in wanted or wanted[s] != served.get(s)]:
+                logger.info("card %s: %s; stopping its gateway", slug,
+                            "changed" if slug in wanted else "disabled or removed")
+                await self.remove(slug, grace=2.0)
+                served.pop(slug, None)
+            for slug, fingerprint in wanted.items():
+                if slug not in self.gateways:
+                    try:
+                        await self.add(slug)
+                    except Exception:
+                        logger.exception("card %s: its gateway could not start", slug)
+                        continue
+                    served[slug] = fingerprint
+            await asyncio.sleep(interval)
 
     async def _listen(self, slug: str, gateway: CardGateway) -> None:
         channel = messages.device_channel(slug)
@@ -134,15 +184,20 @@ class GatewayHost:
 
     async def wait(self) -> None:
         """Until a listener or a gateway task fails (a bug: the process should be restarted);
-        runs for ever otherwise."""
-        tasks = [*self._listeners.values(), *(t for g in self.gateways.values() for t in g.tasks)]
-        if not tasks:
-            return
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if not task.cancelled() and task.exception():
-                raise task.exception()
-        raise RuntimeError(f"a gateway task ended: {', '.join(t.get_name() for t in done)}")
+        runs for ever otherwise. Cards come and go meanwhile (`follow_devices`)."""
+        while True:
+            tasks = [*self._listeners.values(), *(t for g in self.gateways.values() for t in g.tasks)]
+            for task in tasks:
+                if task.done():
+                    if not task.cancelled() and task.exception():
+                        raise task.exception()
+                    if task in self._listeners.values() or not self._stopping_any(task):
+                        raise RuntimeError(f"a gateway task ended: {task.get_name()}")
+            await asyncio.sleep(1.0)
+
+    def _stopping_any(self, task: asyncio.Task) -> bool:
+        """A gateway task that ended because its gateway is being removed."""
+        return any(task in gateway.tasks and gateway.stopping for gateway in self.gateways.values())
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain first, while the listeners keep answering new requests ("shutting down"),

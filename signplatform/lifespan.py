@@ -31,6 +31,7 @@ class LifespanGateway:
     def __init__(self, app) -> None:
         self.app = app
         self.host = None
+        self.follower = None
         self.webhooks = None
 
     async def __call__(self, scope, receive, send):
@@ -64,9 +65,14 @@ class LifespanGateway:
         slugs = await _enabled_device_slugs()
         self.host = GatewayHost(slugs)
         await self.host.start()
+        # Cards added, edited or disabled in the admin take effect without a restart.
+        self.follower = asyncio.create_task(self.host.follow_devices(), name="ukey-follow-devices")
         logger.info("UKey gateway started in this process for: %s", ", ".join(slugs) or "no devices")
 
     async def shutdown(self) -> None:
+        if self.follower is not None:
+            self.follower.cancel()
+            self.follower = None
         if self.host is not None:
             await self.host.stop()
             self.host = None

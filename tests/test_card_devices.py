@@ -59,3 +59,102 @@ def test_default_device_follows_the_environment(settings):
     settings.UKEY_PIN = "16180339"
     assert card_device_pin(device=card_device_sync_default()) == "16180339"
     assert CardDevice.objects.filter(slug=settings.UKEY_DEFAULT_DEVICE).count() == 1
+
+
+# --- cards managed live -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def live_platform(tmp_path, transactional_db):
+    from tests.conftest import SimulatorProcess, test_database_url
+    from tests.live import Platform, only_card_row, services_env
+
+    only_card_row("live-default")
+    default_card = SimulatorProcess(algorithm="rsa", key_dir=str(tmp_path / "k1")).start()
+    env = services_env(test_database_url(), tmp_path / "var", UKEY_URL=default_card.url, UKEY_PIN=default_card.pin,
+                       UKEY_DEFAULT_DEVICE="live-default", UKEY_GATEWAY_MODE="embedded")
+    platform = Platform(env, tmp_path).start()
+    platform.wait_card()
+    yield platform
+    platform.stop()
+    default_card.stop()
+
+
+def _device_form(**fields):
+    return {"slug": "office-pc", "name": "Office PC", "transport": "url", "url": "ws://127.0.0.1:9",
+            "enabled": "on", "connect_timeout": "5", "request_timeout": "10", "queue_size": "256",
+            "pipeline_depth": "1", "signature_method": "", **fields}
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_card_added_in_the_admin_signs_within_seconds_and_every_change_is_audited(live_platform, admin_client,
+                                                                                     tmp_path):
+    from accessids.services import access_id_create
+    from audit.models import AuditEvent
+    from tests.conftest import SimulatorProcess
+    from tests.live import poll
+    from tests.test_api import call
+
+    platform = live_platform
+    new_card = SimulatorProcess(algorithm="sm2", key_dir=str(tmp_path / "k2")).start()
+    try:
+        response = admin_client.post("/admin/signing/carddevice/add/",
+                                     _device_form(url=new_card.url, pin=new_card.pin))
+        assert response.status_code == 302, response.content[:1000]
+        device = CardDevice.objects.get(slug="office-pc")
+        access, secret = access_id_create(name="ERP", devices=[device])
+        poll(lambda: call(platform, "POST", "/api/v1/sign", {"data": "new card"}, access=access,
+                          secret=secret)[0] == 200, 10, "the new card signing, no restart")
+        created = AuditEvent.objects.get(event_type=AuditEvent.CARD_DEVICE_CREATED, device="office-pc")
+        assert created.actor.username == "root" and created.details["pin_set"] is True
+        assert new_card.pin not in repr(created.details) + created.message
+        # Disabled in the admin: it stops being served; enabled again: back.
+        admin_client.post(f"/admin/signing/carddevice/{device.pk}/change/",
+                          {**_device_form(url=new_card.url), "enabled": ""})
+        poll(lambda: call(platform, "POST", "/api/v1/sign", {"data": "x"}, access=access,
+                          secret=secret)[2].get("code") == "UKEY_UNAVAILABLE", 10, "the disabled card no longer served")
+        changed = AuditEvent.objects.filter(event_type=AuditEvent.CARD_DEVICE_CHANGED, device="office-pc").first()
+        assert changed.details["changed"] == ["enabled"] and changed.actor.username == "root"
+        admin_client.post(f"/admin/signing/carddevice/{device.pk}/change/", _device_form(url=new_card.url))
+        poll(lambda: call(platform, "POST", "/api/v1/sign", {"data": "again"}, access=access,
+                          secret=secret)[0] == 200, 10, "enabled again")
+        admin_client.post(f"/admin/signing/carddevice/{device.pk}/delete/", {"post": "yes"})
+        assert AuditEvent.objects.filter(event_type=AuditEvent.CARD_DEVICE_DELETED, device="office-pc").exists()
+    finally:
+        new_card.stop()
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_second_start_that_cannot_listen_leaves_the_default_card_alone(live_platform):
+    import subprocess
+    import sys
+
+    from tests.live import ROOT
+
+    platform = live_platform
+    before = CardDevice.objects.get(slug="live-default").url
+    env = dict(platform.env, UKEY_URL="ws://127.0.0.1:9")  # another card, same port
+    result = subprocess.run([sys.executable, "manage.py", "runplatform"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0 and "is taken" in result.stderr
+    assert CardDevice.objects.get(slug="live-default").url == before
+
+
+def test_the_admin_issues_an_agent_token_once_and_keeps_only_its_hash(admin_client):
+    from signing.agents import agent_token_check
+    from tests.conftest import database_text
+
+    response = admin_client.post("/admin/signing/carddevice/add/", _device_form(slug="agent-pc", transport="agent",
+                                                                                url=""))
+    assert response.status_code == 302, response.content[:1000]
+    device = CardDevice.objects.get(slug="agent-pc")
+    page = admin_client.post("/admin/signing/carddevice/", {"action": "agent_token_issue",
+                                                             "_selected_action": [device.pk]})
+    assert page.status_code == 200 and "no-store" in page["Cache-Control"]
+    token = page.content.decode().split('<code class="agent-token">', 1)[1].split("</code>", 1)[0]
+    assert agent_token_check(token).device == device
+    assert token not in database_text()
+    again = admin_client.get(f"/admin/signing/carddevice/{device.pk}/change/").content.decode()
+    assert token not in again and "v1 current" in again

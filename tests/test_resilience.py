@@ -169,7 +169,7 @@ def test_a_killed_gateway_process_is_restarted_and_signing_comes_back(redis_plat
     os.kill(gateway_pid, signal.SIGKILL)
     event = poll(lambda: AuditEvent.objects.filter(event_type=AuditEvent.PROCESS_EXITED).first(), 10,
                  "the exit recorded")
-    assert event.device == "resilience-card" and event.details["pid"] == gateway_pid
+    assert event.details["process"] == "ukey_gateway --all" and event.details["pid"] == gateway_pid
     assert event.details["returncode"] == -signal.SIGKILL and "signal SIGKILL" in event.message
     poll(lambda: post(platform, *signed(platform, access, secret, "after the restart"))[0] == 200, 30,
          "signing through the restarted gateway")

@@ -156,6 +156,10 @@ class CardGateway:
 
     # --- lifecycle -------------------------------------------------------------
     @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
     def tasks(self) -> list[asyncio.Task]:
         """The gateway's long-running tasks (supervisor, executor, heartbeat): none ends
         before `shutdown()` unless something is badly wrong."""

@@ -10,10 +10,14 @@ from signing.services import card_device_sync_default
 
 
 class Command(BaseCommand):
-    help = "Run the UKey gateway for one card device in its own process (needs REDIS_URL)."
+    help = ("Run the UKey gateways in their own process (needs REDIS_URL): of one card device, or with --all of "
+            "every card the platform dials, following the admin's changes.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--device", default=settings.UKEY_DEFAULT_DEVICE, help="card device slug")
+        which = parser.add_mutually_exclusive_group()
+        which.add_argument("--device", default=settings.UKEY_DEFAULT_DEVICE, help="card device slug")
+        which.add_argument("--all", action="store_true",
+                           help="every enabled card the platform dials; cards added or changed later too")
 
     def handle(self, *args, **options):
         if "InMemoryChannelLayer" in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
@@ -21,6 +25,10 @@ class Command(BaseCommand):
                 "a separate gateway process needs a shared channel layer: set REDIS_URL "
                 "(without it the gateway runs inside the web process)"
             )
+        if options["all"]:
+            card_device_sync_default()
+            asyncio.run(self._run_all())
+            return
         slug = options["device"]
         if slug == settings.UKEY_DEFAULT_DEVICE:
             card_device_sync_default()
@@ -33,14 +41,24 @@ class Command(BaseCommand):
             raise CommandError(f"card device {slug!r} is served by its card agent (the web process it connects to)")
         asyncio.run(self._run(slug, device.url))
 
+    async def _run_all(self) -> None:
+        host = GatewayHost([])
+        follower = asyncio.create_task(host.follow_devices())
+        self.stdout.write("UKey gateways for every enabled card the platform dials (following changes); "
+                          "Ctrl-C stops them")
+        await self._serve(host, extra=follower)
+
     async def _run(self, slug: str, url: str) -> None:
         host = GatewayHost([slug])
+        await host.start()
+        self.stdout.write(f"UKey gateway for card {slug} ({url}) running; Ctrl-C stops it")
+        await self._serve(host)
+
+    async def _serve(self, host: GatewayHost, extra: asyncio.Task | None = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await host.start()
-        self.stdout.write(f"UKey gateway for card {slug} ({url}) running; Ctrl-C stops it")
         self.stdout.flush()
         waiter = asyncio.create_task(host.wait())
         stopper = asyncio.create_task(stop.wait())
@@ -48,6 +66,8 @@ class Command(BaseCommand):
         if waiter.done() and waiter.exception():
             raise CommandError(f"gateway failed: {waiter.exception()}")
         self.stdout.write(f"stopping: finishing card operations in flight (up to {settings.UKEY_SHUTDOWN_GRACE:.0f} s)")
+        if extra is not None:
+            extra.cancel()
         await host.stop()
         waiter.cancel()
         self.stdout.write("UKey gateway stopped")

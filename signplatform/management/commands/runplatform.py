@@ -13,7 +13,6 @@ from audit.services import audit_event_record
 from core.encryption import master_key_file_ensure
 from core.ports import port_is_open
 from core.supervisor import ChildExit, Supervisor, exit_text
-from signing.models import CardDevice
 from signing.services import card_device_sync_default
 from signplatform.http_server import LimitedHttpToolsProtocol
 
@@ -41,6 +40,11 @@ class Command(BaseCommand):
         web_only = options["web_only"]
         if web_only and settings.UKEY_GATEWAY_MODE != "external":
             raise CommandError("--web-only needs UKEY_GATEWAY_MODE=external (and REDIS_URL): the cards are served elsewhere")
+        host, port = options["host"], options["port"]
+        # Before anything changes: a second `make run` next to a running one must not rewrite
+        # the default card (its URL would point at a simulator that never starts).
+        if port_is_open(port, host=host):
+            raise CommandError(f"{host}:{port} is taken (is the platform running already?); set PORT")
         device = card_device_sync_default()
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         supervisor = Supervisor(on_exit=_process_exit_record)
@@ -65,13 +69,12 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(f"Card: {device.url} (UKEY_URL)")
             if settings.UKEY_GATEWAY_MODE == "external" and not web_only:
-                for slug in (CardDevice.objects.filter(enabled=True, transport=CardDevice.TRANSPORT_URL)
-                             .values_list("slug", flat=True)):
-                    self.stdout.write(f"Starting the UKey gateway process for card {slug}")
-                    supervisor.spawn(f"ukey_gateway --device {slug}", manage + ["ukey_gateway", "--device", slug])
+                # One process for every card the platform dials; it follows the admin's changes.
+                # (`manage.py ukey_gateway --device SLUG` runs one card in a process of its own.)
+                self.stdout.write("Starting the UKey gateway process (every card the platform dials)")
+                supervisor.spawn("ukey_gateway --all", manage + ["ukey_gateway", "--all"])
             # From here on a child that dies is restarted (logged, and an audit event).
             supervisor.watch()
-            host, port = options["host"], options["port"]
             self.stdout.write(
                 f"Signing platform on http://{host}:{port}/  admin: /admin/  API docs: /api/v1/docs/  "
                 f"health: /api/v1/health   (Ctrl-C stops everything)"
