@@ -6,11 +6,20 @@ import socket
 import subprocess
 import time
 
+_handed_out: set[int] = set()
+
 
 def port_free(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A free port, never one this process was given before (the kernel may offer the same
+    ephemeral port twice in a row while nobody listens on it yet)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    return port
 
 
 def port_is_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -65,8 +65,11 @@ class LifespanGateway:
         slugs = await _enabled_device_slugs()
         self.host = GatewayHost(slugs)
         await self.host.start()
-        # Cards added, edited or disabled in the admin take effect without a restart.
-        self.follower = asyncio.create_task(self.host.follow_devices(), name="ukey-follow-devices")
+        # Cards added, edited or disabled in the admin take effect without a restart. Only
+        # where this process is the only one (the in-memory layer): with Redis the cards
+        # belong to the one `ukey_gateway --all` process, which follows them.
+        if settings.UKEY_FOLLOW_DEVICES and "InMemoryChannelLayer" in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
+            self.follower = asyncio.create_task(self.host.follow_devices(), name="ukey-follow-devices")
         logger.info("UKey gateway started in this process for: %s", ", ".join(slugs) or "no devices")
 
     async def shutdown(self) -> None:

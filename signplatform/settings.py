@@ -331,6 +331,10 @@ UKEY_PROBE_INTERVAL = env_float("UKEY_PROBE_INTERVAL", 30.0)
 UKEY_RECONNECT_MIN = env_float("UKEY_RECONNECT_MIN", 0.2)
 # Capped low: a card that is back is used within seconds, and a local connect costs nothing.
 UKEY_RECONNECT_MAX = env_float("UKEY_RECONNECT_MAX", 5.0)
+# Gateway hosts follow the card devices table (admin changes take effect within 2 s). Off:
+# the cards found at start are served until a restart (for several platforms sharing one
+# database, as the tests run them).
+UKEY_FOLLOW_DEVICES = env_bool("UKEY_FOLLOW_DEVICES", True)
 # After a drop, requests wait this long (within their own timeout) for the reconnect.
 UKEY_RECONNECT_WAIT = env_float("UKEY_RECONNECT_WAIT", 3.0)
 UKEY_SHUTDOWN_GRACE = env_float("UKEY_SHUTDOWN_GRACE", 10.0)

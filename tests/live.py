@@ -101,7 +101,9 @@ def services_env(database_url: str, var_dir: Path, **extra) -> dict:
 
     from core.encryption import master_key_file_ensure
 
-    env = dict(os.environ, DATABASE_URL=database_url, SIGNPLATFORM_VAR_DIR=str(var_dir))
+    # Several platforms share the test database, whose rows go between tests: they serve the
+    # cards they found at start (a test of live card changes sets UKEY_FOLLOW_DEVICES=1).
+    env = dict(os.environ, DATABASE_URL=database_url, SIGNPLATFORM_VAR_DIR=str(var_dir), UKEY_FOLLOW_DEVICES="0")
     if not env.get("SIGNPLATFORM_MASTER_KEY"):
         env["SIGNPLATFORM_MASTER_KEY"] = master_key_file_ensure().read_text().strip()
     env.setdefault("AUDIT_CHAIN_KEY", settings.AUDIT_CHAIN_KEY)

@@ -72,7 +72,7 @@ def live_platform(tmp_path, transactional_db):
     only_card_row("live-default")
     default_card = SimulatorProcess(algorithm="rsa", key_dir=str(tmp_path / "k1")).start()
     env = services_env(test_database_url(), tmp_path / "var", UKEY_URL=default_card.url, UKEY_PIN=default_card.pin,
-                       UKEY_DEFAULT_DEVICE="live-default", UKEY_GATEWAY_MODE="embedded")
+                       UKEY_DEFAULT_DEVICE="live-default", UKEY_GATEWAY_MODE="external", UKEY_FOLLOW_DEVICES="1")
     platform = Platform(env, tmp_path).start()
     platform.wait_card()
     yield platform
@@ -158,3 +158,47 @@ def test_the_admin_issues_an_agent_token_once_and_keeps_only_its_hash(admin_clie
     assert token not in database_text()
     again = admin_client.get(f"/admin/signing/carddevice/{device.pk}/change/").content.decode()
     assert token not in again and "v1 current" in again
+
+
+@pytest.mark.embedded
+def test_in_the_embedded_mode_a_card_added_from_the_command_line_signs_without_a_restart(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from signclient import SignClient
+    from tests.conftest import SimulatorProcess
+    from tests.live import ROOT, Platform, embedded_env, poll
+
+    default_card = SimulatorProcess(algorithm="rsa", key_dir=str(tmp_path / "k1")).start()
+    new_card = SimulatorProcess(algorithm="rsa", key_dir=str(tmp_path / "k2")).start()
+    env = embedded_env(tmp_path / "var", UKEY_URL=default_card.url, UKEY_PIN=default_card.pin)
+    platform = Platform(env, tmp_path).start()
+    try:
+        platform.wait_card()
+
+        def manage(*args, **extra_env):
+            return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**platform.env, **extra_env},
+                                  capture_output=True, text=True, check=True, timeout=60).stdout
+
+        manage("carddevice", "create", "--slug", "second-card", "--url", new_card.url, "--pin-env", "PIN",
+               PIN=new_card.pin)
+        created = json.loads(manage("accessid", "create", "--name", "ERP", "--json"))
+        client = SignClient(platform.base, created["access_id"], created["secret"])
+        answer = poll(lambda: _sign_or_none(client, "second-card"), 10, "the added card signing")
+        assert answer["device"] == "second-card"
+        listing = manage("carddevice", "list")
+        assert "second-card" in listing and "see /api/v1/health" in listing
+    finally:
+        platform.stop()
+        default_card.stop()
+        new_card.stop()
+
+
+def _sign_or_none(client, device: str):
+    from signclient import ApiError
+
+    try:
+        return client.request("POST", "/api/v1/sign", {"data": "x", "device": device})
+    except ApiError:
+        return None

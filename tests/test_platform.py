@@ -117,7 +117,7 @@ def test_web_process_with_separate_gateway_process_over_redis(simulator_factory,
     finally:
         platform.stop()
     log = platform.log
-    assert "Starting the UKey gateway process for card redis-card" in log
+    assert "Starting the UKey gateway process (every card the platform dials)" in log
     assert "UKey gateway stopped" in log
     assert platform.proc.returncode == 0
 

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from core.durations import duration_parse
@@ -68,10 +69,14 @@ class Command(BaseCommand):
             self.stdout.write(token)
 
     def _list(self, options):
+        # Without Redis the live state is in the web process's memory only.
+        shared = "LocMemCache" not in settings.CACHES["default"]["BACKEND"]
+        if not shared:
+            self.stdout.write("(live state: see /api/v1/health — without Redis it is in the web process only)")
         for device in CardDevice.objects.order_by("slug"):
-            status = device_status_get(device.slug)
-            state = "connected" if status and status.can_sign else ("down" if status and status.alive
-                                                                      else "not running")
+            status = device_status_get(device.slug) if shared else None
+            state = ("connected" if status and status.can_sign else ("down" if status and status.alive
+                                                                       else "not running")) if shared else "-"
             where = "agent" if device.is_agent else device.url
             tokens = device.agent_tokens.exclude(state=AgentToken.REVOKED).count() if device.is_agent else 0
             self.stdout.write(f"{device.slug:<20} {'enabled' if device.enabled else 'disabled':<9} {state:<12} "

@@ -1,6 +1,7 @@
 import asyncio
 import signal
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -42,6 +43,13 @@ class Command(BaseCommand):
         asyncio.run(self._run(slug, device.url))
 
     async def _run_all(self) -> None:
+        if not settings.UKEY_FOLLOW_DEVICES:  # the cards of now, until a restart
+            slugs = await sync_to_async(list)(CardDevice.objects.filter(
+                enabled=True, transport=CardDevice.TRANSPORT_URL).values_list("slug", flat=True))
+            host = GatewayHost(slugs)
+            await host.start()
+            await self._serve(host)
+            return
         host = GatewayHost([])
         follower = asyncio.create_task(host.follow_devices())
         self.stdout.write("UKey gateways for every enabled card the platform dials (following changes); "

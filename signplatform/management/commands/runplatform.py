@@ -54,15 +54,15 @@ class Command(BaseCommand):
                 # The ASGI lifespan of this process then starts no webhook delivery worker.
                 settings.WEBHOOK_WORKER_EMBEDDED = False
             elif not settings.UKEY_URL:
-                port = settings.UKEY_SIMULATOR_PORT
-                if port_is_open(port):
+                sim_port = settings.UKEY_SIMULATOR_PORT
+                if port_is_open(sim_port):
                     raise CommandError(
-                        f"port {port} is taken; set UKEY_SIMULATOR_PORT, or UKEY_URL to use a real card"
+                        f"port {sim_port} is taken; set UKEY_SIMULATOR_PORT, or UKEY_URL to use a real card"
                     )
-                self.stdout.write(f"No UKEY_URL set: starting the card simulator on ws://127.0.0.1:{port}")
-                simulator = supervisor.spawn("card simulator", manage + ["ukey_simulator", "--port", str(port)])
+                self.stdout.write(f"No UKEY_URL set: starting the card simulator on ws://127.0.0.1:{sim_port}")
+                simulator = supervisor.spawn("card simulator", manage + ["ukey_simulator", "--port", str(sim_port)])
                 deadline = time.monotonic() + 20
-                while not port_is_open(port):
+                while not port_is_open(sim_port):
                     if simulator.proc.poll() is not None or time.monotonic() > deadline:
                         raise CommandError("the card simulator did not start")
                     time.sleep(0.1)
