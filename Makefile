@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint install install-test services bench bench-gateway bench-api clean
+.PHONY: run test lint install install-test services bench bench-gateway bench-api bench-cards clean
 
 $(PY):
 	@echo "==> creating virtual environment in $(VENV)"
@@ -46,7 +46,7 @@ test: install-test lint services
 	@echo "==> gateway tests against the embedded defaults (SQLite, in-memory channel layer)"
 	SIGNPLATFORM_TEST_BACKENDS=embedded $(PY) -m pytest -m "embedded and not services"
 
-bench: bench-gateway bench-api
+bench: bench-gateway bench-api bench-cards
 
 bench-gateway: install
 	$(PY) bench/gateway_bench.py
@@ -54,6 +54,10 @@ bench-gateway: install
 # The HTTP API through uvicorn; it starts the platform with tests/live.py, hence install-test.
 bench-api: install-test
 	$(PY) bench/api_bench.py
+
+# Card pools and the card agent, against a running platform (five simulators, signagent).
+bench-cards: install-test
+	$(PY) bench/cards_bench.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

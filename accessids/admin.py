@@ -121,13 +121,13 @@ class AccessIdAdmin(admin.ModelAdmin):
     list_display_links = ["name", "key"]
     list_filter = [StatusFilter, ScopeFilter]
     search_fields = ["name", "key", "description"]
-    filter_horizontal = ["devices"]
+    filter_horizontal = ["devices", "pools"]
     actions = ["disable_selected", "enable_selected"]
     inlines = [AppSecretInline]
     change_form_template = "admin/accessids/accessid/change_form.html"
     # Shown instead of the raw JSON to people who may only look.
     readable = {"scopes": "scopes_display", "allowed_methods": "allowed_methods_display",
-                "allowed_networks": "allowed_networks_display", "devices": "devices_display",
+                "allowed_networks": "allowed_networks_display", "devices": "devices_display", "pools": "pools_display",
                 "enabled": "status_display", "legacy_aes_key": "legacy_key_display",
                 "legacy_aes_key_remove": "legacy_key_display"}
 
@@ -147,7 +147,7 @@ class AccessIdAdmin(admin.ModelAdmin):
             main = ["key", *main, "status_display"]
         fieldsets = [
             (None, {"fields": main}),
-            ("What it may do", {"fields": ["scopes", "allowed_methods", "devices"]}),
+            ("What it may do", {"fields": ["scopes", "allowed_methods", "devices", "pools"]}),
             ("Limits", {"fields": ["allowed_networks", "rate_limit_per_minute", "expires_at"]}),
         ]
         legacy = ["legacy_aes_key"] if obj is None else ["legacy_key_display", "legacy_aes_key"]
@@ -172,9 +172,9 @@ class AccessIdAdmin(admin.ModelAdmin):
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
-        if db_field.name == "devices" and field is not None:
-            field.widget.can_add_related = False  # card devices are set up on their own page
-            field.help_text = AccessIdForm._meta.help_texts["devices"]  # without "hold down Control"
+        if db_field.name in ("devices", "pools") and field is not None:
+            field.widget.can_add_related = False  # cards and pools are set up on their own pages
+            field.help_text = AccessIdForm._meta.help_texts[db_field.name]  # without "hold down Control"
         return field
 
     def get_inlines(self, request, obj):
@@ -219,6 +219,10 @@ class AccessIdAdmin(admin.ModelAdmin):
         names = [str(d) for d in obj.devices.order_by("slug")]
         return ", ".join(names) if names else "the default card"
 
+    @admin.display(description="card pools")
+    def pools_display(self, obj):
+        return ", ".join(str(p) for p in obj.pools.order_by("slug")) or "none"
+
     @admin.display(description="legacy AES key")
     def legacy_key_display(self, obj):
         if not obj.has_legacy_key:
@@ -254,6 +258,7 @@ class AccessIdAdmin(admin.ModelAdmin):
                 allowed_methods=data["allowed_methods"], context=context, enabled=data["enabled"],
                 expires_at=data["expires_at"], allowed_networks=data["allowed_networks"],
                 rate_limit_per_minute=data["rate_limit_per_minute"], devices=list(data["devices"]),
+                pools=list(data["pools"]),
             )
             del _secret  # shown once, from the reveal ticket, on the next page only
             if data.get("legacy_aes_key"):
@@ -265,10 +270,11 @@ class AccessIdAdmin(admin.ModelAdmin):
             return
         before = AccessId.objects.get(pk=obj.pk)
         changed = [f for f in EDITABLE_FIELDS if getattr(before, f) != getattr(obj, f)]
-        if "devices" in form.changed_data:
-            old = set(before.devices.values_list("pk", flat=True))
-            if old != {d.pk for d in data["devices"]}:
-                changed.append("devices")
+        for relation in ("devices", "pools"):
+            if relation in form.changed_data:
+                old = set(getattr(before, relation).values_list("pk", flat=True))
+                if old != {item.pk for item in data[relation]}:
+                    changed.append(relation)
         access_id_update(access_id=obj, changed=changed, context=context)
         if data.get("legacy_aes_key") or data.get("legacy_aes_key_remove"):
             access_id_set_legacy_key(access_id=obj, legacy_key=data.get("legacy_aes_key") or "", context=context)

@@ -148,7 +148,7 @@ class AccessIdForm(forms.ModelForm):
         model = AccessId
         fields = [
             "name", "description", "enabled", "expires_at", "scopes", "allowed_methods", "allowed_networks",
-            "rate_limit_per_minute", "devices",
+            "rate_limit_per_minute", "devices", "pools",
         ]
         labels = {
             "name": "Name",
@@ -157,6 +157,7 @@ class AccessIdForm(forms.ModelForm):
             "expires_at": "Expires at",
             "rate_limit_per_minute": "Requests per minute (limit)",
             "devices": "Card devices",
+            "pools": "Card pools",
         }
         help_texts = {
             "name": "The client system that will use it, e.g. “ERP – Ningbo warehouse”.",
@@ -164,7 +165,9 @@ class AccessIdForm(forms.ModelForm):
             "enabled": "A disabled access ID is refused at once; nothing is deleted.",
             "expires_at": "Leave empty for no expiry. After this time every request is refused.",
             "rate_limit_per_minute": "Requests above this number per minute are refused with RATE_LIMITED.",
-            "devices": "The UKey cards it may use. None selected: the default card.",
+            "devices": "The UKey cards it may use. None selected (and no pool): the default card.",
+            "pools": "Card pools it may use, and so every card in them. Its requests go to the first pool "
+                     "(by slug) unless they name a card or another pool.",
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 3, "cols": 60})}
 

@@ -4,7 +4,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from signing.models import CardDevice
+from signing.models import CardDevice, CardPool
 from ukey.protocol import RPC_METHODS
 
 SCOPES = ("sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all",
@@ -32,6 +32,10 @@ class AccessId(models.Model):
     )
     rate_limit_per_minute = models.PositiveIntegerField(default=600, validators=[MinValueValidator(1)])
     devices = models.ManyToManyField(CardDevice, blank=True, help_text="Cards it may use. Empty: the default card.")
+    pools = models.ManyToManyField(
+        CardPool, blank=True,
+        help_text="Card pools it may use (and so every card in them); its requests go to the first pool by default.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -45,6 +45,7 @@ class AccessIdAuthInfo:
     devices: tuple[str, ...]  # card slugs it may use; empty: the default card
     # (version, encrypted secret, valid_until or None) for the current and previous secret
     secrets: tuple[tuple[int, str, datetime.datetime | None], ...]
+    pools: tuple[str, ...] = ()  # card pool slugs it may use (the first is its default)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class AppSecretService:
             rate_limit_per_minute=access.rate_limit_per_minute,
             devices=tuple(access.devices.order_by("slug").values_list("slug", flat=True)),
             secrets=secrets,
+            pools=tuple(access.pools.order_by("slug").values_list("slug", flat=True)),
         )
         _cache_call("set", cls._cache_key(key), info, CACHE_TTL)
         return info

@@ -91,6 +91,7 @@ def access_id_create(
     if not name.strip():
         raise AccessIdError("an access ID needs a name")
     devices = fields.pop("devices", None)
+    pools = fields.pop("pools", None)
     access = AccessId.objects.create(
         key="AK" + secrets.token_hex(10).upper(),
         name=name.strip(),
@@ -101,6 +102,8 @@ def access_id_create(
     )
     if devices:
         access.devices.set(devices)
+    if pools:
+        access.pools.set(pools)
     row, secret = _secret_new(access, 1)
     context.record(
         event_type=AuditEvent.ACCESS_ID_CREATED,

@@ -24,6 +24,7 @@ from audit.services import audit_event_record
 from core.dbthread import db_sync_to_async
 from core.errors import ApiError, error_response, invalid_request, not_found
 from core.networks import client_address
+from signing.pools import card_trace_audit
 
 from .auth import HmacSignatureAuthentication
 from .permissions import AccessIdRateThrottle, HasScope
@@ -107,7 +108,7 @@ class SignedAPIView(APIView):
             "message": data.get("message", "") if failed and isinstance(data, dict) else "",
         }
         fields.update(getattr(request, "audit", {}))
-        return fields
+        return card_trace_audit(getattr(request, "card_trace", {}), fields)
 
     def commit_with_audit(self, request, write, *, status_code: int = 200):
         """Run `write()` (a database change) and this request's audit event in one

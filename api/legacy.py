@@ -32,7 +32,8 @@ from core.errors import ApiError
 from core.jsontext import JsonInputError, json_loads_strict
 from core.legacy_cipher import LegacyDecryptError, legacy_data_encrypt, legacy_decrypt
 from core.networks import address_allowed, client_address
-from signing.services import data_sign, device_choose
+from signing.pools import CARD_HEADER, card_target_for, card_target_run, card_trace_audit
+from signing.services import data_sign
 from ukey.client import UKeyError
 from xmlstore.selectors import xml_document_find, xml_documents_in_directory
 from xmlstore.services import xml_directory_clean, xml_document_delete, xml_document_write, xml_filename_clean
@@ -72,6 +73,7 @@ class LegacyCall:
     access: AccessIdAuthInfo | None = None
     folded_key: bytes = b""
     audit: dict[str, Any] = field(default_factory=dict)
+    card_trace: dict[str, Any] = field(default_factory=dict)
     audit_recorded: bool = False
 
     def audit_fields(self, *, http_status: int, outcome: str, message: str = "") -> dict[str, Any]:
@@ -89,7 +91,7 @@ class LegacyCall:
             "message": message,
         }
         fields.update(self.audit)
-        return fields
+        return card_trace_audit(self.card_trace, fields)
 
     def commit_with_audit(self, write):
         """A write and its audit event in one transaction (call from a DB thread)."""
@@ -236,16 +238,19 @@ async def get_code(request):
                               outcome="INVALID_REQUEST")
         pin = _string_field(payload, "pwdstr", required=True)
         call.audit["data_sha256"] = data_digest(text)
-        device = device_choose(allowed=call.access.devices, requested=None)
-        call.audit["device"] = device
         try:
-            result = await data_sign(data=text, no_hash=False, device=device, fallback_pin=pin or None)
+            target = await card_target_for(devices=call.access.devices, pools=call.access.pools, requested=None)
+            result = await card_target_run(
+                target, lambda device: data_sign(data=text, no_hash=False, device=device, fallback_pin=pin or None),
+                trace=call.card_trace)
         except UKeyError as exc:
             text_error = "; ".join(exc.errors) or exc.message
             raise LegacyError(500, 500, text_error, outcome=exc.code) from None
         call.audit["cert_no"] = result.cert_no
         data = legacy_data_encrypt(call.folded_key, {"sign": result.signature, "certNo": result.cert_no})
-        return _envelope(200, "成功", data)
+        response = _envelope(200, "成功", data)
+        response[CARD_HEADER] = result.device
+        return response
 
     return await _run(request, "/getCode", "sign", handle)
 

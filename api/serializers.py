@@ -14,14 +14,15 @@ class SignRequestSerializer(serializers.Serializer):
     no_hash = StrictBooleanField(
         default=False, help_text="Send the hex SHA-1 of `data` to SpcSignDataNoHashAsPEM instead of the text."
     )
-    device = StrictCharField(required=False, allow_blank=True, help_text="Card device slug (optional).")
+    device = StrictCharField(required=False, allow_blank=True, help_text="Card device or card pool slug (optional).")
 
 
 class SignResponseSerializer(serializers.Serializer):
     signature = serializers.CharField(help_text="Base64 signature (RSA-SHA1: 172 chars; SM2-SM3 raw r||s: 88 chars).")
     cert_no = serializers.CharField()
     algorithm = serializers.ChoiceField(choices=["RSA-SHA1", "SM2-SM3"])
-    device = serializers.CharField()
+    device = serializers.CharField(help_text="The card that was used.")
+    pool = serializers.CharField(required=False, help_text="The card pool it was chosen from (only when one was).")
     request_id = serializers.CharField()
 
 
@@ -51,7 +52,8 @@ class CertificateResponseSerializer(serializers.Serializer):
     not_before = serializers.DateTimeField()
     not_after = serializers.DateTimeField()
     ent_name = serializers.CharField(allow_blank=True)
-    device = serializers.CharField()
+    device = serializers.CharField(help_text="The card that was used.")
+    pool = serializers.CharField(required=False, help_text="The card pool it was chosen from (only when one was).")
 
 
 class RotateRequestSerializer(serializers.Serializer):
@@ -84,7 +86,7 @@ class SignXmlRequestSerializer(serializers.Serializer):
         required=False, allow_blank=True, help_text="Store the signed document under this name (.xml added)."
     )
     directory = StrictCharField(required=False, allow_blank=True, help_text="Logical folder in the XML store.")
-    device = StrictCharField(required=False, allow_blank=True, help_text="Card device slug (optional).")
+    device = StrictCharField(required=False, allow_blank=True, help_text="Card device or card pool slug (optional).")
 
 
 class SignXmlResponseSerializer(serializers.Serializer):
@@ -94,7 +96,8 @@ class SignXmlResponseSerializer(serializers.Serializer):
     signature_method = serializers.CharField()
     cert_no = serializers.CharField()
     algorithm = serializers.CharField()
-    device = serializers.CharField()
+    device = serializers.CharField(help_text="The card that was used.")
+    pool = serializers.CharField(required=False, help_text="The card pool it was chosen from (only when one was).")
     document_id = serializers.IntegerField()
     filename = serializers.CharField()
     directory = serializers.CharField(allow_blank=True)
@@ -145,7 +148,8 @@ class Pay179ResponseSerializer(serializers.Serializer):
     sign_string = serializers.CharField()
     signature = serializers.CharField()
     cert_no = serializers.CharField()
-    device = serializers.CharField()
+    device = serializers.CharField(help_text="The card that was used.")
+    pool = serializers.CharField(required=False, help_text="The card pool it was chosen from (only when one was).")
     request_id = serializers.CharField()
     upload = Pay179UploadSerializer(required=False)
 

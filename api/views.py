@@ -17,17 +17,17 @@ from audit.services import data_digest
 from core.ceb import XmlInputError, ceb_verify
 from core.dbthread import db_sync_to_async
 from core.errors import invalid_request, permission_denied, xml_input_error
+from signing.pools import CARD_HEADER, card_target_for, card_target_run
 from signing.services import (
     card_rpc,
     card_signature_method_override,
     ceb_xml_sign,
     certificate_get,
     data_sign,
-    device_choose,
     pay179_sign,
     xml_work_slot,
 )
-from ukey.protocol import RPC_METHODS, SIGN_METHODS, rpc_args_problems
+from ukey.protocol import REPEATABLE_METHODS, RPC_METHODS, SIGN_METHODS, rpc_args_problems
 from xmlstore.services import XmlSignature, xml_directory_clean, xml_document_write, xml_filename_clean
 
 from . import serializers as s
@@ -36,14 +36,26 @@ from .base import SignedAPIView
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 403, 409, 413, 429, 502, 503, 504)}
 
 
-async def _device(request, requested: str | None) -> str:
-    allowed = request.user.access.devices
-    if requested:  # checked against the database
-        device = await db_sync_to_async(device_choose)(allowed=allowed, requested=requested)
-    else:  # no I/O: no thread hop on the common path
-        device = device_choose(allowed=allowed, requested=None)
-    request.audit["device"] = device
-    return device
+async def _on_card(request, requested: str | None, operation, *, repeatable: bool = True):
+    """Run `operation(card)` on the card or pool the request names (else the access ID's
+    default); the audit event and the X-Card-Device header name the card that was used."""
+    request._request.card_trace = trace = {}  # where the audit event is written from
+    access = request.user.access
+    target = await card_target_for(devices=access.devices, pools=access.pools, requested=requested)
+    trace["device"] = target.name
+    result = await card_target_run(target, operation, repeatable=repeatable, trace=trace)
+    return result, trace["device"]
+
+
+def _pool_named(request) -> dict:
+    """`{"pool": slug}` when the card was chosen from a pool (answers name it only then)."""
+    pool = request.card_trace.get("pool")
+    return {"pool": pool} if pool else {}
+
+
+def _named(response: Response, device: str) -> Response:
+    response[CARD_HEADER] = device
+    return response
 
 
 class SignView(SignedAPIView):
@@ -55,18 +67,20 @@ class SignView(SignedAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data["data"]
         request.audit["data_sha256"] = data_digest(data)
-        device = await _device(request, serializer.validated_data.get("device"))
-        result = await data_sign(data=data, no_hash=serializer.validated_data["no_hash"], device=device)
+        no_hash = serializer.validated_data["no_hash"]
+        result, device = await _on_card(request, serializer.validated_data.get("device"),
+                                        lambda card: data_sign(data=data, no_hash=no_hash, device=card))
         request.audit["cert_no"] = result.cert_no
-        return Response(
+        return _named(Response(
             {
                 "signature": result.signature,
                 "cert_no": result.cert_no,
                 "algorithm": result.algorithm,
                 "device": result.device,
+                **_pool_named(request),
                 "request_id": request.request_id,
             }
-        )
+        ), device)
 
 
 class RpcView(SignedAPIView):
@@ -87,12 +101,13 @@ class RpcView(SignedAPIView):
             raise invalid_request(f"args for {method} are not valid", {f"args.{k}": [v] for k, v in problems.items()})
         if isinstance(args.get("inData"), str):
             request.audit["data_sha256"] = data_digest(args["inData"])
-        device = await _device(request, serializer.validated_data.get("device"))
-        envelope = await card_rpc(method=method, args=args, device=device)
+        envelope, device = await _on_card(request, serializer.validated_data.get("device"),
+                                          lambda card: card_rpc(method=method, args=args, device=card),
+                                          repeatable=method in REPEATABLE_METHODS)
         if method in SIGN_METHODS:
             data = envelope["_args"]["Data"]
             request.audit["cert_no"] = str(data[1]) if len(data) > 1 else ""
-        return Response(envelope)
+        return _named(Response(envelope), device)
 
 
 class CertificateView(SignedAPIView):
@@ -101,10 +116,10 @@ class CertificateView(SignedAPIView):
         responses={200: s.CertificateResponseSerializer, **ERRORS},
     )
     async def get(self, request):
-        device = await _device(request, request.query_params.get("device"))
-        result = await certificate_get(device=device)
+        result, device = await _on_card(request, request.query_params.get("device"),
+                                        lambda card: certificate_get(device=card))
         request.audit["cert_no"] = result["cert_no"]
-        return Response(result)
+        return _named(Response({**result, **_pool_named(request)}), device)
 
 
 class RotateSelfView(SignedAPIView):
@@ -159,9 +174,11 @@ class SignXmlView(SignedAPIView):
         directory = xml_directory_clean(values.get("directory"))
         filename = xml_filename_clean(values["filename"]) if values.get("filename", "").strip() else ""
         request.audit["data_sha256"] = data_digest(xml)
-        device = await _device(request, values.get("device"))
-        override = await db_sync_to_async(card_signature_method_override)(device=device)
-        result = await ceb_xml_sign(xml=xml, device=device, owner=request.user.key, signature_method=override)
+        async def sign(card: str):
+            override = await db_sync_to_async(card_signature_method_override)(device=card)
+            return await ceb_xml_sign(xml=xml, device=card, owner=request.user.key, signature_method=override)
+
+        result, device = await _on_card(request, values.get("device"), sign)
         request.audit["cert_no"] = result.cert_no
         if not filename:
             stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
@@ -193,7 +210,7 @@ class SignXmlView(SignedAPIView):
             return document
 
         document = await db_sync_to_async(self.commit_with_audit)(request, store)
-        return Response(
+        return _named(Response(
             {
                 "signed_xml": result.signed_xml,
                 "digest_value": result.digest_value,
@@ -202,13 +219,14 @@ class SignXmlView(SignedAPIView):
                 "cert_no": result.cert_no,
                 "algorithm": result.algorithm,
                 "device": result.device,
+                **_pool_named(request),
                 "document_id": document.pk,
                 "filename": document.filename,
                 "directory": document.directory,
                 "version": document.version,
                 "request_id": request.request_id,
             }
-        )
+        ), device)
 
 
 class VerifyXmlView(SignedAPIView):
@@ -263,9 +281,11 @@ class Sign179View(SignedAPIView):
         requested = data.get("device")
         if requested is not None and not isinstance(requested, str):
             raise invalid_request("device must be a string", {"device": ["must be a string"]})
-        device = await _device(request, requested or None)
+        async def on_card(sign):
+            return (await _on_card(request, requested or None, sign))[0]
+
         # The raw bytes, not request.data: numbers must keep the client's text (100 stays 100).
-        result = await pay179_sign(raw_body=request._request.body, device=device, upload=upload)
+        result = await pay179_sign(raw_body=request._request.body, upload=upload, on_card=on_card)
         request.audit["cert_no"] = result.cert_no
         request.audit["data_sha256"] = data_digest(result.sign_string)
         details = {"session_id": str(data.get("sessionID", ""))[:100]}
@@ -278,9 +298,10 @@ class Sign179View(SignedAPIView):
             "sign_string": result.sign_string,
             "signature": result.signature,
             "cert_no": result.cert_no,
-            "device": device,
+            "device": result.device,
+            **_pool_named(request),
             "request_id": request.request_id,
         }
         if result.upload is not None:
             body["upload"] = result.upload
-        return Response(body)
+        return _named(Response(body), result.device)

@@ -31,6 +31,9 @@ class AuditEvent(models.Model):
     CARD_DEVICE_CREATED = "card.device_created"
     CARD_DEVICE_CHANGED = "card.device_changed"
     CARD_DEVICE_DELETED = "card.device_deleted"
+    CARD_POOL_CREATED = "card.pool_created"
+    CARD_POOL_CHANGED = "card.pool_changed"
+    CARD_POOL_DELETED = "card.pool_deleted"
     AGENT_TOKEN_CREATED = "card.agent_token_created"
     AGENT_TOKEN_ROTATED = "card.agent_token_rotated"
     AGENT_TOKEN_REVOKED = "card.agent_token_revoked"
@@ -66,6 +69,9 @@ class AuditEvent(models.Model):
         (CARD_DEVICE_CREATED, "Card device created"),
         (CARD_DEVICE_CHANGED, "Card device changed"),
         (CARD_DEVICE_DELETED, "Card device deleted"),
+        (CARD_POOL_CREATED, "Card pool created"),
+        (CARD_POOL_CHANGED, "Card pool changed"),
+        (CARD_POOL_DELETED, "Card pool deleted"),
         (AGENT_TOKEN_CREATED, "Agent token created"),
         (AGENT_TOKEN_ROTATED, "Agent token rotated"),
         (AGENT_TOKEN_REVOKED, "Agent tokens revoked"),

@@ -214,6 +214,7 @@ def dashboard_json(data: dict[str, Any]) -> dict[str, Any]:
                            for r in data["top_access_ids"]],
         "failures_by_code": [{k: r[k] for k in ("outcome", "count")} for r in data["failures_by_code"]],
         "cards": cards,
+        "pools": [{k: p[k] for k in ("slug", "name", "enterprise", "up", "size", "cards")} for p in data["pools"]],
         "cards_connected": data["cards_connected"],
         "cert_warnings": data["cert_warnings"],
     }

@@ -67,6 +67,7 @@ def dashboard(*, now: datetime.datetime | None = None) -> dict[str, Any]:
         "top_access_ids": top_access_ids(now=now),
         "failures_by_code": failures_by_code(now=now),
         "cards": cards,
+        "pools": signing_selectors.card_pool_states(),
         "cards_connected": sum(1 for c in cards if c["connected"]),
         "cert_warnings": sum(1 for c in cards if c["expiry"] and c["expiry"]["level"] != "ok"),
     }

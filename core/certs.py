@@ -71,6 +71,8 @@ class CertificateInfo:
     serial_number: int
     # RSA: a pycryptodome key; SM2: the public point x||y as 128 hex digits.
     public_key: object
+    # The subject's organization (O=): the enterprise the card belongs to.
+    organization: str = ""
 
     @property
     def der_base64(self) -> str:
@@ -81,6 +83,13 @@ class CertificateInfo:
         body = self.der_base64
         lines = [body[i : i + 64] for i in range(0, len(body), 64)]
         return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
+def _organization(name: asn1_x509.Name) -> str:
+    value = name.native.get("organization_name", "")
+    if isinstance(value, list):  # several O= attributes: the first names the enterprise
+        value = value[0] if value else ""
+    return str(value).strip()
 
 
 @functools.lru_cache(maxsize=64)
@@ -133,6 +142,7 @@ def certificate_load(value: bytes | str) -> CertificateInfo:
             not_after=cert.not_valid_after,
             serial_number=cert.serial_number,
             public_key=public_key,
+            organization=_organization(cert.subject),
         )
     except CertificateError:
         raise

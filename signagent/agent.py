@@ -65,6 +65,18 @@ class AgentConfig:
         return url if url.endswith(agentproto.AGENT_PATH) else url + agentproto.AGENT_PATH
 
 
+class _PinnedSSLObject(ssl.SSLObject):
+    """Fails the TLS handshake unless the server's certificate has one of `pins` (SHA-256 of DER)."""
+
+    pins: frozenset = frozenset()
+
+    def do_handshake(self) -> None:
+        super().do_handshake()  # raises SSLWantReadError until the handshake is done
+        seen = hashlib.sha256(self.getpeercert(binary_form=True) or b"").hexdigest()
+        if seen not in self.pins:
+            raise ssl.SSLCertVerificationError(f"the platform's TLS certificate (SHA-256 {seen}) is not a pinned one")
+
+
 def backoff(attempt: int, low: float, high: float) -> float:
     """Capped exponential backoff with full jitter (never below half the minimum)."""
     return max(low / 2, random.uniform(0, min(high, low * 2 ** min(attempt, 16))))
@@ -173,19 +185,15 @@ class Agent:
 
     # --- the platform ------------------------------------------------------------------------------
     def _ssl(self) -> ssl.SSLContext | None:
+        """Verified TLS (the system's CAs, or --ca-file); with pins, the certificate is checked
+        inside the TLS handshake, before a byte of the request (and so the token) is sent."""
         if not self.config.endpoint.startswith("wss://"):
             return None
         context = ssl.create_default_context(cafile=self.config.ca_file or None)
+        if self.config.pin_sha256:
+            pins = frozenset(p.lower().replace(":", "") for p in self.config.pin_sha256)
+            context.sslobject_class = type("PinnedSSLObject", (_PinnedSSLObject,), {"pins": pins})
         return context
-
-    def _pinned(self, link) -> bool:
-        if not self.config.pin_sha256:
-            return True
-        ssl_object = link.transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else b""
-        seen = hashlib.sha256(der or b"").hexdigest()
-        wanted = {p.lower().replace(":", "") for p in self.config.pin_sha256}
-        return seen in wanted
 
     async def _platform_loop(self) -> None:
         attempt = 0
@@ -208,11 +216,6 @@ class Agent:
                     logger.warning("cannot reach the platform at %s: %s: %s", self.config.endpoint,
                                    exc.__class__.__name__, exc)
                 await asyncio.sleep(backoff(attempt, self.config.reconnect_min, self.config.reconnect_max))
-                continue
-            if not self._pinned(link):
-                logger.error("the platform's TLS certificate is not the pinned one: not connecting")
-                await link.close()
-                await asyncio.sleep(backoff(attempt + 5, self.config.reconnect_min, self.config.reconnect_max))
                 continue
             reason = await self._session(link)
             self.link = None

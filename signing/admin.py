@@ -2,14 +2,16 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from audit.models import AuditEvent
 from audit.services import admin_change_context
 
 from .agents import AgentTokenError, agent_token_create, agent_token_rotate, agent_tokens_revoke
 from .cards import device_status_get
-from .models import AgentToken, CardDevice
+from .models import AgentToken, CardDevice, CardPool
+from .pools import PoolEnterpriseError, pool_cards, pool_enterprise_check, pool_load, pools_forget
 from .services import card_device_set_pin
 
 # What the admin records of a change (the PIN as "changed", never its value).
@@ -182,3 +184,102 @@ class CardDeviceAdmin(admin.ModelAdmin):
     def last_error(self, obj):
         status = self._status(obj)
         return status.last_error if status else ""
+
+
+# --- card pools ---------------------------------------------------------------------------------
+
+
+class CardPoolForm(forms.ModelForm):
+    class Meta:
+        model = CardPool
+        fields = ["slug", "name", "devices", "enterprise", "enabled"]
+
+    def clean(self):
+        data = super().clean()
+        devices = data.get("devices")
+        if devices is not None:
+            try:
+                data["enterprise"] = pool_enterprise_check(devices=[d.slug for d in devices],
+                                                           enterprise=data.get("enterprise") or "")
+            except PoolEnterpriseError as exc:
+                self.add_error("devices", str(exc))
+        return data
+
+
+@admin.register(CardPool)
+class CardPoolAdmin(admin.ModelAdmin):
+    form = CardPoolForm
+    list_display = ["slug", "name", "capacity", "enterprise", "enabled", "cards_display"]
+    list_filter = ["enabled"]
+    search_fields = ["slug", "name", "enterprise"]
+    filter_horizontal = ["devices"]
+    readonly_fields = ["capacity", "cards_state", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "enabled"],
+                "description": "A client names the pool's slug as its device (or the pool is its access ID's "
+                               "default); each request goes to the least-loaded connected card, and once more to "
+                               "another card when its card fails without answering."}),
+        ("Cards", {"fields": ["devices", "enterprise"]}),
+        ("Live state", {"fields": ["capacity", "cards_state", "created_at", "updated_at"]}),
+    ]
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if db_field.name == "devices":
+            field.widget.can_add_related = False
+            field.help_text = "The cards of the pool (all of one enterprise, as their certificates say)."
+        return field
+
+    def save_model(self, request, obj, form, change):
+        obj._before = set(obj.devices.values_list("slug", flat=True)) if change else set()
+        obj._changed = [name for name in form.changed_data if name != "devices"]
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        """The cards are saved here, so the audit event is written here (same transaction)."""
+        super().save_related(request, form, formsets, change)
+        obj = form.instance
+        cards = set(obj.devices.values_list("slug", flat=True))
+        changed = list(obj._changed) + (["devices"] if cards != obj._before else [])
+        pools_forget()
+        if change and not changed:
+            return
+        details = {"cards": sorted(cards), "enterprise": obj.enterprise}
+        if change:
+            details.update(changed=changed, added=sorted(cards - obj._before), removed=sorted(obj._before - cards))
+        admin_change_context(request).record(
+            event_type=AuditEvent.CARD_POOL_CHANGED if change else AuditEvent.CARD_POOL_CREATED,
+            device=obj.slug, details=details,
+            message=f"changed {', '.join(changed)}" if change else "created")
+
+    def delete_model(self, request, obj):
+        admin_change_context(request).record(
+            event_type=AuditEvent.CARD_POOL_DELETED, device=obj.slug,
+            details={"cards": sorted(obj.devices.values_list("slug", flat=True))})
+        super().delete_model(request, obj)
+        pools_forget()
+
+    def delete_queryset(self, request, queryset):
+        for pool in queryset:
+            self.delete_model(request, pool)
+
+    def _cards(self, obj):
+        pools_forget()
+        info = pool_load(obj.slug) if obj and obj.pk else None
+        return pool_cards(info)[1] if info else []
+
+    @admin.display(description="Capacity")
+    def capacity(self, obj):
+        cards = self._cards(obj)
+        up = sum(1 for c in cards if c.up)
+        color = "#1a7f37" if cards and up == len(cards) else ("#9a6700" if up else "#cf222e")
+        return format_html('<span style="color:{};font-weight:bold">{}/{} cards up</span>', color, up, len(cards))
+
+    @admin.display(description="Cards")
+    def cards_display(self, obj):
+        return ", ".join(obj.devices.order_by("slug").values_list("slug", flat=True)) or "none"
+
+    @admin.display(description="State of each card")
+    def cards_state(self, obj):
+        rows = [(c.slug, "up" if c.up else c.reason) for c in self._cards(obj)]
+        return format_html_join(mark_safe("<br>"), "<code>{}</code>: {}", rows) if rows else "—"

@@ -4,7 +4,9 @@ a card (over the channel layer, to the card's gateway)."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import time
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -15,12 +17,15 @@ from django.core.cache import cache
 from core.encryption import MasterKeyError, secret_decrypt, secret_encrypt
 from core.logging import request_id_var
 from ukey import messages
-from ukey.client import UKeyResponse, UKeyUnavailable, card_call
+from ukey.client import UKeyResponse, UKeyTimeout, UKeyUnavailable, card_call
 from ukey.status import DeviceStatus
 
 logger = logging.getLogger(__name__)
 
 STATUS_TTL = 60
+# The time (time.time()) by which the current request's card work must be done, when a card
+# pool runs it (a retry on another card gets only what is left); None: each call its own.
+card_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("card_deadline", default=None)
 # A PIN a legacy client sends travels to the gateway encrypted under the master key, so it
 # never sits in clear in Redis (the channel layer).
 FALLBACK_PIN_PURPOSE = "fallback-pin"
@@ -87,13 +92,21 @@ async def ukey_call(
     UKEY_CALL_TIMEOUT); UKeyCardError when the card answers Result:false and
     `raise_card_errors` is set."""
     slug = device or settings.UKEY_DEFAULT_DEVICE
+    timeout = settings.UKEY_CALL_TIMEOUT if timeout is None else timeout
+    until = card_deadline.get()
+    if until is not None:
+        left = until - time.time()
+        if left <= 0.05:
+            raise UKeyTimeout(f"the request's time for the card ({settings.UKEY_CALL_TIMEOUT:.0f}s) is used up",
+                              device=slug)
+        timeout = min(timeout, left)
     return await card_call(
         get_channel_layer(),
         method,
         args,
         device=slug,
         status=device_status_get(slug, strict=True),
-        timeout=settings.UKEY_CALL_TIMEOUT if timeout is None else timeout,
+        timeout=timeout,
         raise_card_errors=raise_card_errors,
         fallback_pin=fallback_pin,
         pin_seal=fallback_pin_seal,

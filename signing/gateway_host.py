@@ -40,7 +40,8 @@ def card_event_record(event: CardEvent) -> None:
 
 def certificate_inspect(pem: str) -> CertificateFacts:
     info = certs.certificate_load(pem)
-    return CertificateFacts(algorithm=info.algorithm, subject=info.subject, not_after=info.not_after.isoformat())
+    return CertificateFacts(algorithm=info.algorithm, subject=info.subject, not_after=info.not_after.isoformat(),
+                            organization=info.organization)
 
 
 @database_sync_to_async

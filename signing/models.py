@@ -68,6 +68,41 @@ class CardDevice(models.Model):
     def clean(self) -> None:
         if self.transport == self.TRANSPORT_URL and not self.url:
             raise ValidationError({"url": "A card the platform connects to needs the control's URL."})
+        if self.slug and CardPool.objects.filter(slug=self.slug).exists():
+            raise ValidationError({"slug": "A card pool already has this slug; a card needs its own."})
+
+
+class CardPool(models.Model):
+    """Cards used together: a request for the pool goes to its least-loaded connected card,
+    and moves to another card once when its card fails without answering. All cards of a
+    pool belong to one enterprise (the organization their certificates name)."""
+
+    slug = models.CharField(
+        max_length=50, unique=True, validators=[slug_validator],
+        help_text="What clients name as their device to use the pool; not the slug of a card.",
+    )
+    name = models.CharField(max_length=200, blank=True)
+    devices = models.ManyToManyField(CardDevice, related_name="pools", verbose_name="cards",
+                                     help_text="The cards of the pool.")
+    enterprise = models.CharField(
+        max_length=200, blank=True,
+        help_text=("The enterprise every card's certificate must name (its O=). Empty: taken from the cards "
+                   "when the pool is saved while they are connected; a card of another enterprise is never used."),
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = "card pool"
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+    def clean(self) -> None:
+        if self.slug and CardDevice.objects.filter(slug=self.slug).exists():
+            raise ValidationError({"slug": "A card device already has this slug; a pool needs its own."})
 
 
 class AgentToken(models.Model):

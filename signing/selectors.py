@@ -8,7 +8,7 @@ from typing import Any
 from ukey.status import DeviceStatus
 
 from .cards import device_status_get
-from .models import CardDevice
+from .models import CardDevice, CardPool
 
 
 def _iso(ts: float | None) -> str | None:
@@ -40,4 +40,27 @@ def card_device_states() -> list[dict[str, Any]]:
                 "cert_not_after": current.cert_not_after or None,
             }
         )
+    return states
+
+
+def card_pool_states() -> list[dict[str, Any]]:
+    """Every enabled pool: its capacity (cards up / enabled cards) and each card's state."""
+    from .pools import pool_cards, pool_load
+
+    states = []
+    for pool in CardPool.objects.filter(enabled=True).order_by("slug"):
+        info = pool_load(pool.slug)
+        if info is None:  # deleted meanwhile
+            continue
+        enterprise, cards = pool_cards(info)
+        up = sum(1 for c in cards if c.up)
+        states.append({
+            "slug": pool.slug,
+            "name": str(pool),
+            "enterprise": enterprise or None,
+            "up": up,
+            "size": len(cards),
+            "capacity": f"{up}/{len(cards)}",
+            "cards": [{"slug": c.slug, "up": c.up, "reason": c.reason} for c in cards],
+        })
     return states

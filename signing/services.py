@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from audit.models import AuditEvent
@@ -27,14 +27,15 @@ from core.ceb import (
 )
 from core.certs import CertificateError, CertificateInfo, certificate_load, signature_verify, signature_verify_digest
 from core.encryption import secret_decrypt, secret_encrypt
-from core.errors import invalid_request, permission_denied, xml_input_error
+from core.errors import invalid_request, xml_input_error
 from core.pay179 import Pay179Error, pay179_parse, pay179_sign_string, pay179_upload, pay179_upload_form
 from core.workpool import FairPool
 from ukey.client import UKeyCardError
 from ukey.protocol import SIGN_METHODS
 
 from .cards import device_status_get, ukey_call, ukey_reset
-from .models import CardDevice
+from .models import CardDevice, CardPool
+from .pools import PoolEnterpriseError, pool_enterprise_check, pools_forget
 
 PIN_PURPOSE = "card-pin"
 
@@ -65,6 +66,24 @@ def card_device_create(*, slug: str, name: str = "", transport: str = CardDevice
     context.record(event_type=AuditEvent.CARD_DEVICE_CREATED, device=device.slug,
                    details={"transport": device.transport, "url": device.url, "pin_set": device.has_pin})
     return device
+
+
+@transaction.atomic
+def card_pool_create(*, slug: str, devices: list[CardDevice], name: str = "", enterprise: str = "",
+                     context: ChangeContext = COMMAND) -> CardPool:
+    """A new card pool (validated; its cards must belong to one enterprise), with its audit event."""
+    pool = CardPool(slug=slug, name=name, enterprise=enterprise)
+    pool.full_clean(exclude=["devices"])
+    try:
+        pool.enterprise = pool_enterprise_check(devices=[d.slug for d in devices], enterprise=enterprise)
+    except PoolEnterpriseError as exc:
+        raise ValidationError({"devices": [str(exc)]}) from None
+    pool.save(force_insert=True)
+    pool.devices.set(devices)
+    pools_forget()
+    context.record(event_type=AuditEvent.CARD_POOL_CREATED, device=pool.slug,
+                   details={"cards": sorted(d.slug for d in devices), "enterprise": pool.enterprise})
+    return pool
 
 
 def default_device_url() -> str:
@@ -114,23 +133,6 @@ class SignResult:
     cert_no: str
     algorithm: str
     device: str
-
-
-_DEVICE_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
-
-
-def device_choose(*, allowed: tuple[str, ...], requested: str | None) -> str:
-    """The card a request will use: the one asked for (if the access ID may use it), else
-    the access ID's first card, else the platform's default card."""
-    if requested:
-        if not _DEVICE_SLUG.fullmatch(requested):
-            raise invalid_request(f"no card device {requested[:60]!r}", {"device": ["unknown card device"]})
-        if allowed and requested not in allowed:
-            raise permission_denied(f"this access ID may not use card device {requested!r}")
-        if not CardDevice.objects.filter(slug=requested, enabled=True).exists():
-            raise invalid_request(f"no enabled card device {requested!r}", {"device": ["unknown card device"]})
-        return requested
-    return allowed[0] if allowed else settings.UKEY_DEFAULT_DEVICE
 
 
 async def data_sign(*, data: str, no_hash: bool, device: str, fallback_pin: str | None = None) -> SignResult:
@@ -188,7 +190,9 @@ async def signature_check(*, device: str, method: str, in_data: str, signature: 
             "the signature does not verify over this request's data"
     if not valid:
         await ukey_reset(device, reason=f"{method}: {why} (answer mixed up with another request?)")
-        raise UKeyCardError(f"card {device} returned a signature that was not handed out: {why}", device=device)
+        error = UKeyCardError(f"card {device} returned a signature that was not handed out: {why}", device=device)
+        error.not_done = True
+        raise error
 
 
 async def card_rpc(*, method: str, args: dict[str, Any], device: str) -> dict[str, Any]:
@@ -330,18 +334,22 @@ class Pay179SignResult:
     signature: str
     cert_no: str
     upload: dict[str, Any] | None
+    device: str
 
 
-async def pay179_sign(*, raw_body: bytes, device: str, upload: bool) -> Pay179SignResult:
-    """Build the exact 179 string (ceb-xml-and-179.md §2), sign it with the card, and when
-    asked post it to customs (CUSTOMS_179_UPLOAD_URL); the upload's outcome is reported,
-    never raised: the signature stays valid whatever customs answers."""
+async def pay179_sign(*, raw_body: bytes, upload: bool,
+                      on_card: Callable[[Callable[[str], Awaitable[SignResult]]], Awaitable[SignResult]]
+                      ) -> Pay179SignResult:
+    """Build the exact 179 string (ceb-xml-and-179.md §2), sign it with the card that
+    `on_card(sign)` runs `sign(device)` on, and when asked post it to customs
+    (CUSTOMS_179_UPLOAD_URL) once it is signed; the upload's outcome is reported, never
+    raised: the signature stays valid whatever customs answers."""
     try:
         payload = pay179_parse(raw_body)
         sign_string = pay179_sign_string(payload)
     except Pay179Error as exc:
         raise invalid_request(exc.message, exc.field_errors) from None
-    signed = await data_sign(data=sign_string, no_hash=False, device=device)
+    signed = await on_card(lambda device: data_sign(data=sign_string, no_hash=False, device=device))
     report = None
     if upload:
         result = await pay179_upload(
@@ -359,4 +367,5 @@ async def pay179_sign(*, raw_body: bytes, device: str, upload: bool) -> Pay179Si
             "error": result.error,
             "duration_ms": result.duration_ms,
         }
-    return Pay179SignResult(sign_string=sign_string, signature=signed.signature, cert_no=signed.cert_no, upload=report)
+    return Pay179SignResult(sign_string=sign_string, signature=signed.signature, cert_no=signed.cert_no,
+                            upload=report, device=signed.device)

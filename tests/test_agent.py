@@ -122,7 +122,9 @@ def test_a_signature_through_the_agent_verifies_and_the_platform_never_dialled_t
     access, secret = access_id_create(name="ERP, office card", devices=[device])
     before = sim_connections(office_card)
     agent_process = agent()
-    state = poll(lambda: (s := device_state(platform))["connected"] and s, 15, "the agent card connected")
+    # The card's facts (certNo, algorithm) are read just after it connects.
+    state = poll(lambda: (s := device_state(platform))["connected"] and s["algorithm"] and s, 15,
+                 "the agent card connected, its facts read")
     assert state["algorithm"] == "SM2-SM3" and state["cert_no"]
     status, _, cert = call(platform, "GET", "/api/v1/certificate", access=access, secret=secret)
     assert status == 200 and cert["device"] == SLUG

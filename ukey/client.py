@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import messages
-from .protocol import CardResult
+from .protocol import CARD_NOT_DONE_ERRORS, CardResult
 from .status import DeviceStatus
 
 
@@ -35,7 +35,10 @@ class UKeyError(Exception):
 
 
 class UKeyCardError(UKeyError):
-    """The card answered `Result:false`; `errors` is its Error list."""
+    """The card answered `Result:false`; `errors` is its Error list. `not_done` marks an
+    answer the platform refused (e.g. a signature that does not verify): nothing was handed out."""
+
+    not_done = False
 
 
 class UKeyTimeout(UKeyError):
@@ -48,6 +51,17 @@ class UKeyUnavailable(UKeyError):
 
     code = messages.UKEY_UNAVAILABLE
     http_status = 503
+
+
+def failed_without_answer(error: UKeyError) -> bool:
+    """The card failed the request without having done it: never reached, disconnected,
+    timed out, its reader reset, or an answer the platform would not hand out. Such a
+    request may go to another card, if its method is repeatable."""
+    if isinstance(error, (UKeyUnavailable, UKeyTimeout)):
+        return True
+    if isinstance(error, UKeyCardError):
+        return error.not_done or CardResult(ok=False, errors=error.errors).error_code in CARD_NOT_DONE_ERRORS
+    return False
 
 
 _ERRORS = {cls.code: cls for cls in (UKeyCardError, UKeyTimeout, UKeyUnavailable)}

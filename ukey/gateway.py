@@ -67,6 +67,7 @@ class CertificateFacts:
     algorithm: str
     subject: str
     not_after: str  # ISO 8601
+    organization: str = ""  # the subject's O=: the enterprise the card belongs to
 
 
 async def _no_event(event: CardEvent) -> None:
@@ -468,6 +469,7 @@ class CardGateway:
                     self.status.algorithm = facts.algorithm
                     self.status.cert_subject = facts.subject
                     self.status.cert_not_after = facts.not_after
+                    self.status.cert_organization = facts.organization
                 else:
                     setattr(self.status, field, value)
         except (asyncio.TimeoutError, CardConnectionLost):

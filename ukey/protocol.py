@@ -47,6 +47,14 @@ RPC_METHODS = (
     "cus-sec_SpcGetCardUserInfo",
 )
 
+# Methods that may be sent again, to another card of a pool, when a card failed without
+# answering: they sign what the caller sent or read the card. A method not listed here is
+# never repeated.
+REPEATABLE_METHODS = frozenset(RPC_METHODS) | PIN_METHODS
+
+# Card errors that mean the card did not do the operation (the reader had to be reset).
+CARD_NOT_DONE_ERRORS = frozenset({"Custom50070"})
+
 # The args each pass-through method needs (non-blank text) and may have; anything else, or a
 # value that is not text, the control refuses (or worse), so the platform refuses it first.
 RPC_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

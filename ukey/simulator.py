@@ -53,21 +53,22 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _subject(common_name: str) -> asn1_x509.Name:
+def _subject(common_name: str, enterprise: str) -> asn1_x509.Name:
     return asn1_x509.Name.build(
         {
             "country_name": "CN",
-            "organization_name": ENT_NAME,
+            "organization_name": enterprise,
             "organizational_unit_name": "UKey Simulator",
             "common_name": common_name,
         }
     )
 
 
-def _build_certificate(*, serial: int, algorithm: str, spki: asn1_keys.PublicKeyInfo, sign) -> bytes:
+def _build_certificate(*, serial: int, algorithm: str, spki: asn1_keys.PublicKeyInfo, sign,
+                       enterprise: str = ENT_NAME) -> bytes:
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     sig_oid = certs.OID_SM3_WITH_SM2 if algorithm == certs.ALG_SM2 else certs.OID_SHA1_WITH_RSA
-    name = _subject(f"Operator card {serial:x}")
+    name = _subject(f"Operator card {serial:x}", enterprise)
     tbs = asn1_x509.TbsCertificate(
         {
             "version": "v3",
@@ -93,18 +94,22 @@ def _build_certificate(*, serial: int, algorithm: str, spki: asn1_keys.PublicKey
 
 
 class SimulatedCard:
-    """An operator card's key material, loaded from or created in `key_dir`."""
+    """An operator card's key material, loaded from or created in `key_dir`. `enterprise`
+    is the organization its certificate names (a stored certificate of another enterprise is
+    replaced by a new card)."""
 
-    def __init__(self, algorithm: str, key_dir: Path) -> None:
+    def __init__(self, algorithm: str, key_dir: Path, *, enterprise: str = ENT_NAME) -> None:
         if algorithm not in ("rsa", "sm2"):
             raise ValueError("algorithm must be rsa or sm2")
+        self.enterprise = enterprise
         self.algorithm = certs.ALG_RSA if algorithm == "rsa" else certs.ALG_SM2
         self.dir = Path(key_dir) / algorithm
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         cert_path = self.dir / "cert.der"
         key_path = self.dir / ("key.pem" if algorithm == "rsa" else "key.hex")
-        if not (cert_path.exists() and key_path.exists()):
+        if not (cert_path.exists() and key_path.exists()) \
+                or certs.certificate_load(cert_path.read_bytes()).organization != enterprise:
             self._generate(key_path, cert_path)
         self._load(key_path, cert_path)
         self.card_id = "SIM" + f"{self.cert.serial_number:x}"[-10:].upper()
@@ -115,7 +120,8 @@ class SimulatedCard:
             serial = secrets.randbits(31) | (1 << 28)  # 8 hex digits
             spki = asn1_keys.PublicKeyInfo.load(key.public_key().export_key(format="DER"))
             der = _build_certificate(
-                serial=serial, algorithm=self.algorithm, spki=spki, sign=lambda tbs: certs.rsa_sha1_sign(key, tbs)
+                serial=serial, algorithm=self.algorithm, spki=spki, sign=lambda tbs: certs.rsa_sha1_sign(key, tbs),
+                enterprise=self.enterprise,
             )
             _write_private(key_path, key.export_key(format="PEM"))
         else:
@@ -141,7 +147,8 @@ class SimulatedCard:
                 s = asn1_core.Integer(int.from_bytes(raw[32:], "big"))
                 return _der_sequence(r.dump() + s.dump())
 
-            der = _build_certificate(serial=serial, algorithm=self.algorithm, spki=spki, sign=sign)
+            der = _build_certificate(serial=serial, algorithm=self.algorithm, spki=spki, sign=sign,
+                                     enterprise=self.enterprise)
             _write_private(key_path, (private_hex + "\n" + public_hex + "\n").encode())
         _write_private(cert_path, der)
 
@@ -461,7 +468,7 @@ _METHODS = {
     "cus-sec_SpcSignDataAsPEM": _sign,
     "cus-sec_SpcSignDataNoHashAsPEM": _sign_no_hash,
     "cus-sec_SpcGetCertNo": lambda card, args: _ok(card.cert_no),
-    "cus-sec_SpcGetEntName": lambda card, args: _ok(ENT_NAME),
+    "cus-sec_SpcGetEntName": lambda card, args: _ok(card.enterprise),
     "cus-sec_SpcGetSignCertAsPEM": lambda card, args: _ok(card.cert.der_base64),
     "cus-sec_SpcGetEnvCertAsPEM": lambda card, args: _ok(card.cert.der_base64),
     "cus-sec_SpcGetValidTimeFromCert": _valid_time,
@@ -472,7 +479,7 @@ _METHODS = {
     "cus-sec_SpcGetEntID": lambda card, args: _ok("4403960000"),
     "cus-sec_SpcGetEntMode": lambda card, args: _ok("1"),
     "cus-sec_SpcGetCardUserInfo": lambda card, args: _ok(
-        json.dumps({"szCardID": card.card_id, "szUserName": "模拟操作员", "szEntName": ENT_NAME}, ensure_ascii=False)
+        json.dumps({"szCardID": card.card_id, "szUserName": "模拟操作员", "szEntName": card.enterprise}, ensure_ascii=False)
     ),
 }
 

@@ -29,6 +29,7 @@ class DeviceStatus:
     ent_name: str = ""
     cert_subject: str = ""
     cert_not_after: str = ""
+    cert_organization: str = ""  # the certificate subject's O=: the card's enterprise
     reconnect_attempts: int = 0
     connections: int = 0
     card_errors: int = 0
@@ -49,6 +50,12 @@ class DeviceStatus:
     def accepting(self) -> bool:
         """Connected, or just dropped and reconnecting (a request may wait for it)."""
         return self.connected or (self.accepting_until is not None and time.time() < self.accepting_until)
+
+    @property
+    def enterprise(self) -> str:
+        """The enterprise the card belongs to: its certificate's organization, else the
+        name the card itself reports."""
+        return self.cert_organization or self.ent_name
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,6 +14,7 @@ from accessids.services import (
     grace_parse,
     scopes_parse,
 )
+from signing.models import CardDevice, CardPool
 
 
 class Command(BaseCommand):
@@ -25,6 +26,10 @@ class Command(BaseCommand):
         create.add_argument("--name", required=True)
         create.add_argument("--scopes", help="comma-separated; all scopes when omitted")
         create.add_argument("--description", default="")
+        create.add_argument("--devices", default="", help="card devices it may use, comma separated (default: the "
+                                                          "default card)")
+        create.add_argument("--pools", default="", help="card pools it may use, comma separated (the first is its "
+                                                        "default)")
         create.add_argument("--json", action="store_true", help='print only {"access_id": ..., "secret": ...}')
         self._legacy_arguments(create)
         legacy = sub.add_parser(
@@ -74,11 +79,23 @@ class Command(BaseCommand):
             raise CommandError(f"no access ID {key!r}")
         return access
 
+    @staticmethod
+    def _named(model, what: str, text: str) -> list:
+        slugs = [s.strip() for s in text.split(",") if s.strip()]
+        rows = list(model.objects.filter(slug__in=slugs))
+        missing = sorted(set(slugs) - {r.slug for r in rows})
+        if missing:
+            raise CommandError(f"no {what} {', '.join(missing)}")
+        return rows
+
     def _create(self, options):
         legacy_key = self._legacy_key(options)
+        devices = self._named(CardDevice, "card device", options["devices"])
+        pools = self._named(CardPool, "card pool", options["pools"])
         with transaction.atomic():  # an access ID whose legacy key was refused is not created
             access, secret = access_id_create(
-                name=options["name"], scopes=scopes_parse(options["scopes"]), description=options["description"]
+                name=options["name"], scopes=scopes_parse(options["scopes"]), description=options["description"],
+                devices=devices, pools=pools,
             )
             if legacy_key:
                 access_id_set_legacy_key(access_id=access, legacy_key=legacy_key)

@@ -5,7 +5,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from ukey.simulator import FAULT_KINDS, CardSimulator, FaultPlan, FaultRule, SimulatedCard
+from ukey.simulator import ENT_NAME, FAULT_KINDS, CardSimulator, FaultPlan, FaultRule, SimulatedCard
 
 
 class Command(BaseCommand):
@@ -20,6 +20,8 @@ class Command(BaseCommand):
         parser.add_argument("--pin", default=None, help="card PIN (default UKEY_SIMULATOR_PIN); '' for none")
         parser.add_argument("--key-dir", default=str(settings.UKEY_SIMULATOR_KEY_DIR),
                             help="where the card's key and certificate are kept")
+        parser.add_argument("--enterprise", default=ENT_NAME,
+                            help="the enterprise the card's certificate names (default %(default)s)")
         parser.add_argument("--fault", action="append", default=[], metavar="KIND[:COUNT]",
                             help=f"inject a fault into sign operations; KIND is one of {', '.join(FAULT_KINDS)}")
         parser.add_argument("--fault-rate", type=float, default=1.0, help="probability a matching operation faults")
@@ -33,7 +35,7 @@ class Command(BaseCommand):
             faults = FaultPlan([FaultRule.from_cli(f, options["fault_rate"], options["slow_ms"]) for f in options["fault"]])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        card = SimulatedCard(options["algorithm"], Path(options["key_dir"]))
+        card = SimulatedCard(options["algorithm"], Path(options["key_dir"]), enterprise=options["enterprise"])
         simulator = CardSimulator(
             card, latency_ms=options["latency_ms"], pin=pin, faults=faults, bare_responses=options["bare_responses"]
         )
