@@ -42,7 +42,6 @@ async def _on_card(request, requested: str | None, operation, *, repeatable: boo
     request._request.card_trace = trace = {}  # where the audit event is written from
     access = request.user.access
     target = await card_target_for(devices=access.devices, pools=access.pools, requested=requested)
-    trace["device"] = target.name
     result = await card_target_run(target, operation, repeatable=repeatable, trace=trace)
     return result, trace["device"]
 

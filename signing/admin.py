@@ -11,7 +11,7 @@ from audit.services import admin_change_context
 from .agents import AgentTokenError, agent_token_create, agent_token_rotate, agent_tokens_revoke
 from .cards import device_status_get
 from .models import AgentToken, CardDevice, CardPool
-from .pools import PoolEnterpriseError, pool_cards, pool_enterprise_check, pool_load, pools_forget
+from .pools import PoolEnterpriseError, pool_cards, pool_enterprise_check, pool_read, pools_forget
 from .services import card_device_set_pin
 
 # What the admin records of a change (the PIN as "changed", never its value).
@@ -264,8 +264,7 @@ class CardPoolAdmin(admin.ModelAdmin):
             self.delete_model(request, pool)
 
     def _cards(self, obj):
-        pools_forget()
-        info = pool_load(obj.slug) if obj and obj.pk else None
+        info = pool_read(obj.slug) if obj and obj.pk else None
         return pool_cards(info)[1] if info else []
 
     @admin.display(description="Capacity")

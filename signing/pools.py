@@ -64,6 +64,7 @@ class PoolCard:
     reason: str  # why it is not used ("" when up)
     enterprise: str
     load: int  # requests this process has on it
+    reported: int = 0  # queued and in flight, as its gateway last published
 
 
 # --- pools, from the database (kept a moment in this process) --------------------------------
@@ -76,13 +77,19 @@ def pool_load(slug: str) -> PoolInfo | None:
     cached = _pools.get(slug)
     if cached and time.monotonic() - cached[0] < POOL_TTL:
         return cached[1]
+    info = pool_read(slug)
+    _pools[slug] = (time.monotonic(), info)
+    return info
+
+
+def pool_read(slug: str) -> PoolInfo | None:
+    """The pool `slug` as the database says now (None if there is none)."""
     row = CardPool.objects.filter(slug=slug).first()
     info = None
     if row is not None:
         devices = tuple(row.devices.filter(enabled=True).order_by("slug").values_list("slug", flat=True))
         enterprise = row.enterprise.strip() or _enterprise_learn(row, devices)
         info = PoolInfo(slug=row.slug, name=str(row), devices=devices, enterprise=enterprise, enabled=row.enabled)
-    _pools[slug] = (time.monotonic(), info)
     return info
 
 
@@ -182,7 +189,7 @@ def pool_cards(pool: PoolInfo) -> tuple[str, list[PoolCard]]:
         else:
             reason = ""
         cards.append(PoolCard(slug=slug, up=not reason, reason=reason, enterprise=status.enterprise,
-                              load=_load[slug]))
+                              load=_load[slug], reported=status.queue_depth + status.in_flight))
     return enterprise, cards
 
 
@@ -195,12 +202,7 @@ def _pick(pool: PoolInfo, exclude: list[str]) -> str:
         why = "; ".join(f"{c.slug}: {c.reason or 'just failed'}" for c in cards) or "it has no enabled card"
         raise UKeyUnavailable(f"no card of pool {pool.slug} can sign ({why})", device=pool.slug, retry_after=5)
 
-    def weight(card: PoolCard) -> tuple:
-        status = device_status_get(card.slug)
-        reported = (status.queue_depth + status.in_flight) if status else 0
-        return card.load, reported, random.random()
-
-    return min(candidates, key=weight).slug
+    return min(candidates, key=lambda card: (card.load, card.reported, random.random())).slug
 
 
 async def card_target_run(target: CardTarget, operation: Callable[[str], Awaitable[T]], *,
@@ -211,8 +213,8 @@ async def card_target_run(target: CardTarget, operation: Callable[[str], Awaitab
     (UKEY_CALL_TIMEOUT from the start). `trace` gets the card that was used ("device"),
     the pool and, after a failover, the card that failed and why."""
     trace = {} if trace is None else trace
+    trace["device"] = target.name  # until a card is chosen (a pool with no usable card)
     if target.pool is None:
-        trace["device"] = target.device
         return await operation(target.device)
     pool = target.pool
     trace["pool"] = pool.slug

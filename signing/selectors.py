@@ -48,15 +48,15 @@ def card_pool_states() -> list[dict[str, Any]]:
     from .pools import pool_cards, pool_load
 
     states = []
-    for pool in CardPool.objects.filter(enabled=True).order_by("slug"):
-        info = pool_load(pool.slug)
+    for slug in CardPool.objects.filter(enabled=True).order_by("slug").values_list("slug", flat=True):
+        info = pool_load(slug)
         if info is None:  # deleted meanwhile
             continue
         enterprise, cards = pool_cards(info)
         up = sum(1 for c in cards if c.up)
         states.append({
-            "slug": pool.slug,
-            "name": str(pool),
+            "slug": info.slug,
+            "name": info.name,
             "enterprise": enterprise or None,
             "up": up,
             "size": len(cards),

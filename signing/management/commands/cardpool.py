@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from signing.models import CardDevice, CardPool
-from signing.pools import pool_cards, pool_load, pools_forget
+from signing.pools import pool_cards, pool_read
 from signing.services import card_pool_create
 
 
@@ -47,10 +47,9 @@ class Command(BaseCommand):
                           + f"\nLet an access ID use it: manage.py accessid create --name NAME --pools {pool.slug}")
 
     def _list(self, options):
-        pools_forget()
         rows = []
         for pool in CardPool.objects.order_by("slug"):
-            enterprise, cards = pool_cards(pool_load(pool.slug))
+            enterprise, cards = pool_cards(pool_read(pool.slug))
             rows.append({"slug": pool.slug, "name": str(pool), "enabled": pool.enabled,
                          "enterprise": enterprise, "up": sum(1 for c in cards if c.up), "size": len(cards),
                          "cards": [{"slug": c.slug, "up": c.up, "reason": c.reason} for c in cards]})
