@@ -30,9 +30,11 @@ from core.admin_mixins import ReadOnlyAdminMixin
 
 from .forms import GRACE_LABELS, SCOPE_LABELS, AccessIdForm, RotateSecretForm
 from .models import SCOPES, AccessId, AppSecret
+from .profiles import PROFILE_KINDS
 from .services import (
     GRACE_CHOICES,
     access_id_create,
+    access_id_profile_set,
     access_id_set_enabled,
     access_id_set_legacy_key,
     access_id_update,
@@ -116,8 +118,8 @@ class AppSecretInline(ReadOnlyAdminMixin, admin.TabularInline):
 @admin.register(AccessId)
 class AccessIdAdmin(admin.ModelAdmin):
     form = AccessIdForm
-    list_display = ["name", "key", "status_display", "scopes_display", "current_fingerprint", "legacy_key_column",
-                    "last_use_display"]
+    list_display = ["name", "key", "status_display", "scopes_display", "profiles_column", "current_fingerprint",
+                    "legacy_key_column", "last_use_display"]
     list_display_links = ["name", "key"]
     list_filter = [StatusFilter, ScopeFilter]
     search_fields = ["name", "key", "description"]
@@ -136,7 +138,7 @@ class AccessIdAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         current = AppSecret.objects.filter(state=AppSecret.CURRENT)
         return super().get_queryset(request).prefetch_related(
-            Prefetch("secrets", queryset=current, to_attr="current_secrets")
+            Prefetch("secrets", queryset=current, to_attr="current_secrets"), "profiles",
         )
 
     def get_fieldsets(self, request, obj=None):
@@ -154,6 +156,15 @@ class AccessIdAdmin(admin.ModelAdmin):
         if obj is not None and obj.has_legacy_key:
             legacy.append("legacy_aes_key_remove")
         fieldsets.append(("Legacy sign-server API", {"fields": legacy, "classes": ["collapse"] if obj is None else []}))
+        fieldsets.append((
+            "Client profiles (for client systems of the bridges this platform replaces)",
+            {"fields": AccessIdForm.profile_field_names() if self.has_change_permission(request, obj)
+             else ["profiles_display"],
+             "description": "Each profile lets the clients of one older signing service call the platform by "
+                            "changing only their base URL, with this access ID's App Secret. All are off until "
+                            "turned on here; weak profiles say why.",
+             "classes": ["collapse"] if obj is None else []},
+        ))
         if obj is not None:
             fieldsets.append(("Use", {"fields": ["current_fingerprint", "last_used_at", "last_secret_version",
                                                  "created_at", "updated_at"]}))
@@ -168,7 +179,7 @@ class AccessIdAdmin(admin.ModelAdmin):
         if obj is None:
             return []
         return ["key", "status_display", "current_fingerprint", "last_used_at", "last_secret_version",
-                "created_at", "updated_at", "legacy_key_display"]
+                "created_at", "updated_at", "legacy_key_display", "profiles_display"]
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
@@ -224,6 +235,24 @@ class AccessIdAdmin(admin.ModelAdmin):
         return ", ".join(str(p) for p in obj.pools.order_by("slug")) or "none"
 
     @admin.display(description="legacy AES key")
+    @admin.display(description="client profiles")
+    def profiles_display(self, obj):
+        rows = {p.name: p for p in obj.profiles.all()} if obj and obj.pk else {}
+        enabled = [rows[name] for name in PROFILE_KINDS if name in rows and rows[name].enabled]
+        if not enabled:
+            return "none (native API only)"
+        return format_html_join(
+            mark_safe("<br>"), "{} (±{} s{}){}",
+            ((p.name, p.window, ", default access ID" if p.is_default else "",
+              format_html(' <span style="color:#9a6700">weak: {}</span>', p.kind.weak_reason) if p.kind.weak else "")
+             for p in enabled),
+        )
+
+    @admin.display(description="profiles")
+    def profiles_column(self, obj):
+        names = [p.name for p in obj.profiles.all() if p.enabled]
+        return ", ".join(names) or "—"
+
     def legacy_key_display(self, obj):
         if not obj.has_legacy_key:
             return "not set (the old sign-server API is not open to this access ID)"
@@ -264,6 +293,7 @@ class AccessIdAdmin(admin.ModelAdmin):
             if data.get("legacy_aes_key"):
                 access_id_set_legacy_key(access_id=access, legacy_key=data["legacy_aes_key"], context=context)
             # The admin goes on with `obj` (save_related, the log entry, the redirect).
+            self._profiles_save(access, form, context)
             obj.__dict__.update(access.__dict__)
             row = access.secrets.get(state=AppSecret.CURRENT)
             obj._reveal_token = app_secret_reveal_ticket(secret=row, user=request.user)
@@ -278,6 +308,14 @@ class AccessIdAdmin(admin.ModelAdmin):
         access_id_update(access_id=obj, changed=changed, context=context)
         if data.get("legacy_aes_key") or data.get("legacy_aes_key_remove"):
             access_id_set_legacy_key(access_id=obj, legacy_key=data.get("legacy_aes_key") or "", context=context)
+        self._profiles_save(obj, form, context)
+
+    @staticmethod
+    def _profiles_save(access, form, context) -> None:
+        for name, change in form.profile_changes().items():
+            if change.get("enabled") is False:
+                change["default"] = False  # a profile that is off is nobody's default
+            access_id_profile_set(access_id=access, name=name, context=context, **change)
 
     def response_add(self, request, obj, post_url_continue=None):
         token = getattr(obj, "_reveal_token", None)

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from core.legacy_cipher import legacy_key_fold
 
 from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId
+from .profiles import MAX_WINDOW_SECONDS, PROFILE_KINDS
 from .services import legacy_key_fingerprint
 
 SCOPE_LABELS = {
@@ -176,6 +177,41 @@ class AccessIdForm(forms.ModelForm):
         if self.instance.pk is None:
             self.initial.setdefault("scopes", list(DEFAULT_SCOPES))
             self.initial.setdefault("allowed_methods", list(DEFAULT_RPC_METHODS))
+        self._profile_fields_add()
+
+    # --- client profiles (docs/client-profiles.md): three fields per profile ---------------
+
+    def _profile_fields_add(self) -> None:
+        """The profile fields' initial values from the access ID's profiles."""
+        rows = {p.name: p for p in self.instance.profiles.all()} if self.instance.pk else {}
+        for kind in PROFILE_KINDS.values():
+            row = rows.get(kind.name)
+            self.initial.setdefault(f"profile_{kind.name}_enabled", bool(row and row.enabled))
+            self.initial.setdefault(f"profile_{kind.name}_window", row.window_seconds if row else None)
+            if kind.has_default:
+                self.initial.setdefault(f"profile_{kind.name}_default", bool(row and row.is_default))
+
+    @staticmethod
+    def profile_field_names() -> list[str]:
+        names = []
+        for kind in PROFILE_KINDS.values():
+            names += [f"profile_{kind.name}_enabled", f"profile_{kind.name}_window"]
+            if kind.has_default:
+                names.append(f"profile_{kind.name}_default")
+        return names
+
+    def profile_changes(self) -> dict[str, dict]:
+        """{profile: {enabled?, window_seconds?, default?}} for the profiles whose fields changed."""
+        changes: dict[str, dict] = {}
+        for kind in PROFILE_KINDS.values():
+            change = {}
+            for suffix, key in (("enabled", "enabled"), ("window", "window_seconds"), ("default", "default")):
+                name = f"profile_{kind.name}_{suffix}"
+                if name in self.fields and name in self.changed_data:
+                    change[key] = self.cleaned_data.get(name)
+            if change:
+                changes[kind.name] = change
+        return changes
 
     def clean_legacy_aes_key(self):
         key = self.cleaned_data.get("legacy_aes_key") or ""
@@ -194,6 +230,10 @@ class AccessIdForm(forms.ModelForm):
         data = super().clean()
         if data.get("legacy_aes_key") and data.get("legacy_aes_key_remove"):
             self.add_error("legacy_aes_key_remove", "Either give a new key or remove the key, not both.")
+        for kind in PROFILE_KINDS.values():
+            if data.get(f"profile_{kind.name}_default") and not data.get(f"profile_{kind.name}_enabled"):
+                self.add_error(f"profile_{kind.name}_default",
+                               f"Turn the {kind.name} profile on to make this the default access ID for it.")
         return data
 
     def clean_name(self):
@@ -228,3 +268,30 @@ class RotateSecretForm(forms.Form):
         if not self.user.check_password(password):
             raise ValidationError("That is not your password. Nothing was changed.", code="password_incorrect")
         return password
+
+
+def _profile_form_fields() -> dict[str, forms.Field]:
+    """Three fields per client profile: on/off, its time window, the default access ID."""
+    fields: dict[str, forms.Field] = {}
+    for kind in PROFILE_KINDS.values():
+        warning = f" Weak: {kind.weak_reason}." if kind.weak else ""
+        fields[f"profile_{kind.name}_enabled"] = forms.BooleanField(
+            label=kind.label, required=False,
+            help_text=f"Lets clients of {kind.source_system} call the platform unchanged.{warning}",
+        )
+        fields[f"profile_{kind.name}_window"] = forms.IntegerField(
+            label=f"{kind.name}: time window (seconds)", required=False, min_value=1, max_value=MAX_WINDOW_SECONDS,
+            help_text=f"How far a request's timestamp may be from the server's clock. Empty: {kind.window_seconds} s.",
+        )
+        if kind.has_default:
+            fields[f"profile_{kind.name}_default"] = forms.BooleanField(
+                label=f"{kind.name}: default access ID", required=False,
+                help_text="Requests of this profile that name no access ID are this one's (one per platform: "
+                          "ticking it here takes it from the access ID that had it).",
+            )
+    return fields
+
+
+# Declared on the class (not added per instance) so the admin's fieldsets may name them.
+for _name, _field in _profile_form_fields().items():
+    AccessIdForm.base_fields[_name] = AccessIdForm.declared_fields[_name] = _field

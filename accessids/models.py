@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from signing.models import CardDevice, CardPool
 from ukey.protocol import RPC_METHODS
+
+from .profiles import MAX_WINDOW_SECONDS, PROFILE_CHOICES, PROFILE_KINDS
 
 SCOPES = ("sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all",
           "rotate_self")
@@ -100,3 +102,43 @@ class AppSecret(models.Model):
 
     def __str__(self) -> str:
         return f"v{self.version} {self.fingerprint} ({self.state})"
+
+
+class AccessIdProfile(models.Model):
+    """One client profile (docs/client-profiles.md) of one access ID: on or off, its time
+    window, and whether this access ID is the deployment's default for the profile (used by
+    requests that carry no access ID, for the profiles that allow that)."""
+
+    access_id = models.ForeignKey(AccessId, on_delete=models.CASCADE, related_name="profiles")
+    name = models.CharField("profile", max_length=20, choices=PROFILE_CHOICES)
+    enabled = models.BooleanField(default=False)
+    window_seconds = models.PositiveIntegerField(
+        "time window (s)", null=True, blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_WINDOW_SECONDS)],
+        help_text="How far a request's timestamp may be from the server's clock. Empty: the profile's default.",
+    )
+    is_default = models.BooleanField(
+        "default access ID", default=False,
+        help_text="Requests of this profile that name no access ID are this access ID's (x-signature, cp-md5).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["access_id", "name"]
+        verbose_name = "client profile"
+        constraints = [
+            models.UniqueConstraint(fields=["access_id", "name"], name="access_profile_unique"),
+            models.UniqueConstraint(fields=["name"], condition=models.Q(is_default=True),
+                                    name="access_profile_one_default"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'on' if self.enabled else 'off'})"
+
+    @property
+    def kind(self):
+        return PROFILE_KINDS[self.name]
+
+    @property
+    def window(self) -> int:
+        return self.window_seconds or self.kind.window_seconds

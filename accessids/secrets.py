@@ -46,6 +46,12 @@ class AccessIdAuthInfo:
     # (version, encrypted secret, valid_until or None) for the current and previous secret
     secrets: tuple[tuple[int, str, datetime.datetime | None], ...]
     pools: tuple[str, ...] = ()  # card pool slugs it may use (the first is its default)
+    # (name, time window in seconds) of each client profile enabled for it
+    profiles: tuple[tuple[str, int], ...] = ()
+
+    def profile_window(self, name: str) -> int | None:
+        """The time window of an enabled profile; None when the profile is not enabled."""
+        return next((window for profile, window in self.profiles if profile == name), None)
 
 
 @dataclass(frozen=True)
@@ -87,9 +93,29 @@ class AppSecretService:
             devices=tuple(access.devices.order_by("slug").values_list("slug", flat=True)),
             secrets=secrets,
             pools=tuple(access.pools.order_by("slug").values_list("slug", flat=True)),
+            profiles=tuple((p.name, p.window) for p in access.profiles.filter(enabled=True).order_by("name")),
         )
         _cache_call("set", cls._cache_key(key), info, CACHE_TTL)
         return info
+
+    @classmethod
+    def profile_default(cls, name: str) -> str | None:
+        """The access ID that requests of profile `name` without an access ID belong to (the
+        one marked default, while the profile is enabled for it), or None."""
+        cache_key = f"accessid:profile-default:{name}"
+        cached = _cache_call("get", cache_key)
+        if cached is not None:
+            return cached or None
+        from .models import AccessIdProfile
+
+        key = (AccessIdProfile.objects.filter(name=name, is_default=True, enabled=True)
+               .values_list("access_id__key", flat=True).first())
+        _cache_call("set", cache_key, key or "", CACHE_TTL)
+        return key
+
+    @classmethod
+    def invalidate_profile_default(cls, name: str) -> None:
+        transaction.on_commit(lambda: _cache_call("delete", f"accessid:profile-default:{name}"))
 
     @staticmethod
     def is_active(info: AccessIdAuthInfo, *, now: datetime.datetime | None = None) -> bool:

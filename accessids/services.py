@@ -21,7 +21,8 @@ from core.durations import duration_parse
 from core.encryption import master_key, secret_decrypt, secret_encrypt
 from core.legacy_cipher import legacy_key_fold
 
-from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId, AppSecret
+from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId, AccessIdProfile, AppSecret
+from .profiles import MAX_WINDOW_SECONDS, PROFILE_KINDS
 from .secrets import SECRET_PURPOSE, AppSecretService
 
 GRACE_CHOICES = {"0": datetime.timedelta(0), "1h": datetime.timedelta(hours=1),
@@ -288,3 +289,57 @@ def access_id_mark_used(*, access_pk: int, version: int, when: datetime.datetime
     AccessId.objects.filter(pk=access_pk).update(last_used_at=when, last_secret_version=version)
     AppSecret.objects.filter(access_id_id=access_pk, version=version).update(last_used_at=when)
     return True
+
+
+_UNSET: Any = object()
+
+
+@transaction.atomic
+def access_id_profile_set(
+    *, access_id: AccessId, name: str, enabled: bool | None = None, window_seconds: int | None = _UNSET,
+    default: bool | None = None, context: ChangeContext = COMMAND,
+) -> AccessIdProfile:
+    """Turn a client profile on or off for an access ID, set its time window (None: the
+    profile's default) and whether the access ID is the deployment's default for it (taken
+    from whichever access ID held it). One audit event per change, in its transaction."""
+    kind = PROFILE_KINDS.get(name)
+    if kind is None:
+        raise AccessIdError(f"unknown profile {name!r}; choose from {', '.join(PROFILE_KINDS)}")
+    if window_seconds is not _UNSET and window_seconds is not None and not 1 <= window_seconds <= MAX_WINDOW_SECONDS:
+        raise AccessIdError(f"the time window must be between 1 and {MAX_WINDOW_SECONDS} seconds")
+    if default and not kind.has_default:
+        raise AccessIdError(f"the {name} profile always names its access ID: it has no default access ID")
+    access = AccessId.objects.select_for_update().get(pk=access_id.pk)
+    profile, _ = AccessIdProfile.objects.get_or_create(access_id=access, name=name)
+    before = {"enabled": profile.enabled, "window_seconds": profile.window_seconds, "default": profile.is_default}
+    if enabled is not None:
+        profile.enabled = enabled
+    if window_seconds is not _UNSET:
+        profile.window_seconds = window_seconds
+    previous_default = None
+    if default is not None:
+        if default and not profile.is_default:
+            holder = (AccessIdProfile.objects.select_for_update().filter(name=name, is_default=True)
+                      .exclude(pk=profile.pk).select_related("access_id").first())
+            if holder is not None:
+                previous_default = holder.access_id.key
+                holder.is_default = False
+                holder.save(update_fields=["is_default", "updated_at"])
+                AppSecretService.invalidate(holder.access_id.key)
+        profile.is_default = default
+    profile.save()
+    after = {"enabled": profile.enabled, "window_seconds": profile.window_seconds, "default": profile.is_default}
+    changed = sorted(key for key in after if after[key] != before[key])
+    if changed:
+        details: dict[str, Any] = {"profile": name, "changed": changed, **after, "window": profile.window,
+                                   "weak": kind.weak}
+        if previous_default:
+            details["default_taken_from"] = previous_default
+        context.record(
+            event_type=AuditEvent.ACCESS_ID_PROFILE_CHANGED, access_id=access, profile=name,
+            message=f"{name}: " + ", ".join(f"{key} {before[key]} → {after[key]}" for key in changed),
+            details=details,
+        )
+    AppSecretService.invalidate(access.key)
+    AppSecretService.invalidate_profile_default(name)
+    return profile

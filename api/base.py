@@ -26,7 +26,8 @@ from core.errors import ApiError, error_response, invalid_request, not_found
 from core.networks import client_address
 from signing.pools import card_trace_audit
 
-from .auth import HmacSignatureAuthentication
+from .auth import RequestAuthentication
+from .errors import as_api_error
 from .permissions import AccessIdRateThrottle, HasScope
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SignedAPIView(APIView):
-    authentication_classes = [HmacSignatureAuthentication]
+    authentication_classes = [RequestAuthentication]
     permission_classes = [HasScope]
     throttle_classes = [AccessIdRateThrottle]
     required_scopes: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
@@ -54,7 +55,9 @@ class SignedAPIView(APIView):
                                       "(DJANGO_ALLOWED_HOSTS)", {"Host": ["not allowed"]})
             if _CONTROL_CHARS.search(request.path):
                 raise invalid_request("the path contains a control character (e.g. %00)", {"path": ["invalid"]})
+            request.auth_stage = True  # refusals until the handler runs take the scheme's shape
             await db_sync_to_async(self._initial_checked)(drf_request, *args, **kwargs)
+            request.auth_stage = False
             method = request.method.lower()
             handler = getattr(self, method, None) if method in self.http_method_names else None
             if handler is None:
@@ -83,8 +86,17 @@ class SignedAPIView(APIView):
             cursor.execute("SELECT 1")
 
     def handle_exception(self, exc):
-        # No DRF 401→403 coercion: every error takes the spec's shape in one place.
-        response = self.get_exception_handler()(exc, self.get_exception_handler_context())
+        # No DRF 401→403 coercion: every error takes the spec's shape in one place. A
+        # request refused before its handler ran (authentication, scope, rate limit) is
+        # answered in its scheme's shape, and audited with the native code.
+        django_request = self.request._request
+        scheme = getattr(django_request, "auth_scheme", None)
+        if scheme is not None and scheme.kind is not None and getattr(django_request, "auth_stage", False):
+            error = as_api_error(exc)
+            django_request.audit_error = (error.code, error.message)
+            response = scheme.refuse(error, django_request.request_id)
+        else:
+            response = self.get_exception_handler()(exc, self.get_exception_handler_context())
         response.exception = True
         return response
 
@@ -93,9 +105,14 @@ class SignedAPIView(APIView):
         """The audit event's columns for this request and its answer (`data`: the error body)."""
         failed = status_code >= 400
         code = data.get("code") if failed and isinstance(data, dict) else None
+        message = data.get("message", "") if failed and isinstance(data, dict) else ""
+        if failed and getattr(request, "audit_error", None):  # refused in a profile's shape
+            code, message = request.audit_error
+        scheme = getattr(request, "auth_scheme", None)
         fields = {
             "event_type": AuditEvent.API_REQUEST,
             "source": "api",
+            "profile": scheme.name if scheme is not None else "",
             "request_id": request.request_id,
             "access_key": getattr(request, "claimed_access_key", "") or request.headers.get("X-Access-Id", "")[:64],
             "access_id": getattr(request, "access_pk", None),
@@ -105,7 +122,7 @@ class SignedAPIView(APIView):
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "client_ip": client_address(request),
             "secret_version": getattr(request, "secret_version", None),
-            "message": data.get("message", "") if failed and isinstance(data, dict) else "",
+            "message": message,
         }
         fields.update(getattr(request, "audit", {}))
         return card_trace_audit(getattr(request, "card_trace", {}), fields)

@@ -12,6 +12,7 @@ device has none configured and is never logged; `directory` is a name in the dat
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
+from accessids.profiles import SIGN_SERVER
 from accessids.secrets import AccessIdAuthInfo, AppSecretService
 from accessids.services import legacy_keys_all
 from audit.models import AuditEvent
@@ -31,7 +33,7 @@ from core.dbthread import db_sync_to_async
 from core.errors import ApiError
 from core.jsontext import JsonInputError, json_loads_strict
 from core.legacy_cipher import LegacyDecryptError, legacy_data_encrypt, legacy_decrypt
-from core.networks import address_allowed, client_address
+from core.networks import client_address
 from signing.pools import CARD_HEADER, card_target_for, card_target_run, card_trace_audit
 from signing.services import data_sign
 from ukey.client import UKeyError
@@ -39,9 +41,11 @@ from xmlstore.selectors import xml_document_find, xml_documents_in_directory
 from xmlstore.services import xml_directory_clean, xml_document_delete, xml_document_write, xml_filename_clean
 
 from .permissions import rate_limit_count
+from .schemes import ApiClient, AuthScheme, access_usable_check
 
 logger = logging.getLogger(__name__)
 
+LEGACY_PATHS = frozenset({"/getCode", "/xml-files/add", "/xml-files/list", "/xml-files/delete"})
 SERVICE_NAME = "signplatform (sign-server compatible API)"
 SERVICE_VERSION = "1.0.0"
 ENDPOINTS = [
@@ -80,6 +84,7 @@ class LegacyCall:
         fields = {
             "event_type": AuditEvent.API_REQUEST,
             "source": "legacy",
+            "profile": SIGN_SERVER,
             "request_id": self.request.request_id,
             "access_id": self.access.pk if self.access else None,
             "access_key": self.access.key if self.access else "",
@@ -132,38 +137,69 @@ def _identify(body: bytes) -> tuple[str, bytes, Any]:
                       outcome="INVALID_REQUEST")
 
 
+# The native codes of the shared checks, in the sign-server's words (envelope code = HTTP status).
+_LEGACY_MESSAGES = {
+    "ACCESS_ID_DISABLED": "访问ID已停用或已过期 (access ID disabled or expired)",
+    "IP_NOT_ALLOWED": "客户端地址不允许 (address not allowed)",
+    "NONCE_STORE_UNAVAILABLE": "限流存储不可用，请稍后重试 (rate limit store unavailable)",
+    "RATE_LIMITED": "请求过于频繁 (rate limit exceeded)",
+}
+
+
+class SignServerScheme(AuthScheme):
+    """The sign-server profile (docs/sign-server-compat.md): the caller is the access ID
+    whose legacy AES key decrypts the body; no timestamp, no nonce, no App Secret."""
+
+    name = SIGN_SERVER
+
+    def recognises(self, request) -> bool:
+        return request.path in LEGACY_PATHS
+
+    def authenticate(self, request) -> ApiClient:
+        raise NotImplementedError("the sign-server profile authenticates in identify(): it needs the decrypted body")
+
+    def identify(self, call: LegacyCall) -> Any:
+        """The access ID whose key decrypts the body, and the decrypted JSON."""
+        try:
+            body = call.request.body
+        except RequestDataTooBig:
+            raise LegacyError(413, 413, f"请求数据过大 (body over {settings.API_MAX_BODY_BYTES} bytes)",
+                              outcome="PAYLOAD_TOO_LARGE") from None
+        access_key, folded, payload = _identify(body)
+        call.access = AppSecretService.lookup(access_key)
+        call.folded_key = folded
+        if call.access is None:  # removed in between
+            raise LegacyError(400, 400, "请求数据解密失败", outcome="INVALID_REQUEST")
+        return payload
+
+    def refuse(self, error: ApiError, request_id: str) -> LegacyError:
+        message = _LEGACY_MESSAGES.get(error.code, error.message)
+        return LegacyError(error.status_code, error.status_code, message, outcome=error.code, headers=error.headers)
+
+
+SCHEME = SignServerScheme()
+
+
 def _authorise(call: LegacyCall, scope: str) -> None:
-    """Check 3 and 6 of the native API for the identified access ID."""
+    """The checks every profile shares, for the identified access ID: usable from here,
+    the scope, the rate limit."""
     info = call.access
-    if not AppSecretService.is_active(info):
-        raise LegacyError(403, 403, "访问ID已停用或已过期 (access ID disabled or expired)", outcome="ACCESS_ID_DISABLED")
-    if not address_allowed(client_address(call.request), info.allowed_networks):
-        raise LegacyError(403, 403, "客户端地址不允许 (address not allowed)", outcome="IP_NOT_ALLOWED")
-    if scope not in info.scopes:
-        raise LegacyError(403, 403, f"无权限：访问ID缺少 {scope} 权限 (scope {scope} missing)",
-                          outcome="PERMISSION_DENIED")
     try:
+        access_usable_check(call.request, info)
+        if scope not in info.scopes:
+            raise LegacyError(403, 403, f"无权限：访问ID缺少 {scope} 权限 (scope {scope} missing)",
+                              outcome="PERMISSION_DENIED")
         allowed, retry_after = rate_limit_count(access_key=info.key, limit=info.rate_limit_per_minute)
-    except ApiError:
-        raise LegacyError(503, 503, "限流存储不可用，请稍后重试 (rate limit store unavailable)",
-                          outcome="NONCE_STORE_UNAVAILABLE", headers={"Retry-After": "5"}) from None
-    if not allowed:
-        raise LegacyError(429, 429, "请求过于频繁 (rate limit exceeded)", outcome="RATE_LIMITED",
-                          headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
+        if not allowed:
+            raise ApiError("RATE_LIMITED", "rate limit exceeded", status=429,
+                           headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
+    except ApiError as exc:
+        raise SCHEME.refuse(exc, call.request.request_id) from None
 
 
 def _begin(call: LegacyCall, scope: str) -> dict[str, Any]:
     """Identify and authorise the caller; returns the decrypted JSON object."""
-    try:
-        body = call.request.body
-    except RequestDataTooBig:
-        raise LegacyError(413, 413, f"请求数据过大 (body over {settings.API_MAX_BODY_BYTES} bytes)",
-                          outcome="PAYLOAD_TOO_LARGE") from None
-    access_key, folded, payload = _identify(body)
-    call.access = AppSecretService.lookup(access_key)
-    call.folded_key = folded
-    if call.access is None:  # removed in between
-        raise LegacyError(400, 400, "请求数据解密失败", outcome="INVALID_REQUEST")
+    payload = SCHEME.identify(call)
     _authorise(call, scope)
     if isinstance(payload, JsonInputError):
         raise LegacyError(400, 400, f"请求数据不符合要求 (the decrypted JSON is refused: {payload.message})",
@@ -223,6 +259,20 @@ def _string_field(payload: dict, name: str, *, required: bool, code: int = 400) 
     return value
 
 
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def legacy_directory(value: str | None) -> str:
+    """A sign-server client's `directory` as a folder name of the XML store, never a path on
+    disk: leading slashes dropped (`/data/xml/in` → `data/xml/in`), then the native rule
+    (a trailing slash dropped; empty names such as `a//b`, `.`, `..`, a backslash refused);
+    a drive letter (`C:`) is refused."""
+    text = (value or "").strip()
+    if _DRIVE.match(text):
+        raise LegacyError(400, 500, f"参数错误: directory 不能包含盘符 ({text[:2]})", outcome="INVALID_REQUEST")
+    return xml_directory_clean(text.lstrip("/"))
+
+
 def _xml_error(exc: ApiError) -> LegacyError:
     return LegacyError(400, 500, f"参数错误: {exc.message}", outcome="INVALID_REQUEST")
 
@@ -260,7 +310,7 @@ async def xml_files_add(request):
     async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
         filename = _string_field(payload, "filename", required=True, code=500)
         xml = _string_field(payload, "xml", required=True, code=500)
-        directory = _string_field(payload, "directory", required=False, code=500)
+        directory = legacy_directory(_string_field(payload, "directory", required=False, code=500))
         call.audit["data_sha256"] = data_digest(xml)
 
         def store():
@@ -279,7 +329,7 @@ async def xml_files_add(request):
 @csrf_exempt
 async def xml_files_list(request):
     async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
-        directory = xml_directory_clean(_string_field(payload, "directory", required=False, code=500))
+        directory = legacy_directory(_string_field(payload, "directory", required=False, code=500))
 
         rows = await db_sync_to_async(xml_documents_in_directory)(access_pk=call.access.pk, directory=directory)
         call.audit["details"] = {"count": len(rows), "directory": directory}
@@ -293,7 +343,7 @@ async def xml_files_list(request):
 async def xml_files_delete(request):
     async def handle(call: LegacyCall, payload: dict) -> JsonResponse:
         filename = _string_field(payload, "filename", required=True, code=500)
-        directory = _string_field(payload, "directory", required=False, code=500)
+        directory = legacy_directory(_string_field(payload, "directory", required=False, code=500))
 
         def delete():
             document = xml_document_find(access_pk=call.access.pk, directory=directory, filename=filename)

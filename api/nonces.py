@@ -24,7 +24,10 @@ from django.core.cache import caches
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
+from accessids.profiles import MAX_WINDOW_SECONDS
 from signing.models import UsedNonce
+
+PROFILE_MAX_TTL = 2 * MAX_WINDOW_SECONDS + 60
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,8 @@ class NonceStore:
     def __init__(self, ttl_seconds: int):
         self.ttl = ttl_seconds
 
-    def claim(self, access_key: str, nonce: str, timestamp_ms: int | None = None) -> bool:
+    def claim(self, access_key: str, nonce: str, timestamp_ms: int | None = None, *, ttl: int | None = None) -> bool:
+        """`ttl`: how long this claim is remembered (default: the store's)."""
         raise NotImplementedError
 
 
@@ -77,21 +81,22 @@ class RedisNonceStore(NonceStore):
             script = self._scripts[id(client)] = client.register_script(_CLAIM_SCRIPT)
         return script
 
-    def claim(self, access_key: str, nonce: str, timestamp_ms: int | None = None) -> bool:
+    def claim(self, access_key: str, nonce: str, timestamp_ms: int | None = None, *, ttl: int | None = None) -> bool:
         store = self._cache if self._cache is not None else caches["nonces"]
         epoch_key = store.make_key(EPOCH_KEY)
         keys = [store.make_key(f"nonce:{access_key}:{nonce}"), epoch_key]
         try:
             client = store.client.get_client(write=True)
             stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-            result, epoch = self._script(client)(keys=keys, args=[self.ttl, stamp])
+            ttl = ttl or self.ttl
+            result, epoch = self._script(client)(keys=keys, args=[ttl, stamp])
             if int(result) == -2:
                 # Uptime in whole seconds, rounded down: the epoch is never before the real start.
                 uptime_ms = int(client.info("server")["uptime_in_seconds"]) * 1000
                 if client.set(epoch_key, int(time.time() * 1000) - uptime_ms, nx=True):
                     logger.warning("the nonce store (Redis) holds no epoch: it restarted without its data, or is "
                                    "new; requests signed before it started are refused")
-                result, epoch = self._script(client)(keys=keys, args=[self.ttl, stamp])
+                result, epoch = self._script(client)(keys=keys, args=[ttl, stamp])
         except Exception as exc:  # any client or connection error: we cannot know
             logger.error("nonce store unreachable: %s", type(exc).__name__)
             raise NonceStoreUnavailable(str(exc)) from None
@@ -103,9 +108,9 @@ class RedisNonceStore(NonceStore):
 class DatabaseNonceStore(NonceStore):
     PRUNE_PROBABILITY = 0.01
 
-    def claim(self, access_key: str, nonce: str, timestamp_ms: int | None = None) -> bool:
+    def claim(self, access_key: str, nonce: str, timestamp_ms: int | None = None, *, ttl: int | None = None) -> bool:
         now = timezone.now()
-        cutoff = now - datetime.timedelta(seconds=self.ttl)
+        cutoff = now - datetime.timedelta(seconds=ttl or self.ttl)
         try:
             with transaction.atomic():
                 # An expired claim of the same nonce no longer counts.
@@ -117,7 +122,11 @@ class DatabaseNonceStore(NonceStore):
             logger.error("nonce store unreachable: %s", type(exc).__name__)
             raise NonceStoreUnavailable(str(exc)) from None
         if random.random() < self.PRUNE_PROBABILITY:
-            UsedNonce.objects.filter(created_at__lt=cutoff).delete()
+            # Native claims live `self.ttl`; a profile's (namespace "profile:AK...") may live
+            # up to twice the longest window a profile can have.
+            UsedNonce.objects.filter(created_at__lt=now - datetime.timedelta(seconds=self.ttl)).exclude(
+                access_key__contains=":").delete()
+            UsedNonce.objects.filter(created_at__lt=now - datetime.timedelta(seconds=PROFILE_MAX_TTL)).delete()
         return True
 
 

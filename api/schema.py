@@ -12,7 +12,7 @@ _DESCRIPTIONS = {
 
 
 class HmacSignatureScheme(OpenApiAuthenticationExtension):
-    target_class = "api.auth.HmacSignatureAuthentication"
+    target_class = "api.auth.RequestAuthentication"
     name = ["AccessId", "Timestamp", "Nonce", "Signature"]
 
     def get_security_definition(self, auto_schema):

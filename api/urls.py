@@ -21,6 +21,9 @@ urlpatterns = [
     path("api/v1/certificate", views.CertificateView.as_view(), name="api-certificate"),
     path("api/v1/access-ids/self/rotate", views.RotateSelfView.as_view(), name="api-rotate-self"),
     re_path(r"^api/v1/[\s\S]*$", ApiNotFoundView.as_view(), name="api-not-found"),  # newlines too
+    # The chinaport-proxy's endpoints (docs/client-profiles.md, cp-md5)
+    path("rpc", views.ProxyRpcView.as_view(), name="proxy-rpc"),
+    path("api/customs179", views.Customs179View.as_view(), name="proxy-customs179"),
     # The legacy sign-server API
     path("", legacy.service_index, name="legacy-index"),
     path("health", health.legacy_health, name="legacy-health"),

@@ -11,6 +11,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 
 from accessids.models import AccessId
+from accessids.profiles import CP_MD5
 from accessids.services import ChangeContext, access_id_mark_used, app_secret_rotate
 from audit.models import AuditEvent
 from audit.services import data_digest
@@ -27,11 +28,13 @@ from signing.services import (
     pay179_sign,
     xml_work_slot,
 )
+from ukey.client import UKeyCardError
 from ukey.protocol import REPEATABLE_METHODS, RPC_METHODS, SIGN_METHODS, rpc_args_problems
 from xmlstore.services import XmlSignature, xml_directory_clean, xml_document_write, xml_filename_clean
 
 from . import serializers as s
 from .base import SignedAPIView
+from .errors import as_api_error
 
 ERRORS = {code: s.ErrorSerializer for code in (400, 401, 403, 409, 413, 429, 502, 503, 504)}
 
@@ -83,12 +86,37 @@ class SignView(SignedAPIView):
 
 
 class RpcView(SignedAPIView):
+    """A card method. Native answers: the card's envelope, a refusal as 502 UKEY_ERROR. In
+    the chinaport-proxy shape (`POST /rpc` at the root, or any request of the cp-md5
+    profile): a refusal is 400 with the envelope (`Result: false`), other errors
+    `{"error": ...}` with their status (503 without a card, 400 for a bad body)."""
+
     required_scopes = ("rpc",)
+    proxy_shape = False
+
+    def _proxy(self, request) -> bool:
+        return self.proxy_shape or getattr(request.user, "profile", None) == CP_MD5
 
     def operation_permission_check(self, request, client) -> None:
         method = request.data.get("_method") if isinstance(request.data, dict) else None
+        if not isinstance(method, str) and self._proxy(request):
+            return  # the proxy answers a malformed body with 400 (the serializer says why)
         if method and (method not in RPC_METHODS or method not in client.access.allowed_methods):
             raise permission_denied(f"card method {method!r} is not allowed for this access ID")
+
+    def handle_exception(self, exc):
+        django_request = self.request._request
+        if getattr(django_request, "auth_stage", False) or not self._proxy(self.request):
+            return super().handle_exception(exc)
+        error = as_api_error(exc)
+        django_request.audit_error = (error.code, error.message)
+        envelope = getattr(exc, "envelope", None)
+        if isinstance(exc, UKeyCardError) and envelope:  # the card answered Result:false
+            response = Response(envelope, status=400)
+        else:
+            response = Response({"error": error.message}, status=error.status_code, headers=error.headers)
+        response.exception = True
+        return response
 
     @extend_schema(request=s.RpcRequestSerializer, responses={200: s.RpcResponseSerializer, **ERRORS})
     async def post(self, request):
@@ -107,6 +135,12 @@ class RpcView(SignedAPIView):
             data = envelope["_args"]["Data"]
             request.audit["cert_no"] = str(data[1]) if len(data) > 1 else ""
         return _named(Response(envelope), device)
+
+
+class ProxyRpcView(RpcView):
+    """`POST /rpc` at the root: the chinaport-proxy's endpoint (docs/client-profiles.md)."""
+
+    proxy_shape = True
 
 
 class CertificateView(SignedAPIView):
@@ -146,6 +180,7 @@ class RotateSelfView(SignedAPIView):
                 outcome=AuditEvent.OK,
                 http_status=200,
                 secret_version=request.user.secret_version,
+                profile=request.user.profile,
             )
             access_id_mark_used(access_pk=access.pk, version=request.user.secret_version)
             request._request.audit_recorded = True
@@ -268,15 +303,18 @@ class Sign179View(SignedAPIView):
     """Sign "179" payment data; optionally upload it to customs."""
 
     required_scopes = ("sign_179",)
+    session_field = "sessionID"
+    upload_field = "upload"
 
     @extend_schema(request=s.Pay179RequestSerializer, responses={200: s.Pay179ResponseSerializer, **ERRORS})
     async def post(self, request):
         data = request.data if isinstance(request.data, dict) else None
         if data is None:
             raise invalid_request("the body must be a JSON object")
-        upload = data.get("upload", False)
+        upload = data.get(self.upload_field, False)
         if not isinstance(upload, bool):
-            raise invalid_request("upload must be true or false", {"upload": ["must be a boolean"]})
+            raise invalid_request(f"{self.upload_field} must be true or false",
+                                  {self.upload_field: ["must be a boolean"]})
         requested = data.get("device")
         if requested is not None and not isinstance(requested, str):
             raise invalid_request("device must be a string", {"device": ["must be a string"]})
@@ -284,10 +322,11 @@ class Sign179View(SignedAPIView):
             return (await _on_card(request, requested or None, sign))[0]
 
         # The raw bytes, not request.data: numbers must keep the client's text (100 stays 100).
-        result = await pay179_sign(raw_body=request._request.body, upload=upload, on_card=on_card)
+        result = await pay179_sign(raw_body=request._request.body, upload=upload, on_card=on_card,
+                                   session_field=self.session_field, ignored=(self.upload_field,))
         request.audit["cert_no"] = result.cert_no
         request.audit["data_sha256"] = data_digest(result.sign_string)
-        details = {"session_id": str(data.get("sessionID", ""))[:100]}
+        details = {"session_id": str(data.get(self.session_field, ""))[:100]}
         if result.upload is not None:
             details["upload"] = {k: result.upload[k] for k in ("ok", "http_status", "code", "error")}
             if not result.upload["ok"]:
@@ -304,3 +343,12 @@ class Sign179View(SignedAPIView):
         if result.upload is not None:
             body["upload"] = result.upload
         return _named(Response(body), result.device)
+
+
+class Customs179View(Sign179View):
+    """`POST /api/customs179`: the chinaport-proxy's 179 endpoint. Its body names the session
+    `sessionId` and asks for the upload with `realTimeDataUpload`; the answer is the native
+    179 result (docs/client-profiles.md, cp-md5)."""
+
+    session_field = "sessionId"
+    upload_field = "realTimeDataUpload"

@@ -58,9 +58,15 @@ def _value(event: AuditEvent, name: str) -> Any:
     return value
 
 
+# Columns added later: chained only when set, so events written before they existed keep
+# their hashes.
+CHAINED_WHEN_SET = ("profile",)
+
+
 def event_canonical(event: AuditEvent) -> bytes:
     """The event's chained content as compact, key-sorted JSON."""
     content = {name: _value(event, name) for name in CHAINED_FIELDS}
+    content.update({name: value for name in CHAINED_WHEN_SET if (value := getattr(event, name))})
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

@@ -19,6 +19,7 @@ class AuditEvent(models.Model):
     ACCESS_ID_PREVIOUS_REVOKED = "accessid.previous_revoked"
     ACCESS_ID_ENABLED = "accessid.enabled"
     ACCESS_ID_DISABLED = "accessid.disabled"
+    ACCESS_ID_PROFILE_CHANGED = "accessid.profile_changed"
     MASTER_KEY_ROTATED = "platform.master_key_rotated"
     PROCESS_EXITED = "platform.process_exited"  # a supervised process died and is being restarted
     # The card, as its gateway reports it (source "gateway", `device` set; ukey/gateway.py names them).
@@ -59,6 +60,7 @@ class AuditEvent(models.Model):
         (ACCESS_ID_PREVIOUS_REVOKED, "Previous secret revoked"),
         (ACCESS_ID_ENABLED, "Access ID enabled"),
         (ACCESS_ID_DISABLED, "Access ID disabled"),
+        (ACCESS_ID_PROFILE_CHANGED, "Access ID client profile changed"),
         (MASTER_KEY_ROTATED, "Master key rotated"),
         (PROCESS_EXITED, "Platform process exited (restarted)"),
         (CARD_CONNECTED, "Card connected"),
@@ -104,6 +106,9 @@ class AuditEvent(models.Model):
     )
     actor_name = models.CharField("acting user", max_length=150, blank=True)
     source = models.CharField(max_length=20, blank=True, help_text="api, admin or command")
+    # The client profile an API request came through (native, gys, x-signature, cp-md5,
+    # sign-server: docs/client-profiles.md); empty for events that are not requests.
+    profile = models.CharField("client profile", max_length=20, blank=True, db_index=True)
     endpoint = models.CharField(max_length=200, blank=True, db_index=True)
     outcome = models.CharField("outcome code", max_length=40, default=OK, db_index=True)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -37,10 +37,13 @@ def _now(now: datetime.datetime | None) -> datetime.datetime:
     return now or timezone.now()
 
 
-def _requests(since: datetime.datetime, until: datetime.datetime | None = None):
+def _requests(since: datetime.datetime, until: datetime.datetime | None = None, profile: str | None = None):
+    """API request events since `since` (and before `until`), of one client profile if given."""
     events = AuditEvent.objects.filter(event_type=API, created_at__gte=since)
     if until is not None:
         events = events.filter(created_at__lt=until)
+    if profile:
+        events = events.filter(profile=profile)
     return events.order_by()
 
 
@@ -68,7 +71,7 @@ class Bucket:
                 "total": self.total}
 
 
-def hourly_requests(*, now: datetime.datetime | None = None, hours: int = 24) -> list[Bucket]:
+def hourly_requests(*, now: datetime.datetime | None = None, profile: str | None = None, hours: int = 24) -> list[Bucket]:
     """API requests per local hour, oldest first: `hours` buckets ending with the current
     (partial) hour, empty hours included."""
     tz = timezone.get_current_timezone()
@@ -76,14 +79,14 @@ def hourly_requests(*, now: datetime.datetime | None = None, hours: int = 24) ->
     current = timezone.localtime(now, tz).replace(minute=0, second=0, microsecond=0)
     current_utc = current.astimezone(datetime.timezone.utc)
     starts = [(current_utc - datetime.timedelta(hours=h)).astimezone(tz) for h in range(hours - 1, -1, -1)]
-    rows = (_requests(starts[0], now).annotate(bucket=TruncHour("created_at", tzinfo=tz)).values("bucket")
+    rows = (_requests(starts[0], now, profile).annotate(bucket=TruncHour("created_at", tzinfo=tz)).values("bucket")
             .annotate(**_COUNTS))
     counts = {int(r["bucket"].timestamp()): (r["ok"], r["failed"]) for r in rows}
     return [Bucket(start, (start + datetime.timedelta(hours=1)).astimezone(tz), *counts.get(int(start.timestamp()), (0, 0)))
             for start in starts]
 
 
-def daily_requests(*, now: datetime.datetime | None = None, days: int = 7) -> list[Bucket]:
+def daily_requests(*, now: datetime.datetime | None = None, profile: str | None = None, days: int = 7) -> list[Bucket]:
     """API requests per local calendar day, oldest first: today and the `days - 1` before."""
     tz = timezone.get_current_timezone()
     now = _now(now)
@@ -93,19 +96,19 @@ def daily_requests(*, now: datetime.datetime | None = None, days: int = 7) -> li
     def midnight(day: datetime.date) -> datetime.datetime:
         return timezone.make_aware(datetime.datetime.combine(day, datetime.time.min), tz)
 
-    rows = (_requests(midnight(dates[0]), now).annotate(day=TruncDate("created_at", tzinfo=tz)).values("day")
+    rows = (_requests(midnight(dates[0]), now, profile).annotate(day=TruncDate("created_at", tzinfo=tz)).values("day")
             .annotate(**_COUNTS))
     counts = {r["day"]: (r["ok"], r["failed"]) for r in rows}
     return [Bucket(midnight(day), midnight(day + datetime.timedelta(days=1)), *counts.get(day, (0, 0)))
             for day in dates]
 
 
-def success_rates(*, now: datetime.datetime | None = None) -> dict[str, dict[str, Any]]:
+def success_rates(*, now: datetime.datetime | None = None, profile: str | None = None) -> dict[str, dict[str, Any]]:
     """Requests, successes and the success rate over the last 24 hours and 7 days (one query)."""
     now = _now(now)
     day_ago, week_ago = now - datetime.timedelta(hours=24), now - datetime.timedelta(days=7)
     last_day = Q(created_at__gte=day_ago)
-    row = _requests(week_ago, now).aggregate(
+    row = _requests(week_ago, now, profile).aggregate(
         total_7d=Count("id"), ok_7d=Count("id", filter=Q(outcome=OK)),
         total_24h=Count("id", filter=last_day), ok_24h=Count("id", filter=last_day & Q(outcome=OK)),
     )
@@ -146,13 +149,13 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * weight
 
 
-def latency_percentiles(*, now: datetime.datetime | None = None, hours: int = 24,
+def latency_percentiles(*, now: datetime.datetime | None = None, profile: str | None = None, hours: int = 24,
                         method: str | None = None) -> dict[str, Any]:
     """p50 and p95 of the API requests' duration (ms) over the last `hours`, every outcome.
     `method`: "percentile_cont" (PostgreSQL, exact) or "sample" (any database); by default
     the first on PostgreSQL, the second elsewhere."""
     now = _now(now)
-    timed = _requests(now - datetime.timedelta(hours=hours), now).filter(duration_ms__isnull=False)
+    timed = _requests(now - datetime.timedelta(hours=hours), now, profile).filter(duration_ms__isnull=False)
     if method is None:
         method = "percentile_cont" if connections[timed.db].vendor == "postgresql" else "sample"
     if method == "percentile_cont":
@@ -175,24 +178,33 @@ def _ms(value: float | None) -> float | None:
 # --- who and what failed ----------------------------------------------------------------------
 
 
-def requests_by_access_key(*, now: datetime.datetime | None = None, hours: int = 24,
+def requests_by_access_key(*, now: datetime.datetime | None = None, profile: str | None = None, hours: int = 24,
                            limit: int = TOP_ACCESS_IDS) -> list[dict[str, Any]]:
     """The access keys (as claimed: unknown ones too) with the most API requests, with their
     ok and failed counts."""
     now = _now(now)
     return list(
-        _requests(now - datetime.timedelta(hours=hours), now).exclude(access_key="")
+        _requests(now - datetime.timedelta(hours=hours), now, profile).exclude(access_key="")
         .values("access_key").annotate(total=Count("id"), **_COUNTS).order_by("-total", "access_key")[:limit]
     )
 
 
-def failures_by_code(*, now: datetime.datetime | None = None, hours: int = 24,
+def failures_by_code(*, now: datetime.datetime | None = None, profile: str | None = None, hours: int = 24,
                      limit: int = FAILURE_CODES) -> list[dict[str, Any]]:
     """Failed API requests per outcome code, most frequent first."""
     now = _now(now)
-    rows = (_requests(now - datetime.timedelta(hours=hours), now).exclude(outcome=OK).values("outcome")
+    rows = (_requests(now - datetime.timedelta(hours=hours), now, profile).exclude(outcome=OK).values("outcome")
             .annotate(count=Count("id")).order_by("-count", "outcome")[:limit])
     return [{"outcome": r["outcome"], "count": r["count"]} for r in rows]
+
+
+def requests_by_profile(*, now: datetime.datetime | None = None, hours: int = 24) -> list[dict[str, Any]]:
+    """API requests per client profile (native, gys, ...) with their ok and failed counts."""
+    now = _now(now)
+    return list(
+        _requests(now - datetime.timedelta(hours=hours), now).exclude(profile="").values("profile")
+        .annotate(total=Count("id"), **_COUNTS).order_by("-total", "profile")
+    )
 
 
 def card_failures(*, now: datetime.datetime | None = None, hours: int = 24) -> dict[str, int]:

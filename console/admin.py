@@ -202,6 +202,21 @@ class DeviceFilter(ValueFilter):
         return queryset.filter(device=self.value()) if self.value() else queryset
 
 
+class ProfileFilter(ValueFilter):
+    """By the client profile a request came through (native, gys, x-signature, cp-md5, ...)."""
+
+    title = "client profile"
+    parameter_name = "profile"
+
+    def choices_for(self, request, model_admin):
+        from accessids.profiles import AUDIT_PROFILES
+
+        return [(name, name) for name in AUDIT_PROFILES]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(profile=self.value()) if self.value() else queryset
+
+
 class EndpointFilter(ValueFilter):
     title = "endpoint"
     parameter_name = "endpoint"
@@ -252,7 +267,7 @@ EXPORT_COLUMNS = [  # (CSV header, queryset column)
     ("time", "created_at"), ("event_type", "event_type"), ("outcome", "outcome"), ("http_status", "http_status"),
     ("access_id", "access_key"), ("access_id_name", "access_id__name"), ("endpoint", "endpoint"),
     ("device", "device"), ("cert_no", "cert_no"), ("data_sha256", "data_sha256"), ("duration_ms", "duration_ms"),
-    ("client_ip", "client_ip"), ("request_id", "request_id"), ("source", "source"), ("actor", "actor_name"),
+    ("client_ip", "client_ip"), ("request_id", "request_id"), ("source", "source"), ("profile", "profile"), ("actor", "actor_name"),
     ("secret_version", "secret_version"), ("message", "message"), ("details", "details"), ("event_id", "id"),
 ]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -331,10 +346,11 @@ def event_label(event: AuditEvent) -> str:
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["time_display", "event_type_display", "outcome_display", "access_display", "endpoint", "device",
-                    "cert_no", "duration_display", "client_ip"]
+    list_display = ["time_display", "event_type_display", "outcome_display", "access_display", "profile", "endpoint",
+                    "device", "cert_no", "duration_display", "client_ip"]
     list_display_links = ["time_display"]
-    list_filter = [CreatedRangeFilter, "event_type", OutcomeFilter, AccessKeyFilter, DeviceFilter, EndpointFilter]
+    list_filter = [CreatedRangeFilter, "event_type", OutcomeFilter, AccessKeyFilter, ProfileFilter, DeviceFilter,
+                   EndpointFilter]
     date_hierarchy = "created_at"
     search_fields = ["request_id", "cert_no", "data_sha256"]  # matched by get_search_results below
     search_help_text = (f"A request ID, a certNo or the SHA-256 of signed data: the whole value, or its first "
@@ -400,7 +416,7 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         fieldsets = [
             (None, {"fields": ["time_full", "event_type_display", "outcome_display", "http_status_display",
                                "message"]}),
-            ("Who", {"fields": ["access_link", "actor_name", "source", "client_ip_display"]}),
+            ("Who", {"fields": ["access_link", "actor_name", "source", "profile", "client_ip_display"]}),
             ("Request", {"fields": ["request_link", "endpoint", "duration_display", "secret_version"]}),
             ("Card and signature", {"fields": ["device", "cert_no", "data_sha256", "document_link"]}),
             ("Details", {"fields": ["details_pretty", "id"]}),

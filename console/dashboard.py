@@ -24,6 +24,7 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from accessids.profiles import AUDIT_PROFILES
 from audit import selectors as audit_selectors
 from audit.display import FAILED_OUTCOMES
 from audit.models import AuditEvent
@@ -165,6 +166,17 @@ def _decorate(data: dict[str, Any], request: HttpRequest) -> dict[str, Any]:
     for window in data["success"].values():
         window["level"] = success_level(window["rate"])
     data["changelist_url"] = reverse("admin:audit_auditevent_changelist")
+    # The client profile filter: every profile that had requests, and the one chosen.
+    counts = {row["profile"]: row["total"] for row in data["profiles"]}
+    data["profile_choices"] = [
+        {"name": name, "total": counts.get(name, 0), "selected": name == data["profile"],
+         "url": "?" + urlencode({"profile": name}),
+         "events_url": _events_url(profile=name, event_type__exact=AuditEvent.API_REQUEST, created_from=day_ago)}
+        for name in AUDIT_PROFILES if counts.get(name) or name == data["profile"]
+    ]
+    if data["profile"]:  # the tables' links keep the filter
+        for row in [*data["top_access_ids"], *data["failures_by_code"]]:
+            row["events_url"] += "&" + urlencode({"profile": data["profile"]})
     data["warning_days"] = audit_selectors.CERT_WARNING_DAYS
     data["latency_sample"] = audit_selectors.LATENCY_SAMPLE
     return data
@@ -176,11 +188,18 @@ FRAGMENTS = {
     "cards_compact": "admin/audit/dashboard/cards_compact.html",
     "top_access_ids": "admin/audit/dashboard/top_access_ids.html",
     "failures_by_code": "admin/audit/dashboard/failures.html",
+    "profiles": "admin/audit/dashboard/profiles.html",
 }
 
 
+def profile_param(request: HttpRequest) -> str:
+    """The client profile the request figures are filtered by (`?profile=`), "" for all."""
+    value = request.GET.get("profile", "")
+    return value if value in AUDIT_PROFILES else ""
+
+
 def dashboard_context(request: HttpRequest, *, now: datetime.datetime | None = None) -> dict[str, Any]:
-    return _decorate(selectors.dashboard(now=now), request)
+    return _decorate(selectors.dashboard(now=now, profile=profile_param(request) or None), request)
 
 
 def _fragments(data: dict[str, Any], request: HttpRequest) -> dict[str, str]:
@@ -213,6 +232,8 @@ def dashboard_json(data: dict[str, Any]) -> dict[str, Any]:
         "top_access_ids": [{k: r[k] for k in ("key", "name", "total", "ok", "failed", "rate")}
                            for r in data["top_access_ids"]],
         "failures_by_code": [{k: r[k] for k in ("outcome", "count")} for r in data["failures_by_code"]],
+        "profile": data["profile"],
+        "requests_by_profile": [{k: r[k] for k in ("profile", "total", "ok", "failed")} for r in data["profiles"]],
         "cards": cards,
         "pools": [{k: p[k] for k in ("slug", "name", "enterprise", "up", "size", "cards")} for p in data["pools"]],
         "cards_connected": data["cards_connected"],
@@ -226,7 +247,8 @@ def dashboard_page(request: HttpRequest, *, admin_context: dict[str, Any]) -> Te
         **admin_context,
         "title": "Operations dashboard",
         "d": data,
-        "data_url": reverse("admin:audit_auditevent_dashboard_data"),
+        "data_url": reverse("admin:audit_auditevent_dashboard_data")
+        + (f"?{urlencode({'profile': data['profile']})}" if data["profile"] else ""),
         "refresh_seconds": settings.DASHBOARD_REFRESH_SECONDS,
     }
     response = TemplateResponse(request, "admin/audit/dashboard.html", context)

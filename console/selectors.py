@@ -19,15 +19,16 @@ from audit.selectors import (
     latency_percentiles,
     local_time_parse,
     requests_by_access_key,
+    requests_by_profile,
     success_rates,
 )
 from signing import selectors as signing_selectors
 
 
 def top_access_ids(*, now: datetime.datetime | None = None, hours: int = 24,
-                   limit: int = TOP_ACCESS_IDS) -> list[dict[str, Any]]:
+                   limit: int = TOP_ACCESS_IDS, profile: str | None = None) -> list[dict[str, Any]]:
     """The access IDs (as claimed: unknown ones too) with the most API requests."""
-    rows = requests_by_access_key(now=now, hours=hours, limit=limit)
+    rows = requests_by_access_key(now=now, hours=hours, limit=limit, profile=profile)
     known = {a["key"]: a for a in AccessId.objects.filter(key__in=[r["access_key"] for r in rows])
              .values("pk", "key", "name")}
     return [
@@ -54,18 +55,21 @@ def card_states(*, now: datetime.datetime | None = None) -> list[dict[str, Any]]
     return cards
 
 
-def dashboard(*, now: datetime.datetime | None = None) -> dict[str, Any]:
-    """Everything the dashboard shows, computed for one instant."""
+def dashboard(*, now: datetime.datetime | None = None, profile: str | None = None) -> dict[str, Any]:
+    """Everything the dashboard shows, computed for one instant; the request figures of one
+    client profile when `profile` is given."""
     now = now or timezone.now()
     cards = card_states(now=now)
     return {
         "now": now,
-        "hourly": hourly_requests(now=now),
-        "daily": daily_requests(now=now),
-        "success": success_rates(now=now),
-        "latency": latency_percentiles(now=now),
-        "top_access_ids": top_access_ids(now=now),
-        "failures_by_code": failures_by_code(now=now),
+        "profile": profile or "",
+        "profiles": requests_by_profile(now=now),
+        "hourly": hourly_requests(now=now, profile=profile),
+        "daily": daily_requests(now=now, profile=profile),
+        "success": success_rates(now=now, profile=profile),
+        "latency": latency_percentiles(now=now, profile=profile),
+        "top_access_ids": top_access_ids(now=now, profile=profile),
+        "failures_by_code": failures_by_code(now=now, profile=profile),
         "cards": cards,
         "pools": signing_selectors.card_pool_states(),
         "cards_connected": sum(1 for c in cards if c["connected"]),

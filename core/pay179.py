@@ -93,8 +93,10 @@ def _constant_refuse(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def pay179_parse(raw: bytes) -> Pay179Payload:
-    """Parse a 179 request body, keeping key order and the client's number text.
+def pay179_parse(raw: bytes, *, session_field: str = "sessionID", ignored: tuple[str, ...] = ()) -> Pay179Payload:
+    """Parse a 179 request body, keeping key order and the client's number text. The
+    session ID is read from `session_field` (the chinaport-proxy calls it `sessionId`);
+    `ignored` fields are request options, not payment data.
 
     Raises Pay179Error for invalid JSON, a non-object body and missing or mistyped fields."""
     try:
@@ -125,11 +127,11 @@ def pay179_parse(raw: bytes) -> Pay179Payload:
     def problem(name: str, message: str) -> None:
         errors.setdefault(name, []).append(message)
 
-    session_id = data.get("sessionID")
-    if "sessionID" not in data:
-        problem("sessionID", "this field is required")
+    session_id = data.get(session_field)
+    if session_field not in data:
+        problem(session_field, "this field is required")
     elif type(session_id) is not str or not session_id:
-        problem("sessionID", "must be a non-empty string (the sessionID customs sent with its request)")
+        problem(session_field, "must be a non-empty string (the sessionID customs sent with its request)")
 
     head = data.get("payExchangeInfoHead")
     if "payExchangeInfoHead" not in data:
@@ -155,7 +157,7 @@ def pay179_parse(raw: bytes) -> Pay179Payload:
 
     if errors:
         raise Pay179Error("the 179 payment data is incomplete or malformed", errors)
-    known = ("sessionID", "payExchangeInfoHead", "payExchangeInfoLists", "serviceTime")
+    known = (session_field, "payExchangeInfoHead", "payExchangeInfoLists", "serviceTime", *ignored)
     return Pay179Payload(
         session_id=session_id,
         head=head,

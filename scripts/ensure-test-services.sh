@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the services the test suite runs against (Debian packages), when missing:
 # redis-server, the PostgreSQL server, Chromium (and a CJK font) for the browser tests, and the tools the
-# client examples are tested with (curl, openssl, a Java 17 JDK).
+# client examples are tested with (curl, openssl, a Java 17 JDK, Node.js).
 set -euo pipefail
 
 need=()
@@ -14,8 +14,9 @@ command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 if [ "${#need[@]}" -eq 0 ]; then
-  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl and a JDK already installed"
+  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl, a JDK and Node.js already installed"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

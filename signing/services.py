@@ -338,14 +338,15 @@ class Pay179SignResult:
 
 
 async def pay179_sign(*, raw_body: bytes, upload: bool,
-                      on_card: Callable[[Callable[[str], Awaitable[SignResult]]], Awaitable[SignResult]]
+                      on_card: Callable[[Callable[[str], Awaitable[SignResult]]], Awaitable[SignResult]],
+                      session_field: str = "sessionID", ignored: tuple[str, ...] = ("upload",),
                       ) -> Pay179SignResult:
     """Build the exact 179 string (ceb-xml-and-179.md §2), sign it with the card that
     `on_card(sign)` runs `sign(device)` on, and when asked post it to customs
     (CUSTOMS_179_UPLOAD_URL) once it is signed; the upload's outcome is reported, never
     raised: the signature stays valid whatever customs answers."""
     try:
-        payload = pay179_parse(raw_body)
+        payload = pay179_parse(raw_body, session_field=session_field, ignored=ignored)
         sign_string = pay179_sign_string(payload)
     except Pay179Error as exc:
         raise invalid_request(exc.message, exc.field_errors) from None

@@ -59,6 +59,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from accessids.profiles import AUDIT_PROFILES
 from audit.models import AuditEvent
 from core.dbthread import db_sync_to_async
 from core.networks import address_in, client_address, networks_parse
@@ -73,6 +74,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # The codes of the authentication checks (spec §1 checks 1–4), native and legacy.
 AUTH_FAILURE_CODES = (
     "MISSING_AUTH_HEADERS",
+    "PROFILE_NOT_ENABLED",
     "INVALID_NONCE",
     "INVALID_TIMESTAMP",
     "INVALID_ACCESS_ID",
@@ -116,6 +118,11 @@ NONCE_REJECTIONS = Counter(
 AUTH_FAILURES = Counter(
     f"{PREFIX}_auth_failures_total", "Requests refused by the authentication checks, by error code.",
     ["code"], registry=REGISTRY,
+)
+PROFILE_REQUESTS = Counter(
+    f"{PREFIX}_profile_requests_total",
+    "API requests by client profile (native, gys, x-signature, cp-md5, sign-server) and result (ok, failed).",
+    ["profile", "result"], registry=REGISTRY,
 )
 ROTATIONS = Counter(
     f"{PREFIX}_rotations_total", "App Secret rotations, by where they were made (api, admin, command).",
@@ -178,6 +185,8 @@ def _event_count(event: AuditEvent) -> None:
             NONCE_REJECTIONS.inc()
         if outcome in AUTH_FAILURE_CODES:
             AUTH_FAILURES.labels(code=outcome).inc()
+        if event.profile in AUDIT_PROFILES:
+            PROFILE_REQUESTS.labels(profile=event.profile, result="ok" if outcome == AuditEvent.OK else "failed").inc()
     if event.event_type == AuditEvent.ACCESS_ID_ROTATED:
         ROTATIONS.labels(source=event.source if event.source in ROTATION_SOURCES else OTHER).inc()
     elif event.event_type in CARD_EVENTS:

@@ -52,14 +52,14 @@ class Receiver:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received = Received(time.monotonic(), self.command, self.path,
+                                    {k.lower(): v for k, v in self.headers.items()}, body)
                 with receiver.cond:
-                    status = receiver.statuses.pop(0) if receiver.statuses else receiver.default_status
-                    receiver.requests.append(Received(time.monotonic(), self.command, self.path,
-                                                      {k.lower(): v for k, v in self.headers.items()}, body))
+                    status, reply = receiver.respond(received)
+                    receiver.requests.append(received)
                     receiver.cond.notify_all()
                 if receiver.delay:
                     time.sleep(receiver.delay)
-                reply = b'{"ok":true}' if status < 300 else b"receiver says no: maintenance window"
                 try:
                     self.send_response(status)
                     self.send_header("Content-Length", str(len(reply)))
@@ -75,6 +75,11 @@ class Receiver:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
+
+    def respond(self, request: Received) -> tuple[int, bytes]:
+        """The status and body to answer `request` with (called holding `cond`)."""
+        status = self.statuses.pop(0) if self.statuses else self.default_status
+        return status, (b'{"ok":true}' if status < 300 else b"receiver says no: maintenance window")
 
     def stop(self) -> None:
         if self.server is not None:

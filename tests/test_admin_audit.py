@@ -289,10 +289,10 @@ def test_csv_export_has_exactly_the_filtered_rows_and_columns(chief):
     assert re.fullmatch(r'attachment; filename="audit-events-\d{8}-\d{6}\.csv"', response["Content-Disposition"])
     rows = read_csv(response)
     header = rows[0]
-    assert header[:19] == ["time", "event_type", "outcome", "http_status", "access_id", "access_id_name", "endpoint",
+    assert header[:20] == ["time", "event_type", "outcome", "http_status", "access_id", "access_id_name", "endpoint",
                            "device", "cert_no", "data_sha256", "duration_ms", "client_ip", "request_id", "source",
-                           "actor", "secret_version", "message", "details", "event_id"]
-    assert header[19:] == chain_fields()
+                           "profile", "actor", "secret_version", "message", "details", "event_id"]
+    assert header[20:] == chain_fields()
     assert [r[header.index("event_id")] for r in rows[1:]] == [str(e["xml_timeout"].pk)]
     row = dict(zip(header, rows[1], strict=True))
     assert row["outcome"] == "UKEY_TIMEOUT" and row["access_id"] == wms.key and row["access_id_name"] == "WMS Haikou"

@@ -246,7 +246,7 @@ def test_json_endpoint_page_index_and_permissions():
     assert body["failures_by_code"] == [{"outcome": "RATE_LIMITED", "count": 1}]
     html = body["html"]
     assert set(html) == {"figures", "cards", "cards_compact", "top_access_ids", "failures_by_code", "hourly_chart",
-                         "daily_chart", "generated"}
+                         "daily_chart", "generated", "profiles"}
     assert html["hourly_chart"].startswith('<svg id="chart-hourly"') and 'class="bar-ok"' in html["hourly_chart"]
     assert html["daily_chart"].startswith('<svg id="chart-daily"')
     assert "RATE_LIMITED" in html["failures_by_code"] and erp.key in html["top_access_ids"]

@@ -664,8 +664,12 @@ def hostile_cases(live: Live) -> list[Case]:
                code=413, outcome="PAYLOAD_TOO_LARGE", identified=False),
         legacy("legacy path traversal", "add filename ../x", "/xml-files/add",
                seal({"filename": "../x", "xml": "<a>1</a>"}), code=500),
-        legacy("legacy path traversal", "add directory /etc", "/xml-files/add",
-               seal({"filename": "a.xml", "xml": "<a>1</a>", "directory": "/etc"}), code=500),
+        # An absolute directory is a folder name for the sign-server ("/etc" → "etc"); with
+        # ".." or a drive letter it is still refused.
+        legacy("legacy path traversal", "add directory /../etc", "/xml-files/add",
+               seal({"filename": "a.xml", "xml": "<a>1</a>", "directory": "/../etc"}), code=500),
+        legacy("legacy path traversal", "add directory C:\\Windows", "/xml-files/add",
+               seal({"filename": "a.xml", "xml": "<a>1</a>", "directory": "C:\\Windows"}), code=500),
         legacy("legacy path traversal", "add directory a/../b", "/xml-files/add",
                seal({"filename": "a.xml", "xml": "<a>1</a>", "directory": "a/../b"}), code=500),
         legacy("legacy path traversal", "list directory ../../etc", "/xml-files/list",

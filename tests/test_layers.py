@@ -52,15 +52,15 @@ def test_an_upward_import_hidden_in_a_function_fails_naming_file_and_line(tmp_pa
     copy = repo_copy(tmp_path)
     errors = copy / "core" / "errors.py"
     lines = errors.read_text().splitlines()
-    lines += ["", "", "def _handler():", "    from signplatform.exception_handler import as_api_error", ""]
+    lines += ["", "", "def _handler():", "    from api.errors import as_api_error", ""]
     errors.write_text("\n".join(lines))
     result = run_checker(copy)
     assert result.returncode == 1
     line = len(lines) - 1
-    assert (f"core/errors.py:{line}: core.errors imports signplatform.exception_handler, which is a layer above"
+    assert (f"core/errors.py:{line}: core.errors imports api.errors, which is a layer above"
             in result.stdout), result.stdout
-    # The handler imports core.errors, so this also closes a circle, reported on both ends.
-    assert "closing a circle of 2 modules: core.errors, signplatform.exception_handler" in result.stdout
+    # api.errors imports core.errors, so this also closes a circle, reported on both ends.
+    assert "closing a circle of 2 modules: api.errors, core.errors" in result.stdout
     assert "3 problem(s)" in result.stdout
 
 

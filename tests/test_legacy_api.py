@@ -403,7 +403,11 @@ def test_xml_files_errors_and_isolation(pin_platform):
         "DOCTYPE": {"filename": "x", "xml": '<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><a>&e;</a>'},
         "directory ../": {"filename": "x", "xml": X2, "directory": "../etc"},
         "directory a/../../b": {"filename": "x", "xml": X2, "directory": "a/../../b"},
-        "absolute directory": {"filename": "x", "xml": X2, "directory": "/etc"},
+        "absolute directory with ..": {"filename": "x", "xml": X2, "directory": "/data/../etc"},
+        "drive letter": {"filename": "x", "xml": X2, "directory": "C:/data/xml"},
+        "drive letter, backslashes": {"filename": "x", "xml": X2, "directory": "D:\\xml\\in"},
+        "backslash": {"filename": "x", "xml": X2, "directory": "\\\\server\\share"},
+        "empty folder name": {"filename": "x", "xml": X2, "directory": "/a//b"},
         "filename with ../": {"filename": "../../x", "xml": X2},
         "windows path": {"filename": "C:\\x", "xml": X2},
     }
@@ -420,6 +424,22 @@ def test_xml_files_errors_and_isolation(pin_platform):
     assert_legacy(result, 400, 500)
     assert XmlDocument.objects.count() == stored
     assert "root:x:0:0" not in database_text()
+
+    # An absolute or nested directory (the sign-server README's own "/path/optional") is a
+    # folder name in the store: leading slashes dropped, nothing on disk.
+    for sent, stored_as in (("/path/optional", "path/optional"), ("/data/xml/in/", "data/xml/in"),
+                            ("//a/b", "a/b")):
+        result = send(platform, "/xml-files/add", VECTOR_KEY, {"filename": "abs", "xml": X2, "directory": sent})
+        assert_legacy(result, 200, 200)
+        assert XmlDocument.objects.filter(access_id=owner, directory=stored_as, filename="abs.xml",
+                                          deleted_at=None).exists(), sent
+        listed = send(platform, "/xml-files/list", VECTOR_KEY, {"directory": sent})
+        assert [f["filename"] for f in json.loads(decrypt(VECTOR_KEY, assert_legacy(listed, 200, 200)["data"]))] \
+            == ["abs.xml"]
+        assert_legacy(send(platform, "/xml-files/delete", VECTOR_KEY, {"filename": "abs", "directory": sent}),
+                      200, 200)
+    assert not os.path.exists("/path/optional") and not os.path.exists(ROOT / "path")
+    stored = XmlDocument.objects.count()
 
     # Deleting a file that does not exist.
     for name in ("nope", "nope.xml"):

@@ -25,7 +25,7 @@ from audit.models import AuditEvent
 from audit.services import admin_change_context
 
 from . import services
-from .models import Webhook, WebhookDelivery
+from .models import CP_MD5, NATIVE, Webhook, WebhookDelivery
 
 STATUS_COLORS = {
     WebhookDelivery.PENDING: "#9a6700",
@@ -72,7 +72,7 @@ class WebhookForm(forms.ModelForm):
 
     class Meta:
         model = Webhook
-        fields = ["name", "url", "secret", "card_failures", "audit_feed", "enabled"]
+        fields = ["name", "url", "secret", "card_failures", "audit_feed", "payload_format", "enabled"]
         formfield_callback = _formfield
 
     def __init__(self, *args, **kwargs):
@@ -83,6 +83,11 @@ class WebhookForm(forms.ModelForm):
                 " Leave empty to keep the current secret.", "")
         else:
             self.fields["secret"].label = "New secret"
+        # A form posted without the format (a client of the form from before it existed)
+        # keeps the webhook's format, native for a new one; neither counts as a change.
+        payload_format = self.fields["payload_format"]
+        payload_format.required = False
+        payload_format.empty_value = self.instance.payload_format or NATIVE
 
     def clean_secret(self):
         secret = self.cleaned_data.get("secret") or ""
@@ -103,10 +108,10 @@ class WebhookForm(forms.ModelForm):
 @admin.register(Webhook)
 class WebhookAdmin(admin.ModelAdmin):
     form = WebhookForm
-    list_display = ["name", "url_display", "enabled_display", "sends_display", "last_delivery_display",
-                    "deliveries_link"]
+    list_display = ["name", "url_display", "enabled_display", "sends_display", "format_display",
+                    "last_delivery_display", "deliveries_link"]
     list_display_links = ["name"]
-    list_filter = ["enabled", "card_failures", "audit_feed"]
+    list_filter = ["enabled", "card_failures", "audit_feed", "payload_format"]
     search_fields = ["name", "url", "key"]
     actions = ["send_test_event", "enable_selected", "disable_selected"]
     change_form_template = "admin/webhooks/webhook/change_form.html"
@@ -114,7 +119,7 @@ class WebhookAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         fieldsets = [
             (None, {"fields": ["name", "url"] if obj is None else ["key", "name", "url"]}),
-            ("What to send", {"fields": ["card_failures", "audit_feed", "enabled"]}),
+            ("What to send", {"fields": ["card_failures", "audit_feed", "payload_format", "enabled"]}),
             ("Signing", {"fields": ["secret"] if obj is None else ["secret_display", "secret", "receiver_help"]}),
         ]
         if obj is not None:
@@ -220,6 +225,13 @@ class WebhookAdmin(admin.ModelAdmin):
         what = [label for label, on in (("card failures", obj.card_failures), ("audit feed", obj.audit_feed)) if on]
         return ", ".join(what) or "nothing"
 
+    @admin.display(description="format", ordering="payload_format")
+    def format_display(self, obj):
+        if obj.payload_format == CP_MD5:
+            return format_html('<span title="chinaport-proxy receivers; its MD5 signature is weak">{} {}</span>',
+                               obj.payload_format, _badge("#9a6700", "weak"))
+        return obj.payload_format
+
     @admin.display(description="last delivery", ordering="last_delivery_at")
     def last_delivery_display(self, obj):
         if not obj.last_delivery_at:
@@ -244,6 +256,17 @@ class WebhookAdmin(admin.ModelAdmin):
 
     @admin.display(description="how the receiver checks a notification")
     def receiver_help(self, obj):
+        if obj.payload_format == CP_MD5:
+            return format_html(
+                "cp-md5 format: the chinaport-proxy's notifications (<code>ukey_malfunction</code> for card "
+                "failures, <code>api_audit</code> for the audit feed, without request or response bodies), each a "
+                "POST of JSON with <code>X-Timestamp</code> (Unix milliseconds) and <code>X-Signature</code> = "
+                "lowercase hex MD5 of <code>POST</code> + the URL's path (without the query) + "
+                "<code>X-Timestamp</code> + the body + this secret, as the proxy signs them. "
+                "<strong>MD5 is weak</strong>: use this format only for receivers that cannot change, on a private "
+                "network. <code>X-Delivery-Id</code> is the same for every attempt of one notification: the "
+                "receiver uses it to ignore repeats. Any answer other than 2xx is retried. "
+                "(Webhook ID {}, not sent in this format.)", obj.key)
         return format_html(
             "Each notification is a POST of JSON with the headers <code>X-Access-Id: {}</code>, "
             "<code>X-Timestamp</code>, <code>X-Nonce</code> and <code>X-Signature</code>, signed exactly like the "
@@ -281,14 +304,15 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     actions = ["retry_now"]
     change_form_template = "admin/webhooks/webhookdelivery/change_form.html"
     fieldsets = [
-        ("Notification", {"fields": ["id", "webhook_link", "event_display", "audit_event_link", "created_at"]}),
+        ("Notification", {"fields": ["id", "webhook_link", "event_display", "payload_format", "audit_event_link",
+                                     "created_at"]}),
         ("Sending", {"fields": ["status_display", "attempts", "last_attempt_at", "next_attempt_display",
                                 "last_http_status", "last_error", "delivered_at"]}),
         ("Body sent (JSON)", {"fields": ["payload_display"]}),
     ]
-    readonly_fields = ["id", "webhook_link", "event_display", "audit_event_link", "created_at", "status_display",
-                       "attempts", "last_attempt_at", "next_attempt_display", "last_http_status", "last_error",
-                       "delivered_at", "payload_display"]
+    readonly_fields = ["id", "webhook_link", "event_display", "payload_format", "audit_event_link", "created_at",
+                       "status_display", "attempts", "last_attempt_at", "next_attempt_display", "last_http_status",
+                       "last_error", "delivered_at", "payload_display"]
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()

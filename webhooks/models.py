@@ -17,6 +17,15 @@ from django.utils import timezone
 
 SECRET_PURPOSE = "webhook-secret"
 
+# The wire formats a webhook can send (see services.py for the bodies, worker.py for the
+# signatures).
+NATIVE = "native"
+CP_MD5 = "cp-md5"
+PAYLOAD_FORMATS = [
+    (NATIVE, "native (HMAC-SHA256, signed like the platform's API)"),
+    (CP_MD5, "cp-md5 (chinaport-proxy receivers, MD5: weak)"),
+]
+
 
 def webhook_key_generate() -> str:
     """The webhook's identifier, sent as X-Access-Id: "WH" + 20 hex digits."""
@@ -49,6 +58,16 @@ class Webhook(models.Model):
     audit_feed = models.BooleanField(
         "audit feed", default=False,
         help_text="Send every API request's audit event (one notification per request: high volume).",
+    )
+    payload_format = models.CharField(
+        "payload format", max_length=10, choices=PAYLOAD_FORMATS, default=NATIVE,
+        help_text="native: the platform's own JSON, signed like its API requests (HMAC-SHA256 with X-Access-Id, "
+                  "X-Timestamp, X-Nonce, X-Signature), for receivers written for this platform. "
+                  "cp-md5: the chinaport-proxy's ukey_malfunction and api_audit notifications, signed like the "
+                  "proxy's (X-Timestamp and X-Signature = MD5 of POST + path + timestamp + body + secret), only "
+                  "for receivers written for the Go chinaport-proxy that cannot change. Its MD5 signature is "
+                  "weak (MD5 is broken, and the secret is appended to the hashed text): use it on a private "
+                  "network. Notifications already queued keep the format they were written in.",
     )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -83,6 +102,9 @@ class WebhookDelivery(models.Model):
     webhook = models.ForeignKey(Webhook, on_delete=models.PROTECT, related_name="deliveries")
     event_type = models.CharField("event", max_length=40, db_index=True)
     payload = models.JSONField()
+    # The format the payload was written in (the webhook's when the delivery was queued): the
+    # worker signs it the same way, whatever the webhook's format is by then.
+    payload_format = models.CharField("payload format", max_length=10, choices=PAYLOAD_FORMATS, default=NATIVE)
     status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField("next attempt", default=timezone.now)

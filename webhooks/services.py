@@ -22,7 +22,8 @@ from audit.services import COMMAND, ChangeContext
 from core.encryption import MasterKeyError, secret_decrypt, secret_encrypt
 from core.logging import redaction_register
 
-from .models import SECRET_PURPOSE, Webhook, WebhookDelivery
+from . import cp_md5
+from .models import CP_MD5, NATIVE, SECRET_PURPOSE, Webhook, WebhookDelivery
 
 logger = logging.getLogger("webhooks")
 
@@ -124,9 +125,13 @@ def payload_for_event(event: AuditEvent) -> dict[str, Any]:
     return payload
 
 
-def _delivery(webhook_id: int, event_type: str, payload: dict[str, Any], audit_event_id: int | None) -> WebhookDelivery:
-    delivery = WebhookDelivery(webhook_id=webhook_id, event_type=event_type, audit_event_id=audit_event_id)
-    delivery.payload = {"id": str(delivery.id), **payload}
+def _delivery(webhook_id: int, event_type: str, payload: dict[str, Any], audit_event_id: int | None,
+              payload_format: str = NATIVE) -> WebhookDelivery:
+    """A delivery row. Native bodies carry the delivery's ID as "id"; cp-md5 bodies are the
+    proxy's envelope as it is (the ID is in the X-Delivery-Id header)."""
+    delivery = WebhookDelivery(webhook_id=webhook_id, event_type=event_type, audit_event_id=audit_event_id,
+                               payload_format=payload_format)
+    delivery.payload = {"id": str(delivery.id), **payload} if payload_format == NATIVE else dict(payload)
     return delivery
 
 
@@ -141,14 +146,24 @@ def deliveries_enqueue(event: AuditEvent) -> list[WebhookDelivery]:
         return []
     # The cache may be a few seconds old (another process disabled or deleted a webhook):
     # the rows are checked inside the transaction, so no delivery points at a missing webhook.
-    webhook_ids = list(Webhook.objects.filter(pk__in=candidates, enabled=True, **{flag: True})
-                       .values_list("pk", flat=True))
-    if not webhook_ids:
+    webhooks = list(Webhook.objects.filter(pk__in=candidates, enabled=True, **{flag: True})
+                    .values_list("pk", "payload_format"))
+    if not webhooks:
         return []
-    payload = payload_for_event(event)
-    deliveries = WebhookDelivery.objects.bulk_create(
-        [_delivery(pk, event.event_type, payload, event.pk) for pk in webhook_ids]
-    )
+    # The body is built now, once per format, and stored: what the admin shows is what is sent
+    # (and signed), on every attempt.
+    payloads: dict[str, dict[str, Any] | None] = {}
+    rows = []
+    for pk, payload_format in webhooks:
+        if payload_format not in payloads:
+            payloads[payload_format] = (cp_md5.payload_for_event(event) if payload_format == CP_MD5
+                                        else payload_for_event(event))
+        payload = payloads[payload_format]
+        if payload is not None:
+            rows.append(_delivery(pk, event.event_type, payload, event.pk, payload_format))
+    if not rows:
+        return []
+    deliveries = WebhookDelivery.objects.bulk_create(rows)
     transaction.on_commit(wake_local_workers)
     return deliveries
 
@@ -190,9 +205,17 @@ def _what(webhook: Webhook) -> list[str]:
     return [name for name, on in (("card failures", webhook.card_failures), ("audit feed", webhook.audit_feed)) if on]
 
 
+def _settings(webhook: Webhook) -> dict[str, Any]:
+    """What a webhook sends, as its change events record it."""
+    return {"card_failures": webhook.card_failures, "audit_feed": webhook.audit_feed, "enabled": webhook.enabled,
+            "payload_format": webhook.payload_format}
+
+
 def webhook_create(*, name: str, url: str, secret: str, card_failures: bool = True, audit_feed: bool = False,
-                   enabled: bool = True, context: ChangeContext = COMMAND) -> Webhook:
-    webhook = Webhook(name=name, url=url, card_failures=card_failures, audit_feed=audit_feed, enabled=enabled)
+                   enabled: bool = True, payload_format: str = NATIVE,
+                   context: ChangeContext = COMMAND) -> Webhook:
+    webhook = Webhook(name=name, url=url, card_failures=card_failures, audit_feed=audit_feed, enabled=enabled,
+                      payload_format=payload_format)
     webhook.full_clean(exclude=["secret_encrypted"])
     return webhook_add(webhook=webhook, secret=secret, context=context)
 
@@ -203,8 +226,9 @@ def webhook_add(*, webhook: Webhook, secret: str, context: ChangeContext = COMMA
     webhook_set_secret(webhook, secret)
     webhook.save(force_insert=True)
     _record(context, event_type=WEBHOOK_CREATED, webhook=webhook,
-                   message=f"webhook {webhook.name} created ({', '.join(_what(webhook)) or 'nothing selected'})",
-                   card_failures=webhook.card_failures, audit_feed=webhook.audit_feed, enabled=webhook.enabled)
+                   message=f"webhook {webhook.name} created ({', '.join(_what(webhook)) or 'nothing selected'}; "
+                           f"{webhook.payload_format} format)",
+                   **_settings(webhook))
     return webhook
 
 
@@ -220,8 +244,7 @@ def webhook_update(*, webhook: Webhook, changed: Iterable[str], secret: str = ""
         what = changed + (["secret"] if secret else [])
         _record(context, event_type=WEBHOOK_CHANGED, webhook=webhook,
                        message=f"webhook {webhook.name} changed: {', '.join(what)}",
-                       fields=changed, secret_replaced=bool(secret),
-                       card_failures=webhook.card_failures, audit_feed=webhook.audit_feed, enabled=webhook.enabled)
+                       fields=changed, secret_replaced=bool(secret), **_settings(webhook))
     return webhook
 
 
@@ -250,15 +273,20 @@ def webhook_send_test(*, webhook: Webhook, context: ChangeContext = COMMAND) -> 
     who = getattr(context.actor, "get_username", lambda: "")() or context.source
     message = f"test notification sent from the signing platform by {who}"
     event = _record(context, event_type=WEBHOOK_TEST_SENT, webhook=webhook, message=f"test event sent to {webhook.name}")
-    payload = {
-        "event": WebhookDelivery.TEST,
-        "occurred_at": event.created_at.astimezone(datetime.timezone.utc).isoformat(),
-        "audit_event_id": event.pk,
-        "device": "",
-        "outcome": AuditEvent.OK,
-        "message": message,
-    }
-    delivery = _delivery(webhook.pk, WebhookDelivery.TEST, payload, event.pk)
+    if webhook.payload_format == CP_MD5:
+        delivery = _delivery(webhook.pk, WebhookDelivery.TEST, {}, event.pk, CP_MD5)
+        delivery.payload = cp_md5.payload_for_test(created_at=event.created_at, message=message,
+                                                   delivery_id=str(delivery.pk), audit_feed=webhook.audit_feed)
+    else:
+        payload = {
+            "event": WebhookDelivery.TEST,
+            "occurred_at": event.created_at.astimezone(datetime.timezone.utc).isoformat(),
+            "audit_event_id": event.pk,
+            "device": "",
+            "outcome": AuditEvent.OK,
+            "message": message,
+        }
+        delivery = _delivery(webhook.pk, WebhookDelivery.TEST, payload, event.pk)
     delivery.save(force_insert=True)
     transaction.on_commit(wake_local_workers)
     return delivery
@@ -324,6 +352,7 @@ class DeliveryJob:
     payload: dict
     attempts: int  # including this one
     secret_error: str = ""
+    payload_format: str = NATIVE  # how the payload was written, hence how it is signed
 
     def __repr__(self) -> str:
         return f"DeliveryJob({self.id}, {self.event_type} -> {self.webhook_name}, attempt {self.attempts})"
@@ -368,7 +397,7 @@ def deliveries_claim(*, room: int, in_flight: dict[int, int], per_webhook: int, 
                 WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
                 .filter(webhook_id=pk, status=WebhookDelivery.PENDING, next_attempt_at__lte=now)
                 .order_by("next_attempt_at")
-                .values_list("pk", "event_type", "payload", "attempts")[:space]
+                .values_list("pk", "event_type", "payload", "attempts", "payload_format")[:space]
             )
             if not rows:
                 continue
@@ -385,8 +414,8 @@ def deliveries_claim(*, room: int, in_flight: dict[int, int], per_webhook: int, 
             claim.jobs.extend(
                 DeliveryJob(id=str(d_pk), webhook_id=pk, webhook_name=name, url=url, key=key, secret=secret,
                             event_type=event_type, payload=payload, attempts=attempts + 1,
-                            secret_error=secret_error)
-                for d_pk, event_type, payload, attempts in rows
+                            secret_error=secret_error, payload_format=payload_format)
+                for d_pk, event_type, payload, attempts, payload_format in rows
             )
     return claim
 

@@ -38,6 +38,14 @@ trailing newline:
     <X-Nonce>
     <lowercase hex SHA-256 of the raw body bytes>
 
+Webhooks in the cp-md5 format (chosen per webhook in the admin, for receivers written for the
+Go chinaport-proxy) send the proxy's `ukey_malfunction` / `api_audit` bodies instead
+(`cp_md5.py`), with the same Content-Type, User-Agent and X-Webhook-Event / X-Delivery-Id /
+X-Delivery-Attempt headers, but signed the proxy's way: no X-Access-Id or X-Nonce, and
+
+    X-Timestamp: <Unix time in milliseconds>
+    X-Signature: <lowercase hex MD5("POST" + percent-decoded URL path + X-Timestamp + body + secret)>
+
 A receiver should check the signature (constant-time), that X-Timestamp is within 5 minutes of
 its clock, and that it has not seen the nonce in the last 10 minutes; then answer 2xx quickly.
 Anything else (3xx included: redirects are not followed, a timeout, a refused connection) is a
@@ -64,7 +72,8 @@ from django.utils import timezone
 from core.http_client_errors import connect_error_text
 from signclient import sign_headers
 
-from . import services
+from . import cp_md5, services
+from .models import CP_MD5
 from .services import DeliveryJob, Outcome
 
 logger = logging.getLogger("webhooks")
@@ -87,6 +96,8 @@ def body_bytes(payload: dict) -> bytes:
 
 
 def request_headers(job: DeliveryJob, body: bytes) -> dict[str, str]:
+    """The headers of one attempt, signed over `body` (the exact bytes POSTed) in the scheme of
+    the format the delivery was written in."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -94,7 +105,10 @@ def request_headers(job: DeliveryJob, body: bytes) -> dict[str, str]:
         "X-Delivery-Id": job.id,
         "X-Delivery-Attempt": str(job.attempts),
     }
-    headers.update(sign_headers("POST", job.url, body, job.key, job.secret or ""))
+    if job.payload_format == CP_MD5:
+        headers.update(cp_md5.sign_headers(job.url, body, job.secret or ""))
+    else:
+        headers.update(sign_headers("POST", job.url, body, job.key, job.secret or ""))
     return headers
 
 

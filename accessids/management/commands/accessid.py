@@ -5,9 +5,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accessids.models import AccessId, AppSecret
+from accessids.profiles import PROFILE_KINDS
 from accessids.services import (
     AccessIdError,
     access_id_create,
+    access_id_profile_set,
     access_id_set_enabled,
     access_id_set_legacy_key,
     app_secret_rotate,
@@ -45,6 +47,21 @@ class Command(BaseCommand):
         rotate.add_argument("--json", action="store_true")
         for action in ("disable", "enable"):
             sub.add_parser(action).add_argument("access_id")
+        profile = sub.add_parser(
+            "profile", help="turn a client profile (gys, x-signature, cp-md5) on or off for an access ID, or show them",
+        )
+        profile.add_argument("access_id")
+        which = profile.add_mutually_exclusive_group()
+        which.add_argument("--enable", metavar="NAME", choices=sorted(PROFILE_KINDS),
+                           help="turn the profile on (or change its settings)")
+        which.add_argument("--disable", metavar="NAME", choices=sorted(PROFILE_KINDS), help="turn the profile off")
+        profile.add_argument("--default", action="store_true",
+                             help="make this access ID the one requests of the profile without an access ID belong "
+                                  "to (x-signature, cp-md5; taken from the access ID that had it)")
+        profile.add_argument("--window-seconds", type=int, metavar="N",
+                             help="how far a request's timestamp may be from the server's clock (0: the profile's "
+                                  "default)")
+        profile.add_argument("--json", action="store_true", help="print the access ID's profiles as JSON")
 
     @staticmethod
     def _legacy_arguments(parser):
@@ -153,3 +170,36 @@ class Command(BaseCommand):
     def _enable(self, options):
         access = access_id_set_enabled(access_id=self._get(options["access_id"]), enabled=True)
         self.stdout.write(f"Enabled {access.key}")
+
+    def _profile(self, options):
+        access = self._get(options["access_id"])
+        name = options["enable"] or options["disable"]
+        if name is None and (options["default"] or options["window_seconds"] is not None):
+            raise CommandError("give --enable NAME with --default or --window-seconds")
+        if name is not None:
+            changes = {"enabled": bool(options["enable"])}
+            if options["window_seconds"] is not None:
+                changes["window_seconds"] = options["window_seconds"] or None
+            if options["default"]:
+                changes["default"] = True
+            elif options["disable"]:
+                changes["default"] = False  # a profile that is off is nobody's default
+            access_id_profile_set(access_id=access, name=name, **changes)
+        rows = {p.name: p for p in access.profiles.all()}
+        listing = [
+            {"profile": kind.name, "enabled": bool(rows.get(kind.name) and rows[kind.name].enabled),
+             "window_seconds": rows[kind.name].window if kind.name in rows else kind.window_seconds,
+             "default": bool(rows.get(kind.name) and rows[kind.name].is_default), "weak": kind.weak}
+            for kind in PROFILE_KINDS.values()
+        ]
+        if options["json"]:
+            self.stdout.write(json.dumps({"access_id": access.key, "profiles": listing}))
+            return
+        if name is not None:
+            self.stdout.write(f"{access.key}: profile {name} {'enabled' if options['enable'] else 'disabled'}")
+        for row in listing:
+            kind = PROFILE_KINDS[row["profile"]]
+            state = "on " if row["enabled"] else "off"
+            extra = ", default access ID" if row["default"] else ""
+            self.stdout.write(f"  {row['profile']:<12} {state} window ±{row['window_seconds']} s{extra}"
+                              + (f"  (weak: {kind.weak_reason})" if kind.weak and row["enabled"] else ""))

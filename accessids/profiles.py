@@ -1,0 +1,51 @@
+"""The client profiles (docs/client-profiles.md): the wire formats of the signing services
+the platform replaces, each enabled per access ID. This is the catalogue the admin, the
+`accessid profile` command and the authentication schemes (api/schemes.py) share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NATIVE = "native"
+GYS = "gys"
+X_SIGNATURE = "x-signature"
+CP_MD5 = "cp-md5"
+SIGN_SERVER = "sign-server"
+
+MAX_WINDOW_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class ProfileKind:
+    name: str
+    label: str
+    source_system: str
+    window_seconds: int  # the default time window (± seconds around the server's clock)
+    has_default: bool  # requests may omit the access ID: the deployment's default one is used
+    weak_reason: str = ""  # why the scheme is weak ("" when it is not)
+
+    @property
+    def weak(self) -> bool:
+        return bool(self.weak_reason)
+
+
+# The profiles an administrator turns on per access ID (native is always on; sign-server
+# is on for an access ID with a legacy AES key).
+PROFILE_KINDS = {
+    GYS: ProfileKind(
+        GYS, "gys (HMAC-SHA256 over sorted parameters)", "the HMAC validator with gys_* headers", 300, False,
+    ),
+    X_SIGNATURE: ProfileKind(
+        X_SIGNATURE, "x-signature (HMAC-SHA256 Base64, timestamp and nonce)", "the FastAPI internal API", 300, True,
+        weak_reason="the signature covers only the nonce and the timestamp, not the request body or path: whoever "
+                    "sees one request in transit can send any body with its headers before the nonce is used",
+    ),
+    CP_MD5: ProfileKind(
+        CP_MD5, "cp-md5 (chinaport-proxy MD5 signatures, POST /rpc)", "the Go chinaport-proxy", 3, True,
+        weak_reason="MD5 is broken as a signature primitive, and the App Secret is appended to the hashed text "
+                    "(length-extension prone); use only for clients that cannot change, on a private network",
+    ),
+}
+PROFILE_CHOICES = [(kind.name, kind.name) for kind in PROFILE_KINDS.values()]
+# Every profile name an audit event may carry.
+AUDIT_PROFILES = (NATIVE, GYS, X_SIGNATURE, CP_MD5, SIGN_SERVER)
