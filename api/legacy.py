@@ -156,21 +156,21 @@ class SignServerScheme(AuthScheme):
         return request.path in LEGACY_PATHS
 
     def authenticate(self, request) -> ApiClient:
-        raise NotImplementedError("the sign-server profile authenticates in identify(): it needs the decrypted body")
-
-    def identify(self, call: LegacyCall) -> Any:
-        """The access ID whose key decrypts the body, and the decrypted JSON."""
+        """The access ID whose legacy key decrypts the body, if it may be used from here. The
+        decrypted JSON (or why it was refused) and the folded key stay on the request
+        (`legacy_payload`, `legacy_folded_key`): the answer is encrypted with that key."""
         try:
-            body = call.request.body
+            body = request.body
         except RequestDataTooBig:
             raise LegacyError(413, 413, f"请求数据过大 (body over {settings.API_MAX_BODY_BYTES} bytes)",
                               outcome="PAYLOAD_TOO_LARGE") from None
-        access_key, folded, payload = _identify(body)
-        call.access = AppSecretService.lookup(access_key)
-        call.folded_key = folded
-        if call.access is None:  # removed in between
+        access_key, request.legacy_folded_key, request.legacy_payload = _identify(body)
+        info = AppSecretService.lookup(access_key)
+        if info is None:  # removed in between
             raise LegacyError(400, 400, "请求数据解密失败", outcome="INVALID_REQUEST")
-        return payload
+        request.legacy_access = info
+        access_usable_check(request, info)
+        return ApiClient(access=info, secret_version=None, profile=self.name)
 
     def refuse(self, error: ApiError, request_id: str) -> LegacyError:
         message = _LEGACY_MESSAGES.get(error.code, error.message)
@@ -180,12 +180,17 @@ class SignServerScheme(AuthScheme):
 SCHEME = SignServerScheme()
 
 
-def _authorise(call: LegacyCall, scope: str) -> None:
-    """The checks every profile shares, for the identified access ID: usable from here,
-    the scope, the rate limit."""
-    info = call.access
+def _begin(call: LegacyCall, scope: str) -> dict[str, Any]:
+    """Authenticate the caller (the sign-server scheme), then the checks every profile
+    shares: the scope and the rate limit; returns the decrypted JSON object."""
+    request = call.request
     try:
-        access_usable_check(call.request, info)
+        try:
+            SCHEME.authenticate(request)
+        finally:  # the key names the caller even when it may not call from here: audited as its
+            call.access = getattr(request, "legacy_access", None)
+            call.folded_key = getattr(request, "legacy_folded_key", b"")
+        info = call.access
         if scope not in info.scopes:
             raise LegacyError(403, 403, f"无权限：访问ID缺少 {scope} 权限 (scope {scope} missing)",
                               outcome="PERMISSION_DENIED")
@@ -194,13 +199,8 @@ def _authorise(call: LegacyCall, scope: str) -> None:
             raise ApiError("RATE_LIMITED", "rate limit exceeded", status=429,
                            headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
     except ApiError as exc:
-        raise SCHEME.refuse(exc, call.request.request_id) from None
-
-
-def _begin(call: LegacyCall, scope: str) -> dict[str, Any]:
-    """Identify and authorise the caller; returns the decrypted JSON object."""
-    payload = SCHEME.identify(call)
-    _authorise(call, scope)
+        raise SCHEME.refuse(exc, request.request_id) from None
+    payload = request.legacy_payload
     if isinstance(payload, JsonInputError):
         raise LegacyError(400, 400, f"请求数据不符合要求 (the decrypted JSON is refused: {payload.message})",
                           outcome="INVALID_REQUEST")
