@@ -234,7 +234,6 @@ class AccessIdAdmin(admin.ModelAdmin):
     def pools_display(self, obj):
         return ", ".join(str(p) for p in obj.pools.order_by("slug")) or "none"
 
-    @admin.display(description="legacy AES key")
     @admin.display(description="client profiles")
     def profiles_display(self, obj):
         rows = {p.name: p for p in obj.profiles.all()} if obj and obj.pk else {}
@@ -253,6 +252,7 @@ class AccessIdAdmin(admin.ModelAdmin):
         names = [p.name for p in obj.profiles.all() if p.enabled]
         return ", ".join(names) or "—"
 
+    @admin.display(description="legacy AES key")
     def legacy_key_display(self, obj):
         if not obj.has_legacy_key:
             return "not set (the old sign-server API is not open to this access ID)"

@@ -42,8 +42,9 @@ PROFILE_KINDS = {
     ),
     CP_MD5: ProfileKind(
         CP_MD5, "cp-md5 (chinaport-proxy MD5 signatures, POST /rpc)", "the Go chinaport-proxy", 3, True,
-        weak_reason="MD5 is broken as a signature primitive, and the App Secret is appended to the hashed text "
-                    "(length-extension prone); use only for clients that cannot change, on a private network",
+        weak_reason="MD5 is broken (collisions can be made), it is a plain hash of the text and the App Secret "
+                    "rather than an HMAC, and the query string is not signed; use only for clients that cannot "
+                    "change, on a private network",
     ),
 }
 PROFILE_CHOICES = [(kind.name, kind.name) for kind in PROFILE_KINDS.values()]

@@ -13,6 +13,7 @@ from rest_framework.throttling import BaseThrottle
 from core.errors import ApiError, permission_denied
 
 from .auth import ApiClient
+from .schemes import SCHEMES_BY_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ class HasScope(BasePermission):
             scopes = scopes.get(request.method, ())
         if scopes and not any(client.has_scope(scope) for scope in scopes):
             raise permission_denied(f"this access ID lacks the scope {' or '.join(scopes)}")
+        if request.method in getattr(view, "request_line_bound", ()) and \
+                not getattr(SCHEMES_BY_NAME.get(client.profile), "binds_request_line", True):
+            raise permission_denied(
+                f"{request.method} {request.path} needs a signature that covers the method and the path; the "
+                f"{client.profile} profile's does not (the same headers could be sent here from another request)")
         check = getattr(view, "operation_permission_check", None)
         if check is not None:
             check(request, client)

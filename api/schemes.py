@@ -43,7 +43,7 @@ from core.networks import address_allowed, client_address
 from core.pay179 import JsonNumber
 from signclient import string_to_sign
 
-from .nonces import NonceStoreUnavailable, StaleTimestamp, nonce_store
+from .nonces import PROFILE_MAX_TTL, NonceStoreUnavailable, StaleTimestamp, nonce_store
 
 # The failures of authentication itself (as opposed to what an authenticated access ID may
 # do): profiles answer these with their own status code.
@@ -104,7 +104,9 @@ def replay_claim(namespace: str, value: str, timestamp_ms: int, *, window_second
     """Claim `value` (a nonce or a signature) once in `namespace`, remembered for longer
     than the window on either side of the server's clock (None: the native window, whose
     nonces live API_NONCE_TTL_SECONDS)."""
-    ttl = None if window_seconds is None else max(int(settings.API_NONCE_TTL_SECONDS), 2 * window_seconds + 60)
+    # A profile's claims are kept as long as its widest possible window needs: an administrator may
+    # widen the window after a claim was made.
+    ttl = None if window_seconds is None else PROFILE_MAX_TTL
     try:
         fresh = nonce_store().claim(namespace, value, timestamp_ms, ttl=ttl)
     except StaleTimestamp as exc:
@@ -134,6 +136,10 @@ class AuthScheme:
     """One way to authenticate a request; subclasses fill in the hooks."""
 
     name = profiles.NATIVE
+    # Does the signature cover the method and the path? A scheme whose signature does not (gys,
+    # x-signature) cannot be told from the same headers sent to another endpoint by whoever saw
+    # them, so the endpoints that change credentials or delete refuse it (`request_line_bound`).
+    binds_request_line = True
 
     @property
     def kind(self) -> profiles.ProfileKind | None:
@@ -208,8 +214,6 @@ class AuthScheme:
         if info is None:
             raise unauthorized("INVALID_ACCESS_ID", "unknown access ID")
         request.access_pk = info.pk
-        if self.kind is not None and info.profile_window(self.name) is None:
-            raise unauthorized("PROFILE_NOT_ENABLED", f"the {self.name} profile is not enabled for this access ID")
 
         text = self.message(request, presented, info.key, request_body(request))
         provided = self.normalised(presented.signature).encode()
@@ -220,6 +224,10 @@ class AuthScheme:
         if matched is None:
             raise self.signature_failure(text)
         request.secret_version = matched
+        # Only now, to a caller who holds the secret: is the profile enabled (answered earlier, it
+        # would tell anyone which profiles an access ID has)?
+        if self.kind is not None and info.profile_window(self.name) is None:
+            raise unauthorized("PROFILE_NOT_ENABLED", f"the {self.name} profile is not enabled for this access ID")
 
         access_usable_check(request, info)
         value, what = self.replay_value(presented)
@@ -384,6 +392,7 @@ class GysScheme(AuthScheme):
     """HMAC-SHA256 over the sorted parameters, headers with underscores."""
 
     name = profiles.GYS
+    binds_request_line = False
 
     @staticmethod
     def headers(request) -> dict[str, str]:
@@ -452,15 +461,22 @@ class XSignatureScheme(AuthScheme):
     """HMAC-SHA256 (Base64) over `nonce=...&timestamp=...`; the body is not covered."""
 
     name = profiles.X_SIGNATURE
+    binds_request_line = False
 
     def recognises(self, request) -> bool:
-        return bool(_XSIG_RE.match(_header(request, "X-Signature")))
+        """A Base64 signature; or, without a native one, a timestamp in seconds (so a request
+        that lost or garbled its X-Signature is still refused in this profile's shape)."""
+        signature = _header(request, "X-Signature")
+        if _XSIG_RE.match(signature):
+            return True
+        return not _NATIVE_SIGNATURE_RE.match(signature) and bool(_SECONDS_RE.match(_header(request, "X-Timestamp")))
 
     def present(self, request) -> Presented:
         access_key, timestamp = _header(request, "X-Access-Id"), _header(request, "X-Timestamp")
         nonce, signature = _header(request, "X-Nonce"), _header(request, "X-Signature")
         request.claimed_access_key = access_key[:64]
-        missing = [name for name, value in (("X-Timestamp", timestamp), ("X-Nonce", nonce)) if not value]
+        missing = [name for name, value in (("X-Signature", signature), ("X-Timestamp", timestamp), ("X-Nonce", nonce))
+                   if not value]
         if missing:
             raise unauthorized("MISSING_AUTH_HEADERS", f"missing header(s): {', '.join(missing)}",
                                {"missing": missing})
@@ -490,23 +506,39 @@ class XSignatureScheme(AuthScheme):
 # --- cp-md5 ------------------------------------------------------------------------------------
 
 _MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+_NATIVE_SIGNATURE_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_SECONDS_RE = re.compile(r"^[0-9]{1,10}$")
+# Where the cp-md5 scheme applies: the proxy's endpoints (and the native rpc it mirrors).
+PROXY_ONLY_PATHS = frozenset({"/rpc", "/api/customs179"})
+CP_MD5_PATHS = PROXY_ONLY_PATHS | {"/api/v1/rpc"}
 
 
 class CpMd5Scheme(AuthScheme):
     """chinaport-proxy: MD5(METHOD + PATH + TIMESTAMP + BODY + SECRET), no nonce: the
-    signature value is claimed once."""
+    signature value is claimed once. Only on the proxy's endpoints (the query is not signed)."""
 
     name = profiles.CP_MD5
 
     def recognises(self, request) -> bool:
-        return bool(_MD5_RE.match(_header(request, "X-Signature"))) and not _header(request, "X-Nonce")
+        """On the proxy's own endpoints, every request that is not plainly native (a nonce, a
+        64-hex signature): a missing or garbled header is refused in the proxy's shape. On
+        `/api/v1/rpc`, only a 32-hex signature without a nonce."""
+        if request.path not in CP_MD5_PATHS or _header(request, "X-Nonce"):
+            return False
+        signature = _header(request, "X-Signature")
+        if request.path in PROXY_ONLY_PATHS:
+            return not _NATIVE_SIGNATURE_RE.match(signature)
+        return bool(_MD5_RE.match(signature))
 
     def present(self, request) -> Presented:
         access_key, timestamp = _header(request, "X-Access-Id"), _header(request, "X-Timestamp")
         request.claimed_access_key = access_key[:64]
-        if not timestamp:
-            raise unauthorized("MISSING_AUTH_HEADERS", "missing header(s): X-Timestamp", {"missing": ["X-Timestamp"]})
-        return Presented(access_key, timestamp, _timestamp_ms(timestamp), "", _header(request, "X-Signature"))
+        signature = _header(request, "X-Signature")
+        missing = [name for name, value in (("X-Timestamp", timestamp), ("X-Signature", signature)) if not value]
+        if missing:
+            raise unauthorized("MISSING_AUTH_HEADERS", f"missing header(s): {', '.join(missing)}",
+                               {"missing": missing})
+        return Presented(access_key, timestamp, _timestamp_ms(timestamp), "", signature)
 
     def message(self, request, presented: Presented, access_key: str, body: bytes) -> str:
         # Bytes, not text: the body is hashed exactly as sent (kept as latin-1 code points).

@@ -95,7 +95,9 @@ class RpcView(SignedAPIView):
     proxy_shape = False
 
     def _proxy(self, request) -> bool:
-        return self.proxy_shape or getattr(request.user, "profile", None) == CP_MD5
+        # `_user`, not `user`: reading `user` would run authentication (again, or in the
+        # middle of an error raised before it).
+        return self.proxy_shape or getattr(getattr(request, "_user", None), "profile", None) == CP_MD5
 
     def operation_permission_check(self, request, client) -> None:
         method = request.data.get("_method") if isinstance(request.data, dict) else None
@@ -157,6 +159,7 @@ class CertificateView(SignedAPIView):
 
 class RotateSelfView(SignedAPIView):
     required_scopes = ("rotate_self",)
+    request_line_bound = ("POST",)  # not through a profile whose signature leaves out method and path
 
     @extend_schema(request=s.RotateRequestSerializer, responses={200: s.RotateResponseSerializer, **ERRORS})
     async def post(self, request):

@@ -173,6 +173,7 @@ class XmlDocumentListView(SignedAPIView):
 
 class XmlDocumentDetailView(SignedAPIView):
     required_scopes = {"GET": READ_SCOPES, "DELETE": ("xml_write",)}
+    request_line_bound = ("DELETE",)  # a GET's headers must not delete the document
 
     def _document(self, request, pk: int, *, for_delete: bool) -> XmlDocument:
         client = request.user

@@ -411,14 +411,22 @@ def test_50_concurrent_copies_at_two_processes_are_accepted_once_for_every_profi
 
 
 def test_schemes_are_recognised_by_their_headers(rf):
-    def named(**headers):
-        return scheme_for(rf.post("/api/v1/sign", data=b"{}", content_type="application/json", headers=headers)).name
+    def named(path="/api/v1/sign", **headers):
+        return scheme_for(rf.post(path, data=b"{}", content_type="application/json", headers=headers)).name
 
+    ms = "1767225600000"
     assert named() == "native"
-    assert named(X_Signature="ab" * 32, X_Nonce="n" * 16, X_Access_Id="AK", X_Timestamp="1") == "native"
+    assert named(X_Signature="ab" * 32, X_Nonce="n" * 16, X_Access_Id="AK", X_Timestamp=ms) == "native"
+    assert named(X_Signature="ab" * 32, X_Nonce="n" * 16, X_Access_Id="AK", X_Timestamp="1767225600") == "native"
+    assert named(X_Nonce="n" * 16, X_Access_Id="AK", X_Timestamp=ms) == "native"  # lost its signature
     assert named(gys_access_id="AK") == "gys"
-    assert named(X_Signature="ab" * 16, X_Timestamp="1") == "cp-md5"
+    # cp-md5 only where the proxy answered.
+    assert named(X_Signature="ab" * 16, X_Timestamp=ms) == "native"
+    assert named("/api/v1/rpc", X_Signature="ab" * 16, X_Timestamp=ms) == "cp-md5"
+    assert named("/rpc") == named("/rpc", X_Timestamp=ms) == named("/api/customs179") == "cp-md5"
+    assert named("/rpc", X_Signature="ab" * 32, X_Nonce="n" * 16, X_Access_Id="AK", X_Timestamp=ms) == "native"
     assert named(X_Signature=base64.b64encode(b"x" * 32).decode(), X_Timestamp="1") == "x-signature"
+    assert named(X_Timestamp="1767225600", X_Nonce="abc") == "x-signature"  # lost its signature
 
 
 # --- operators: the command and the admin ----------------------------------------------------------
@@ -509,3 +517,71 @@ def test_admin_shows_and_changes_profiles_and_filters_by_profile(client, admin_c
     assert data["success"]["24h"]["total"] == AuditEvent.objects.filter(
         event_type=AuditEvent.API_REQUEST, profile="gys").count()
     assert 'data-profile="gys"' in data["html"]["profiles"]
+
+
+# --- what a hostile client tries ------------------------------------------------------------------
+
+
+def test_a_lost_or_garbled_signature_is_refused_in_the_profile_shape(client):
+    platform, access, secret, _ = client
+    rpc = b'{"_method":"cus-sec_SpcGetCertNo"}'
+    for headers in ({}, {"X-Timestamp": str(int(time.time() * 1000))}, {"X-Signature": "garbled"}):
+        status, response_headers, answer = send(platform, "POST", "/rpc", rpc,
+                                                {"Content-Type": "application/json", **headers})
+        assert status == 401 and set(answer) == {"error"}, (headers, answer)
+    for path in ("/api/customs179",):
+        status, _, answer = send(platform, "POST", path, b"{}", {"Content-Type": "application/json"})
+        assert status == 401 and set(answer) == {"error"}, answer
+    body = b'{"data":"x"}'
+    lost = xsig_headers(secret)
+    del lost["X-Signature"]
+    garbled = {**xsig_headers(secret), "X-Signature": "invalid"}
+    for headers in (lost, garbled):
+        status, _, answer = send(platform, "POST", "/api/v1/sign", body, headers)
+        assert (status, answer) == (401, {"code": 401, "msg": "signature_auth failed"}), answer
+    # Every one audited, the default access ID's as such.
+    outcomes = [e.outcome for e in request_events(access)[-6:]]
+    assert outcomes == ["MISSING_AUTH_HEADERS"] * 5 + ["SIGNATURE_VALIDATION_FAILED"]
+
+
+def test_cp_md5_is_only_for_the_proxy_endpoints(client):
+    platform, access, secret, _ = client
+    status, _, answer = send(platform, "GET", "/api/v1/certificate", b"",
+                             md5_headers(secret, "/api/v1/certificate", b"", method="GET"))
+    assert (status, answer["code"]) == (401, "MISSING_AUTH_HEADERS"), answer  # the native scheme's refusal
+
+
+def test_endpoints_that_change_credentials_or_delete_refuse_schemes_that_do_not_sign_the_path(client):
+    platform, access, secret, _ = client
+    body, headers = gys_request(access.key, secret, {})
+    status, _, answer = send(platform, "POST", "/api/v1/access-ids/self/rotate", b"",
+                             {k: v for k, v in headers.items() if k != "Content-Type"})
+    assert (status, answer["code"]) == (400, "PERMISSION_DENIED"), answer
+    status, _, answer = send(platform, "POST", "/api/v1/access-ids/self/rotate", b"{}", xsig_headers(secret))
+    assert status == 403 and answer["code"] == 403 and "method and the path" in answer["msg"], answer
+    assert AccessId.objects.get(pk=access.pk).secrets.count() == 1  # nothing rotated
+    body, headers = gys_request(access.key, secret, {"filename": "a.xml", "xml": "<a>1</a>"})
+    status, _, answer = send(platform, "POST", "/api/v1/xml-documents", body, headers)
+    assert status == 201, answer
+    status, _, answer = send(platform, "DELETE", f"/api/v1/xml-documents/{answer['id']}", b"",
+                             gys_request(access.key, secret)[1])
+    assert (status, answer["code"]) == (400, "PERMISSION_DENIED"), answer
+
+
+def test_a_profile_is_only_named_to_a_caller_who_holds_the_secret(rsa):
+    _, platform = rsa
+    access, _ = access_id_create(name="no profiles")
+    body, headers = gys_request(access.key, "not-its-secret", {"data": "x"})
+    status, _, answer = send(platform, "POST", "/api/v1/sign", body, headers)
+    assert (status, answer["code"]) == (400, "SIGNATURE_VALIDATION_FAILED"), answer
+
+
+def test_a_bad_host_on_the_proxy_endpoint_is_answered_and_audited(client):
+    platform, access, secret, _ = client
+    rpc = b'{"_method":"cus-sec_SpcGetCertNo"}'
+    for path in ("/rpc", "/api/v1/rpc"):
+        headers = {**md5_headers(secret, path, rpc), "Host": "evil.example"}
+        status, _, answer = send(platform, "POST", path, rpc, headers)
+        assert status == 400, answer
+        assert answer == {"error": answer["error"]} if path == "/rpc" else answer["code"] == "INVALID_REQUEST"
+        assert AuditEvent.objects.filter(endpoint=f"POST {path}", outcome="INVALID_REQUEST").exists()

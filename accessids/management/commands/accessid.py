@@ -176,6 +176,8 @@ class Command(BaseCommand):
         name = options["enable"] or options["disable"]
         if name is None and (options["default"] or options["window_seconds"] is not None):
             raise CommandError("give --enable NAME with --default or --window-seconds")
+        if options["disable"] and (options["default"] or options["window_seconds"] is not None):
+            raise CommandError("--default and --window-seconds go with --enable, not --disable")
         if name is not None:
             changes = {"enabled": bool(options["enable"])}
             if options["window_seconds"] is not None:
