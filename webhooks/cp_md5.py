@@ -24,7 +24,7 @@ X-Timestamp header is when the attempt was sent.
 Signature (per attempt): X-Timestamp = Unix milliseconds; X-Signature = lowercase hex
 MD5("POST" + path + X-Timestamp + body + secret), UTF-8, the path being the receiver URL's
 percent-decoded path without the query ("/" when empty), the body the exact bytes POSTed.
-MD5 with the secret appended is weak (collisions, length extension): the format exists only
+MD5 with the secret appended is weak (MD5 collisions; a plain hash, not an HMAC): the format exists only
 for receivers that cannot change."""
 
 from __future__ import annotations
