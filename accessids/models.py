@@ -142,3 +142,50 @@ class AccessIdProfile(models.Model):
     @property
     def window(self) -> int:
         return self.window_seconds or self.kind.window_seconds
+
+
+class AcsParty(models.Model):
+    """The access system profile's settings of one access ID (docs/client-profiles.md, acs):
+    the party's sender code, what it requires (token, MD5 signature), how its payloads are
+    encrypted, its symmetric keys, the platform's RSA key pair for it and its own certificate."""
+
+    NONE_SIGNATURE, MD5 = "none", "md5"
+    SIGNATURES = [(MD5, "MD5"), (NONE_SIGNATURE, "none")]
+    ENCRYPTIONS = [("none", "none"), ("aes", "AES"), ("des", "DES (weak)"), ("rsa", "RSA (1024-bit)"),
+                   ("rsa2", "RSA2 (2048-bit)"), ("rsa+aes", "RSA + AES"), ("rsa+des", "RSA + DES (weak)")]
+
+    access_id = models.OneToOneField(AccessId, on_delete=models.CASCADE, related_name="acs")
+    sender_code = models.CharField("sender code (Ccode)", max_length=32, unique=True)
+    token_required = models.BooleanField(default=True)
+    signature = models.CharField(max_length=8, choices=SIGNATURES, default=MD5)
+    encryption = models.CharField(max_length=8, choices=ENCRYPTIONS, default="aes")
+    open_confirmed = models.BooleanField(
+        "fully open allowed", default=False,
+        help_text="No token, no signature and no encryption: anyone who knows the sender code can sign.",
+    )
+    # Symmetric keys (AES/DES modes, and the SecretKey of the MD5 signature): current, pending
+    # ("set key", not yet in use) and the previous one during its grace period.
+    key_encrypted = models.TextField(blank=True, editable=False)
+    key_version = models.PositiveIntegerField(default=0, editable=False)
+    pending_key_encrypted = models.TextField(blank=True, editable=False)
+    previous_key_encrypted = models.TextField(blank=True, editable=False)
+    previous_key_valid_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # The platform's RSA key pair for this party (its public certificate is what the party
+    # encrypts with), and the party's certificate (what the platform encrypts answers with).
+    private_key_encrypted = models.TextField(blank=True, editable=False)
+    certificate_pem = models.TextField(blank=True, editable=False)
+    party_certificate_pem = models.TextField(blank=True, editable=False)
+    party_certificate_subject = models.CharField(max_length=300, blank=True, editable=False)
+    party_certificate_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    party_certificate_not_after = models.DateTimeField(null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "access system party"
+
+    def __str__(self) -> str:
+        return f"{self.sender_code} ({self.encryption})"
+
+    @property
+    def fully_open(self) -> bool:
+        return not self.token_required and self.signature == self.NONE_SIGNATURE and self.encryption == "none"

@@ -20,6 +20,11 @@ class AuditEvent(models.Model):
     ACCESS_ID_ENABLED = "accessid.enabled"
     ACCESS_ID_DISABLED = "accessid.disabled"
     ACCESS_ID_PROFILE_CHANGED = "accessid.profile_changed"
+    ACS_CHANGED = "accessid.acs_changed"
+    ACS_KEY_SET = "accessid.acs_key_set"
+    ACS_KEY_USED = "accessid.acs_key_used"
+    ACS_CERT_GENERATED = "accessid.acs_cert_generated"
+    ACS_CERT_UPLOADED = "accessid.acs_cert_uploaded"
     MASTER_KEY_ROTATED = "platform.master_key_rotated"
     PROCESS_EXITED = "platform.process_exited"  # a supervised process died and is being restarted
     # The card, as its gateway reports it (source "gateway", `device` set; ukey/gateway.py names them).
@@ -61,6 +66,11 @@ class AuditEvent(models.Model):
         (ACCESS_ID_ENABLED, "Access ID enabled"),
         (ACCESS_ID_DISABLED, "Access ID disabled"),
         (ACCESS_ID_PROFILE_CHANGED, "Access ID client profile changed"),
+        (ACS_CHANGED, "Access system settings changed"),
+        (ACS_KEY_SET, "Access system key set (pending)"),
+        (ACS_KEY_USED, "Access system new key in use"),
+        (ACS_CERT_GENERATED, "Access system certificate generated"),
+        (ACS_CERT_UPLOADED, "Access system encryption certificate uploaded"),
         (MASTER_KEY_ROTATED, "Master key rotated"),
         (PROCESS_EXITED, "Platform process exited (restarted)"),
         (CARD_CONNECTED, "Card connected"),

@@ -14,6 +14,8 @@ from django.apps import apps
 from django.core import checks
 from django.db import transaction
 
+from accessids.acs import KEY_PURPOSE as ACS_KEY_PURPOSE
+from accessids.acs import PRIVATE_KEY_PURPOSE as ACS_PRIVATE_KEY_PURPOSE
 from accessids.secrets import SECRET_PURPOSE as APP_SECRET_PURPOSE
 from accessids.secrets import AppSecretService
 from accessids.services import LEGACY_KEY_PURPOSE, legacy_key_fingerprint
@@ -50,6 +52,13 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
                     LEGACY_KEY_PURPOSE, derived=_legacy_fingerprint),
     EncryptedColumn("webhook_secrets", "webhook secret(s)", "webhooks.Webhook", "secret_encrypted",
                     WEBHOOK_SECRET_PURPOSE),
+    EncryptedColumn("acs_keys", "access system key(s)", "accessids.AcsParty", "key_encrypted", ACS_KEY_PURPOSE),
+    EncryptedColumn("acs_pending_keys", "pending access system key(s)", "accessids.AcsParty",
+                    "pending_key_encrypted", ACS_KEY_PURPOSE),
+    EncryptedColumn("acs_previous_keys", "previous access system key(s)", "accessids.AcsParty",
+                    "previous_key_encrypted", ACS_KEY_PURPOSE),
+    EncryptedColumn("acs_private_keys", "access system private key(s)", "accessids.AcsParty",
+                    "private_key_encrypted", ACS_PRIVATE_KEY_PURPOSE),
 )
 
 

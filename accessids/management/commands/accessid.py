@@ -62,6 +62,32 @@ class Command(BaseCommand):
                              help="how far a request's timestamp may be from the server's clock (0: the profile's "
                                   "default)")
         profile.add_argument("--json", action="store_true", help="print the access ID's profiles as JSON")
+        acs = sub.add_parser("acs", help="the access system settings of an access ID (sender code, encryption, ...)")
+        acs.add_argument("access_id")
+        acs.add_argument("--sender", help="the sender code (Ccode) the party sends")
+        acs.add_argument("--encryption", choices=["none", "aes", "des", "rsa", "rsa2", "rsa+aes", "rsa+des"])
+        acs.add_argument("--signature", choices=["md5", "none"])
+        token = acs.add_mutually_exclusive_group()
+        token.add_argument("--token", dest="token", action="store_true", default=None, help="require a token")
+        token.add_argument("--no-token", dest="token", action="store_false", help="no token needed")
+        acs.add_argument("--open", action="store_true",
+                         help="confirm a fully open party (no token, no signature, no encryption)")
+        acs_key = sub.add_parser("acs-key", help="set, generate or start using the access system key")
+        acs_key.add_argument("access_id")
+        what = acs_key.add_mutually_exclusive_group(required=True)
+        what.add_argument("--set", metavar="KEY", help="the key the party was given (pending until --use-new)")
+        what.add_argument("--set-env", metavar="VAR", help="read the key from this environment variable")
+        what.add_argument("--generate", action="store_true", help="generate a pending key and print it once")
+        what.add_argument("--use-new", action="store_true", help="make the pending key current")
+        acs_key.add_argument("--grace-seconds", type=int, default=86400,
+                             help="how long the old key stays valid after --use-new (default 1 day)")
+        acs_cert = sub.add_parser("acs-cert", help="generate the platform's certificate for a party, or upload "
+                                                   "the party's encryption certificate")
+        acs_cert.add_argument("access_id")
+        cert_what = acs_cert.add_mutually_exclusive_group(required=True)
+        cert_what.add_argument("--generate", action="store_true")
+        cert_what.add_argument("--upload", metavar="FILE.pem")
+        acs_cert.add_argument("--out", metavar="FILE.pem", help="with --generate: where to write the certificate")
 
     @staticmethod
     def _legacy_arguments(parser):
@@ -86,7 +112,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         try:
             action = options["action"].replace("-", "_")
-            getattr(self, "_legacy_key_action" if action == "legacy_key" else f"_{action}")(options)
+            handler = {"legacy_key": "_legacy_key_action", "acs_key": "_acs_key", "acs_cert": "_acs_cert"}.get(
+                action, f"_{action}")
+            getattr(self, handler)(options)
         except AccessIdError as exc:
             raise CommandError(str(exc)) from None
 
@@ -205,3 +233,65 @@ class Command(BaseCommand):
             extra = ", default access ID" if row["default"] else ""
             self.stdout.write(f"  {row['profile']:<12} {state} window ±{row['window_seconds']} s{extra}"
                               + (f"  (weak: {kind.weak_reason})" if kind.weak and row["enabled"] else ""))
+
+    def _acs(self, options):
+        from accessids.acs import acs_settings_set
+
+        access = self._get(options["access_id"])
+        changes = {"sender_code": options["sender"], "encryption": options["encryption"],
+                   "signature": options["signature"], "token_required": options["token"]}
+        if options["open"]:
+            changes["open_confirmed"] = True
+        party = acs_settings_set(access_id=access, **changes)
+        self.stdout.write(
+            f"{access.key}: sender {party.sender_code}, encryption {party.encryption}, signature {party.signature}, "
+            f"token {'required' if party.token_required else 'not required'}"
+            + (" — FULLY OPEN: anyone knowing the sender code can sign" if party.fully_open else ""))
+
+    def _acs_key(self, options):
+        import datetime
+
+        from accessids.acs import acs_key_set, acs_key_use_new, key_fingerprint
+
+        access = self._get(options["access_id"])
+        if options["use_new"]:
+            party = acs_key_use_new(access_id=access, grace=datetime.timedelta(seconds=options["grace_seconds"]))
+            self.stdout.write(f"{access.key}: key version {party.key_version} in use"
+                              + (f"; the previous key stays valid until {party.previous_key_valid_until:%Y-%m-%d %H:%M}"
+                                 if party.previous_key_valid_until else ""))
+            return
+        key = ""
+        if options["set_env"]:
+            key = os.environ.get(options["set_env"], "")
+            if not key:
+                raise CommandError(f"environment variable {options['set_env']} is empty or not set")
+        elif options["set"]:
+            key = options["set"]
+        key = acs_key_set(access_id=access, key=key)
+        if options["generate"]:
+            self.stdout.write(f"{access.key}: pending key (shown only now; give it to the party, then --use-new):\n{key}")
+        else:
+            self.stdout.write(f"{access.key}: pending key {key_fingerprint(key)} set; make it current with --use-new")
+
+    def _acs_cert(self, options):
+        from pathlib import Path
+
+        from accessids.acs import acs_cert_generate, acs_cert_upload
+
+        access = self._get(options["access_id"])
+        if options["generate"]:
+            pem = acs_cert_generate(access_id=access)
+            if options["out"]:
+                Path(options["out"]).write_text(pem)
+                self.stdout.write(f"{access.key}: certificate written to {options['out']} (give it to the party)")
+            else:
+                self.stdout.write(pem)
+            return
+        try:
+            data = Path(options["upload"]).read_bytes()
+        except OSError as exc:
+            raise CommandError(f"cannot read {options['upload']}: {exc.strerror}") from None
+        party = acs_cert_upload(access_id=access, pem=data)
+        self.stdout.write(f"{access.key}: encryption certificate {party.party_certificate_subject}, "
+                          f"SHA-256 {party.party_certificate_fingerprint}, "
+                          f"valid until {party.party_certificate_not_after:%Y-%m-%d}")
