@@ -150,11 +150,22 @@ def test_rotate_master_key_reencrypts_secrets_and_pins(tmp_path, settings):
     access_id_set_legacy_key(access_id=access, legacy_key="1234567887654321")
     access.refresh_from_db()
     old_legacy = (access.legacy_aes_key_encrypted, access.legacy_key_fingerprint)
+    from accessids.acs import acs_cert_generate, acs_key_set, acs_key_use_new, acs_settings_set, acs_valid_keys
+    from accessids.models import AcsParty
+    acs_settings_set(access_id=access, sender_code="000001", encryption="rsa+aes")
+    acs_key = acs_key_set(access_id=access)
+    acs_key_use_new(access_id=access)
+    acs_cert_generate(access_id=access)
+    old_private = AcsParty.objects.get().private_key_encrypted
 
     out = io.StringIO()
     call_command("rotate_master_key", stdout=out)
-    assert ("Re-encrypted 1 App Secret(s), 1 card PIN(s), 1 legacy AES key(s) and 0 webhook secret(s)"
-            in out.getvalue())
+    assert ("Re-encrypted 1 App Secret(s), 1 card PIN(s), 1 legacy AES key(s), 0 webhook secret(s), "
+            "1 access system key(s), 0 pending access system key(s), 0 previous access system key(s) and "
+            "1 access system private key(s)" in out.getvalue()), out.getvalue()
+    party = AcsParty.objects.get()
+    assert acs_valid_keys(party) == [acs_key] and party.private_key_encrypted != old_private
+    assert "PRIVATE KEY" in secret_decrypt(party.private_key_encrypted, purpose="acs-private-key")
     access.refresh_from_db()
     # Both the ciphertext and the keyed fingerprint move to the new key; the key still identifies.
     assert access.legacy_aes_key_encrypted != old_legacy[0] and access.legacy_key_fingerprint != old_legacy[1]
