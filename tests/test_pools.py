@@ -247,7 +247,8 @@ def pool_platform(tmp_path_factory):
         _manage(env, "carddevice", "create", "--slug", f"pool-{i}", "--url", card.url, "--pin-env", "SIM_PIN")
     out = _manage(env, "cardpool", "create", "--slug", "customs", "--devices", "pool-0,pool-1,pool-2")
     assert "card pool customs created with 3 card(s)" in out
-    created = json.loads(_manage(env, "accessid", "create", "--name", "ERP", "--pools", "customs", "--json"))
+    created = json.loads(_manage(env, "accessid", "create", "--name", "ERP", "--pools", "customs",
+                                 "--rate-limit", "100000", "--json"))
     platform = Platform(env, tmp).start(migrate=False)
     from tests.live import get_json, poll
 

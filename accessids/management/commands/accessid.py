@@ -32,6 +32,8 @@ class Command(BaseCommand):
                                                           "default card)")
         create.add_argument("--pools", default="", help="card pools it may use, comma separated (the first is its "
                                                         "default)")
+        create.add_argument("--rate-limit", type=int, default=None, metavar="N",
+                            help="requests per minute (default 600)")
         create.add_argument("--json", action="store_true", help='print only {"access_id": ..., "secret": ...}')
         self._legacy_arguments(create)
         legacy = sub.add_parser(
@@ -137,10 +139,15 @@ class Command(BaseCommand):
         legacy_key = self._legacy_key(options)
         devices = self._named(CardDevice, "card device", options["devices"])
         pools = self._named(CardPool, "card pool", options["pools"])
+        extra = {}
+        if options["rate_limit"] is not None:
+            if not 1 <= options["rate_limit"] <= 10_000_000:
+                raise CommandError("--rate-limit is between 1 and 10000000 requests per minute")
+            extra["rate_limit_per_minute"] = options["rate_limit"]
         with transaction.atomic():  # an access ID whose legacy key was refused is not created
             access, secret = access_id_create(
                 name=options["name"], scopes=scopes_parse(options["scopes"]), description=options["description"],
-                devices=devices, pools=pools,
+                devices=devices, pools=pools, **extra,
             )
             if legacy_key:
                 access_id_set_legacy_key(access_id=access, legacy_key=legacy_key)
