@@ -7,13 +7,19 @@ written to an event (only a fingerprint)."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -22,8 +28,11 @@ from audit.services import COMMAND, ChangeContext
 from core import acs_crypto
 from core.encryption import secret_decrypt, secret_encrypt
 
-from .models import AccessId, AcsParty
+from .models import AccessId, AcsParty, AcsToken
+from .secrets import AppSecretService
 from .services import AccessIdError
+
+logger = logging.getLogger(__name__)
 
 KEY_PURPOSE = "acs-key"
 PRIVATE_KEY_PURPOSE = "acs-private-key"
@@ -31,6 +40,8 @@ ACCEPTED_RSA_BITS = (1024, 2048, 3072, 4096)
 CERT_DAYS = 3 * 365
 MAX_GRACE = datetime.timedelta(days=7)
 SETTINGS = ("sender_code", "encryption", "signature", "token_required", "open_confirmed")
+TOKEN_LIFE = datetime.timedelta(hours=2)
+CACHE_TTL = 300
 
 
 def key_fingerprint(key: str) -> str:
@@ -59,6 +70,7 @@ def acs_settings_set(*, access_id: AccessId, context: ChangeContext = COMMAND, *
             raise AccessIdError("a new access system party needs its sender code (Ccode)")
         party = AcsParty(access_id=access_id)
     before = {name: getattr(party, name) for name in SETTINGS}
+    _party_changed(party.sender_code)
     for name, value in changes.items():
         if value is not None:
             setattr(party, name, value.strip() if isinstance(value, str) else value)
@@ -75,6 +87,7 @@ def acs_settings_set(*, access_id: AccessId, context: ChangeContext = COMMAND, *
         raise AccessIdError("no token, no signature and no encryption: anyone knowing the sender code could sign; "
                             "confirm that this party is fully open (--open) or keep one of them")
     party.save()
+    _party_changed(party.sender_code)
     changed = sorted(name for name in SETTINGS if getattr(party, name) != before[name])
     if changed:
         context.record(
@@ -109,6 +122,7 @@ def acs_key_set(*, access_id: AccessId, key: str = "", context: ChangeContext = 
     _key_check(party, key)
     party.pending_key_encrypted = secret_encrypt(key, purpose=KEY_PURPOSE)
     party.save(update_fields=["pending_key_encrypted", "updated_at"])
+    _party_changed(party.sender_code)
     context.record(event_type=AuditEvent.ACS_KEY_SET, access_id=access_id, profile="acs",
                    message="pending key set", details={"fingerprint": key_fingerprint(key)})
     return key
@@ -133,6 +147,11 @@ def acs_key_use_new(*, access_id: AccessId, grace: datetime.timedelta = datetime
     party.key_encrypted, party.pending_key_encrypted = party.pending_key_encrypted, ""
     party.key_version += 1
     party.save()
+    # Tokens issued under a key that is no longer valid end now (those of the previous key
+    # live on during its grace period).
+    oldest_valid = party.key_version - 1 if party.previous_key_valid_until else party.key_version
+    AcsToken.objects.filter(party=party, key_version__lt=oldest_valid).delete()
+    _party_changed(party.sender_code)
     new = secret_decrypt(party.key_encrypted, purpose=KEY_PURPOSE)
     context.record(
         event_type=AuditEvent.ACS_KEY_USED, access_id=access_id, profile="acs",
@@ -176,6 +195,7 @@ def acs_cert_generate(*, access_id: AccessId, context: ChangeContext = COMMAND) 
     party.private_key_encrypted = secret_encrypt(private, purpose=PRIVATE_KEY_PURPOSE)
     party.certificate_pem = pem
     party.save(update_fields=["private_key_encrypted", "certificate_pem", "updated_at"])
+    _party_changed(party.sender_code)
     context.record(
         event_type=AuditEvent.ACS_CERT_GENERATED, access_id=access_id, profile="acs",
         message=f"RSA-{bits} key pair generated",
@@ -218,6 +238,7 @@ def acs_cert_upload(*, access_id: AccessId, pem: str | bytes, context: ChangeCon
     party.party_certificate_fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
     party.party_certificate_not_after = certificate.not_valid_after_utc
     party.save()
+    _party_changed(party.sender_code)
     context.record(
         event_type=AuditEvent.ACS_CERT_UPLOADED, access_id=access_id, profile="acs",
         message=f"encryption certificate {party.party_certificate_subject}",
@@ -226,3 +247,195 @@ def acs_cert_upload(*, access_id: AccessId, pem: str | bytes, context: ChangeCon
                  "bits": certificate.public_key().key_size},
     )
     return party
+
+
+# --- at request time: the party as a request needs it, its keys, its tokens -----------------
+
+def _cache_key(sender_code: str) -> str:
+    return "acs:party:" + hashlib.sha256(sender_code.encode("utf-8")).hexdigest()[:32]
+
+
+def _party_changed(sender_code: str) -> None:
+    """Drop the cached look-up once the change is committed (every process reads it anew)."""
+    if sender_code:
+        transaction.on_commit(lambda: _cache_call("delete", _cache_key(sender_code)))
+
+
+def _cache_call(operation: str, *args):
+    try:
+        return getattr(cache, operation)(*args)
+    except Exception as exc:  # the cache only speeds look-ups up
+        logger.warning("access system cache unavailable (%s): %s", operation, type(exc).__name__)
+        return None
+
+
+@dataclass(frozen=True)
+class AcsPartyInfo:
+    """What a request of the access system profile needs to know about its party (keys
+    still encrypted: they are decrypted per request, in memory only)."""
+
+    pk: int
+    access_key: str
+    access_pk: int
+    sender_code: str
+    token_required: bool
+    signature: str
+    encryption: str
+    key_version: int
+    key_encrypted: str
+    previous_key_encrypted: str
+    previous_key_valid_until: datetime.datetime | None
+    private_key_encrypted: str
+    party_certificate_pem: str
+
+    @property
+    def signed(self) -> bool:
+        return self.signature == AcsParty.MD5
+
+    def previous_key_valid(self, now: datetime.datetime) -> bool:
+        return bool(self.previous_key_encrypted and self.previous_key_valid_until
+                    and self.previous_key_valid_until > now)
+
+
+def acs_party_lookup(sender_code: str) -> AcsPartyInfo | None:
+    """The party with this sender code (Ccode), or None; cached, dropped on every change."""
+    if not sender_code or len(sender_code) > 32:
+        return None
+    cached = _cache_call("get", _cache_key(sender_code))
+    if cached is not None:
+        return cached or None
+    party = AcsParty.objects.select_related("access_id").filter(sender_code=sender_code).first()
+    if party is None:
+        _cache_call("set", _cache_key(sender_code), False, 30)
+        return None
+    info = AcsPartyInfo(
+        pk=party.pk, access_key=party.access_id.key, access_pk=party.access_id_id, sender_code=party.sender_code,
+        token_required=party.token_required, signature=party.signature, encryption=party.encryption,
+        key_version=party.key_version, key_encrypted=party.key_encrypted,
+        previous_key_encrypted=party.previous_key_encrypted, previous_key_valid_until=party.previous_key_valid_until,
+        private_key_encrypted=party.private_key_encrypted, party_certificate_pem=party.party_certificate_pem,
+    )
+    _cache_call("set", _cache_key(sender_code), info, CACHE_TTL)
+    return info
+
+
+@dataclass(frozen=True, repr=False)
+class AcsSecretKey:
+    """One `SecretKey` the party's MD5 signature may use now: its symmetric key (current, or
+    the previous during its grace period), else its access ID's App Secret (with rotation grace)."""
+
+    kind: str  # "key" or "app-secret"
+    text: str
+    version: int
+
+    def __repr__(self) -> str:  # never the key itself
+        return f"AcsSecretKey({self.kind} v{self.version})"
+
+
+def acs_secret_keys(info: AcsPartyInfo, *, now: datetime.datetime | None = None) -> list[AcsSecretKey]:
+    now = now or timezone.now()
+    if info.key_encrypted:
+        keys = [AcsSecretKey("key", secret_decrypt(info.key_encrypted, purpose=KEY_PURPOSE), info.key_version)]
+        if info.previous_key_valid(now):
+            keys.append(AcsSecretKey("key", secret_decrypt(info.previous_key_encrypted, purpose=KEY_PURPOSE),
+                                     info.key_version - 1))
+        return keys
+    return [AcsSecretKey("app-secret", s.secret, s.version)
+            for s in AppSecretService.valid_secrets(info.access_key, now=now)]
+
+
+def acs_signature_match(info: AcsPartyInfo, fields: dict[str, str], provided: str) -> AcsSecretKey | None:
+    """The SecretKey whose MD5 signature over `fields` is `provided` (constant time), or None."""
+    provided_bytes = provided.strip().lower().encode("ascii", "replace")
+    matched = None
+    for key in acs_secret_keys(info):
+        if hmac.compare_digest(acs_crypto.acs_sign(fields, key.text).encode("ascii"), provided_bytes) \
+                and matched is None:
+            matched = key
+    return matched
+
+
+@functools.lru_cache(maxsize=64)
+def _rsa_key(pem: str):
+    return acs_crypto.rsa_key_load(pem)
+
+
+@functools.lru_cache(maxsize=64)
+def _private_key(encrypted: str):
+    return acs_crypto.rsa_key_load(secret_decrypt(encrypted, purpose=PRIVATE_KEY_PURPOSE))
+
+
+def acs_keys(info: AcsPartyInfo, secret_key: AcsSecretKey | None) -> acs_crypto.AcsKeys:
+    """The keys one message of this party is decrypted and encrypted with: for AES/DES, the
+    symmetric key that verified its signature (else the current one); for the RSA modes, the
+    platform's private key and the party's certificate. Raises AcsCryptoError naming what is
+    not configured."""
+    mode = info.encryption
+    symmetric = None
+    if mode in (acs_crypto.AES_MODE, acs_crypto.DES_MODE):
+        if secret_key is not None and secret_key.kind == "key":
+            text = secret_key.text
+        elif info.key_encrypted:
+            text = secret_decrypt(info.key_encrypted, purpose=KEY_PURPOSE)
+        else:
+            raise acs_crypto.AcsCryptoError("no key is set for this party (设置密钥, then 使用新密钥)")
+        symmetric = acs_crypto.symmetric_key_bytes(text, acs_crypto.SYMMETRIC[mode])
+    private = party_public = None
+    if mode in acs_crypto.RSA_MODES:
+        if info.private_key_encrypted:
+            private = _private_key(info.private_key_encrypted)
+        if info.party_certificate_pem:
+            party_public = _rsa_key(info.party_certificate_pem)
+    return acs_crypto.AcsKeys(mode=mode, symmetric=symmetric, private_key=private, party_public_key=party_public)
+
+
+def acs_symmetric_candidates(info: AcsPartyInfo) -> list[AcsSecretKey]:
+    """The symmetric keys a request of an unsigned AES/DES party may be encrypted with."""
+    now = timezone.now()
+    if not info.key_encrypted:
+        return []
+    keys = [AcsSecretKey("key", secret_decrypt(info.key_encrypted, purpose=KEY_PURPOSE), info.key_version)]
+    if info.previous_key_valid(now):
+        keys.append(AcsSecretKey("key", secret_decrypt(info.previous_key_encrypted, purpose=KEY_PURPOSE),
+                                 info.key_version - 1))
+    return keys
+
+
+class AcsTokenError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(b"signplatform-acs-token:" + token.encode("utf-8")).hexdigest()
+
+
+def acs_token_issue(*, info: AcsPartyInfo) -> tuple[str, datetime.datetime]:
+    """A new token for the party (only its hash is stored) and when it expires. Older valid
+    tokens stay valid; expired ones of the party are removed."""
+    now = timezone.now()
+    token = secrets.token_hex(16)
+    expires = now + TOKEN_LIFE
+    with transaction.atomic():
+        AcsToken.objects.filter(party_id=info.pk, expires_at__lte=now).delete()
+        AcsToken.objects.create(party_id=info.pk, token_sha256=_token_hash(token), key_version=info.key_version,
+                                created_at=now, expires_at=expires)
+    return token, expires
+
+
+def acs_token_check(*, info: AcsPartyInfo, token: str) -> datetime.datetime:
+    """When the token was issued, if it is valid for this party now; AcsTokenError otherwise."""
+    if not token or len(token) > 128:
+        raise AcsTokenError("TOKEN_INVALID", "the token is not valid")
+    row = AcsToken.objects.filter(token_sha256=_token_hash(token)).values_list(
+        "party_id", "key_version", "created_at", "expires_at").first()
+    if row is None or row[0] != info.pk:  # unknown, or another party's: told apart for nobody
+        raise AcsTokenError("TOKEN_INVALID", "the token is not valid for this sender; get a new one")
+    _, key_version, created_at, expires_at = row
+    now = timezone.now()
+    if expires_at <= now:
+        raise AcsTokenError("TOKEN_EXPIRED", "the token expired; get a new one")
+    if key_version != info.key_version and not (key_version == info.key_version - 1 and info.previous_key_valid(now)):
+        raise AcsTokenError("TOKEN_INVALID", "the token was issued under a key that is no longer valid; get a new one")
+    return created_at

@@ -187,7 +187,8 @@ class AccessIdForm(forms.ModelForm):
         for kind in PROFILE_KINDS.values():
             row = rows.get(kind.name)
             self.initial.setdefault(f"profile_{kind.name}_enabled", bool(row and row.enabled))
-            self.initial.setdefault(f"profile_{kind.name}_window", row.window_seconds if row else None)
+            if kind.has_window:
+                self.initial.setdefault(f"profile_{kind.name}_window", row.window_seconds if row else None)
             if kind.has_default:
                 self.initial.setdefault(f"profile_{kind.name}_default", bool(row and row.is_default))
 
@@ -195,7 +196,9 @@ class AccessIdForm(forms.ModelForm):
     def profile_field_names() -> list[str]:
         names = []
         for kind in PROFILE_KINDS.values():
-            names += [f"profile_{kind.name}_enabled", f"profile_{kind.name}_window"]
+            names.append(f"profile_{kind.name}_enabled")
+            if kind.has_window:
+                names.append(f"profile_{kind.name}_window")
             if kind.has_default:
                 names.append(f"profile_{kind.name}_default")
         return names
@@ -279,10 +282,13 @@ def _profile_form_fields() -> dict[str, forms.Field]:
             label=kind.label, required=False,
             help_text=f"Lets clients of {kind.source_system} call the platform unchanged.{warning}",
         )
-        fields[f"profile_{kind.name}_window"] = forms.IntegerField(
-            label=f"{kind.name}: time window (seconds)", required=False, min_value=1, max_value=MAX_WINDOW_SECONDS,
-            help_text=f"How far a request's timestamp may be from the server's clock. Empty: {kind.window_seconds} s.",
-        )
+        if kind.has_window:
+            fields[f"profile_{kind.name}_window"] = forms.IntegerField(
+                label=f"{kind.name}: time window (seconds)", required=False, min_value=1,
+                max_value=MAX_WINDOW_SECONDS,
+                help_text=f"How far a request's timestamp may be from the server's clock. "
+                          f"Empty: {kind.window_seconds} s.",
+            )
         if kind.has_default:
             fields[f"profile_{kind.name}_default"] = forms.BooleanField(
                 label=f"{kind.name}: default access ID", required=False,

@@ -189,3 +189,21 @@ class AcsParty(models.Model):
     @property
     def fully_open(self) -> bool:
         return not self.token_required and self.signature == self.NONE_SIGNATURE and self.encryption == "none"
+
+
+class AcsToken(models.Model):
+    """A token of the access system profile (`GET /acs/token/{sender}`): only its SHA-256 is
+    stored. Valid for two hours, several at once; it ends early when the party is disabled
+    or when the key it was issued under stops being valid (`key_version`)."""
+
+    party = models.ForeignKey(AcsParty, on_delete=models.CASCADE, related_name="tokens")
+    token_sha256 = models.CharField(max_length=64, unique=True)
+    key_version = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "access system token"
+
+    def __str__(self) -> str:
+        return f"token {self.token_sha256[:12]} of {self.party_id}"

@@ -11,6 +11,7 @@ GYS = "gys"
 X_SIGNATURE = "x-signature"
 CP_MD5 = "cp-md5"
 SIGN_SERVER = "sign-server"
+ACS = "acs"
 
 MAX_WINDOW_SECONDS = 3600
 
@@ -23,6 +24,7 @@ class ProfileKind:
     window_seconds: int  # the default time window (± seconds around the server's clock)
     has_default: bool  # requests may omit the access ID: the deployment's default one is used
     weak_reason: str = ""  # why the scheme is weak ("" when it is not)
+    has_window: bool = True  # requests carry a timestamp checked against a time window
 
     @property
     def weak(self) -> bool:
@@ -46,7 +48,15 @@ PROFILE_KINDS = {
                     "rather than an HMAC, and the query string is not signed; use only for clients that cannot "
                     "change, on a private network",
     ),
+    ACS: ProfileKind(
+        ACS, "acs (access system: tokens, MD5 signatures, encrypted payloads)", "the access system (接入系统)", 0,
+        False, has_window=False,
+        weak_reason="its signature is MD5 with the key appended (not an HMAC) and its requests carry no timestamp: "
+                    "a captured request is refused as a replay only while its token lives (two hours); DES, when "
+                    "chosen, is broken. Its own settings (sender code, token, signature, encryption, keys and "
+                    "certificates) are on the access ID's “Access system” page",
+    ),
 }
 PROFILE_CHOICES = [(kind.name, kind.name) for kind in PROFILE_KINDS.values()]
 # Every profile name an audit event may carry.
-AUDIT_PROFILES = (NATIVE, GYS, X_SIGNATURE, CP_MD5, SIGN_SERVER)
+AUDIT_PROFILES = (NATIVE, GYS, X_SIGNATURE, CP_MD5, SIGN_SERVER, ACS)

@@ -21,8 +21,8 @@ from core.durations import duration_parse
 from core.encryption import master_key, secret_decrypt, secret_encrypt
 from core.legacy_cipher import legacy_key_fold
 
-from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId, AccessIdProfile, AppSecret
-from .profiles import MAX_WINDOW_SECONDS, PROFILE_KINDS
+from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId, AccessIdProfile, AcsToken, AppSecret
+from .profiles import ACS, MAX_WINDOW_SECONDS, PROFILE_KINDS
 from .secrets import SECRET_PURPOSE, AppSecretService
 
 GRACE_CHOICES = {"0": datetime.timedelta(0), "1h": datetime.timedelta(hours=1),
@@ -231,6 +231,8 @@ def access_id_set_enabled(*, access_id: AccessId, enabled: bool, context: Change
     changed = access_id.enabled != enabled
     access_id.enabled = enabled
     access_id.save(update_fields=["enabled", "updated_at"])
+    if not enabled:  # a disabled party's access system tokens end with it
+        AcsToken.objects.filter(party__access_id=access_id).delete()
     if changed:
         context.record(
             event_type=AuditEvent.ACCESS_ID_ENABLED if enabled else AuditEvent.ACCESS_ID_DISABLED, access_id=access_id
@@ -307,6 +309,8 @@ def access_id_profile_set(
         raise AccessIdError(f"unknown profile {name!r}; choose from {', '.join(PROFILE_KINDS)}")
     if window_seconds is not _UNSET and window_seconds is not None and not 1 <= window_seconds <= MAX_WINDOW_SECONDS:
         raise AccessIdError(f"the time window must be between 1 and {MAX_WINDOW_SECONDS} seconds")
+    if window_seconds is not _UNSET and window_seconds is not None and not kind.has_window:
+        raise AccessIdError(f"the {name} profile has no time window (its requests carry no timestamp)")
     if default and not kind.has_default:
         raise AccessIdError(f"the {name} profile always names its access ID: it has no default access ID")
     access = AccessId.objects.select_for_update().get(pk=access_id.pk)
@@ -328,6 +332,8 @@ def access_id_profile_set(
                 AppSecretService.invalidate(holder.access_id.key)
         profile.is_default = default
     profile.save()
+    if name == ACS and not profile.enabled:  # its tokens end with the profile
+        AcsToken.objects.filter(party__access_id=access).delete()
     after = {"enabled": profile.enabled, "window_seconds": profile.window_seconds, "default": profile.is_default}
     changed = sorted(key for key in after if after[key] != before[key])
     if changed:

@@ -17,12 +17,14 @@ class RequestAuthentication(BaseAuthentication):
     """Find the request's scheme, then let it authenticate the request. The scheme stays on
     the request (`auth_scheme`): refusals take its shape, the audit event its name."""
 
+    scheme = None  # set by an endpoint that speaks one scheme only (the access system's)
+
     def authenticate_header(self, request) -> str:
         return AUTH_SCHEME
 
     def authenticate(self, request):
         django_request = request._request
-        scheme = scheme_for(django_request)
+        scheme = self.scheme or scheme_for(django_request)
         django_request.auth_scheme = scheme
         # The body limit first: nothing below should read an oversized body.
         length = django_request.META.get("CONTENT_LENGTH") or "0"

@@ -4,7 +4,7 @@ sign-server API (docs/sign-server-compat.md), health, and the OpenAPI schema."""
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from . import health, legacy, views, xml_views
+from . import acs, health, legacy, views, xml_views
 from .base import ApiNotFoundView
 
 urlpatterns = [
@@ -24,6 +24,12 @@ urlpatterns = [
     # The chinaport-proxy's endpoints (docs/client-profiles.md, cp-md5)
     path("rpc", views.ProxyRpcView.as_view(), name="proxy-rpc"),
     path("api/customs179", views.Customs179View.as_view(), name="proxy-customs179"),
+    # The access system profile (docs/client-profiles.md, acs)
+    path("acs/token/<str:sender>", acs.AcsTokenView.as_view(), name="acs-token"),
+    path("acs/sign", acs.AcsSignView.as_view(), name="acs-sign"),
+    path("acs/sign/xml", acs.AcsSignXmlView.as_view(), name="acs-sign-xml"),
+    path("acs/sign/179", acs.AcsSign179View.as_view(), name="acs-sign-179"),
+    re_path(r"^acs/[\s\S]*$", acs.AcsNotFoundView.as_view(), name="acs-not-found"),
     # The legacy sign-server API
     path("", legacy.service_index, name="legacy-index"),
     path("health", health.legacy_health, name="legacy-health"),

@@ -80,7 +80,7 @@ class SecurityHeadersMiddleware(_Middleware):
 
 
 # The paths machines call: the native API and the legacy sign-server endpoints.
-API_PATHS = ("/api/", "/getCode", "/xml-files/", "/health", "/rpc")
+API_PATHS = ("/api/", "/getCode", "/xml-files/", "/health", "/rpc", "/acs/")
 
 
 class ApiHostMiddleware(_Middleware):

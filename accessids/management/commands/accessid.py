@@ -221,6 +221,8 @@ class Command(BaseCommand):
                 changes["default"] = True
             elif options["disable"]:
                 changes["default"] = False  # a profile that is off is nobody's default
+            if not PROFILE_KINDS[name].has_window and options["window_seconds"] is not None:
+                raise CommandError(f"the {name} profile has no time window (its requests carry no timestamp)")
             access_id_profile_set(access_id=access, name=name, **changes)
         rows = {p.name: p for p in access.profiles.all()}
         listing = [
@@ -238,7 +240,8 @@ class Command(BaseCommand):
             kind = PROFILE_KINDS[row["profile"]]
             state = "on " if row["enabled"] else "off"
             extra = ", default access ID" if row["default"] else ""
-            self.stdout.write(f"  {row['profile']:<12} {state} window ±{row['window_seconds']} s{extra}"
+            window = f"window ±{row['window_seconds']} s" if kind.has_window else "tokens live 2 h"
+            self.stdout.write(f"  {row['profile']:<12} {state} {window}{extra}"
                               + (f"  (weak: {kind.weak_reason})" if kind.weak and row["enabled"] else ""))
 
     def _acs(self, options):
