@@ -439,3 +439,88 @@ def acs_token_check(*, info: AcsPartyInfo, token: str) -> datetime.datetime:
     if key_version != info.key_version and not (key_version == info.key_version - 1 and info.previous_key_valid(now)):
         raise AcsTokenError("TOKEN_INVALID", "the token was issued under a key that is no longer valid; get a new one")
     return created_at
+
+
+def _certificate_facts(pem: str) -> dict[str, Any] | None:
+    if not pem:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    except ValueError:
+        return None
+    return {"subject": certificate.subject.rfc4514_string(),
+            "fingerprint": certificate.fingerprint(hashes.SHA256()).hex(),
+            "bits": certificate.public_key().key_size, "not_after": certificate.not_valid_after_utc}
+
+
+def acs_party_describe(party: AcsParty | None) -> dict[str, Any]:
+    """What the admin shows of a party: its keys by fingerprint, its certificates, and what
+    is missing or weak in its settings (never a key itself)."""
+    if party is None:
+        return {"warnings": ["Set the sender code and the security settings first."]}
+    now = timezone.now()
+
+    def fingerprint(encrypted: str) -> str:
+        return key_fingerprint(secret_decrypt(encrypted, purpose=KEY_PURPOSE)) if encrypted else ""
+
+    state: dict[str, Any] = {
+        "key_version": party.key_version,
+        "key_fingerprint": fingerprint(party.key_encrypted),
+        "pending_fingerprint": fingerprint(party.pending_key_encrypted),
+        "previous_fingerprint": fingerprint(party.previous_key_encrypted)
+        if party.previous_key_valid_until and party.previous_key_valid_until > now else "",
+        "previous_valid_until": party.previous_key_valid_until
+        if party.previous_key_valid_until and party.previous_key_valid_until > now else None,
+        "platform_certificate": _certificate_facts(party.certificate_pem),
+        "party_certificate": _certificate_facts(party.party_certificate_pem),
+        "tokens_valid": party.tokens.filter(expires_at__gt=now).count(),
+    }
+    warnings = []
+    mode = party.encryption
+    if party.fully_open:
+        warnings.append("Fully open: no token, no signature and no encryption. Anyone who knows the sender code "
+                        "can sign with the card.")
+    if mode in (acs_crypto.DES_MODE, acs_crypto.RSA_DES):
+        warnings.append("DES is weak (a 56-bit key): offered only for old parties that cannot change.")
+    if mode == acs_crypto.RSA_MODE:
+        warnings.append("RSA 1024-bit is weak: offered only for old clients.")
+    if party.signature == AcsParty.NONE_SIGNATURE:
+        warnings.append("No signature: whoever can encrypt for this party (or anyone, without encryption) can call.")
+    if mode == acs_crypto.NONE and party.token_required:
+        warnings.append("Without encryption the token is handed out in clear to anyone who asks for it: it proves "
+                        "nothing on its own; the MD5 signature is what identifies the party.")
+    if mode in (acs_crypto.AES_MODE, acs_crypto.DES_MODE) and not party.key_encrypted:
+        warnings.append("No key is in use yet: set a key, give it to the party, then press “Use new key”.")
+    if mode in acs_crypto.RSA_MODES:
+        if not party.certificate_pem:
+            warnings.append("The platform has no certificate for this party yet: generate one and give it to the "
+                            "party (it encrypts its requests with it).")
+        if not party.party_certificate_pem:
+            warnings.append("The party's encryption certificate is missing: upload it (answers are encrypted with "
+                            "it).")
+        facts = state["party_certificate"]
+        if facts and facts["not_after"] <= now:
+            warnings.append("The party's encryption certificate has expired: upload its new one.")
+    state["warnings"] = warnings
+    return state
+
+
+def acs_party_of(access_pk: int) -> AcsPartyInfo | None:
+    """The party of an access ID (by its primary key), or None."""
+    sender = AcsParty.objects.filter(access_id_id=access_pk).values_list("sender_code", flat=True).first()
+    return acs_party_lookup(sender) if sender else None
+
+
+def acs_envelope(info: AcsPartyInfo, *, payload_text: str, ok: bool, message: str,
+                 secret: AcsSecretKey | None = None) -> dict[str, Any]:
+    """What the platform sends a party — an answer or a notification: `{"Head": {"Sign",
+    "Ccode", "Status", "Message"}, "Data"}`, Data encrypted as the party encrypts and the Head
+    signed (when the party signs) with `secret` (the key its request used) or the current key.
+    Raises AcsCryptoError when the party's keys or certificate are not there."""
+    head = {"Sign": "", "Ccode": info.sender_code, "Status": "success" if ok else "error", "Message": message}
+    data = acs_crypto.encrypt_for_party(acs_keys(info, secret), payload_text.encode("utf-8"))
+    if info.signed:
+        key = secret or next(iter(acs_secret_keys(info)), None)
+        if key is not None:
+            head["Sign"] = acs_crypto.acs_sign({**head, "Data": data}, key.text)
+    return {"Head": head, "Data": data}

@@ -16,7 +16,7 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Prefetch, Q
-from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -28,11 +28,30 @@ from audit.display import access_id_history_context
 from audit.services import admin_change_context
 from core.admin_mixins import ReadOnlyAdminMixin
 
-from .forms import GRACE_LABELS, SCOPE_LABELS, AccessIdForm, RotateSecretForm
-from .models import SCOPES, AccessId, AppSecret
-from .profiles import PROFILE_KINDS
+from .acs import (
+    ACCEPTED_RSA_BITS,
+    acs_cert_generate,
+    acs_cert_upload,
+    acs_key_set,
+    acs_key_use_new,
+    acs_party_describe,
+    acs_settings_set,
+)
+from .forms import (
+    GRACE_LABELS,
+    SCOPE_LABELS,
+    AccessIdForm,
+    AcsCertificateUploadForm,
+    AcsKeySetForm,
+    AcsSettingsForm,
+    AcsUseNewKeyForm,
+    RotateSecretForm,
+)
+from .models import SCOPES, AccessId, AcsParty, AppSecret
+from .profiles import ACS, PROFILE_KINDS
 from .services import (
     GRACE_CHOICES,
+    AccessIdError,
     access_id_create,
     access_id_profile_set,
     access_id_set_enabled,
@@ -371,6 +390,9 @@ class AccessIdAdmin(admin.ModelAdmin):
             path("<path:object_id>/revoke-previous/", wrap(self.revoke_previous_view),
                  name="%s_%s_revoke_previous" % info),
             path("<path:object_id>/secret/<str:token>/", wrap(self.reveal_view), name="%s_%s_reveal" % info),
+            path("<path:object_id>/acs/", wrap(self.acs_view), name="%s_%s_acs" % info),
+            path("<path:object_id>/acs/certificate.pem", wrap(self.acs_certificate_view),
+                 name="%s_%s_acs_certificate" % info),
             path("<path:object_id>/disable/", wrap(self.set_enabled_view), {"enabled": False},
                  name="%s_%s_disable" % info),
             path("<path:object_id>/enable/", wrap(self.set_enabled_view), {"enabled": True},
@@ -481,3 +503,97 @@ class AccessIdAdmin(admin.ModelAdmin):
         if count:
             messages.success(request, f"{obj.key} is now {'enabled' if enabled else 'disabled'}.")
         return HttpResponseRedirect(self._url("change", obj.pk))
+
+    # --- the access system party: settings, keys, certificates (docs/client-profiles.md, acs) ---
+
+    def acs_view(self, request, object_id):
+        """The party's page: its settings and the four buttons — set key, use new key, generate
+        certificate, upload encryption certificate. Each change goes through accessids.acs,
+        which writes its audit event in the same transaction."""
+        obj = self._object_or_404(request, object_id)
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        can_change = self.has_change_permission(request, obj)
+        can_keys = request.user.has_perm(ROTATE_PERMISSION)
+        party = AcsParty.objects.filter(access_id=obj).first()
+        initial = ({name: getattr(party, name) for name in AcsSettingsForm.base_fields} if party
+                   else {"encryption": "aes", "signature": "md5", "token_required": True})
+        forms = {"settings_form": AcsSettingsForm(initial=initial), "key_form": AcsKeySetForm(),
+                 "use_form": AcsUseNewKeyForm(), "upload_form": AcsCertificateUploadForm()}
+        revealed_key = None
+        if request.method == "POST":
+            action = request.POST.get("action", "")
+            if action == "settings" and not can_change or action != "settings" and not can_keys:
+                raise PermissionDenied
+            context = admin_change_context(request)
+            try:
+                if action == "settings":
+                    form = forms["settings_form"] = AcsSettingsForm(request.POST)
+                    if form.is_valid():
+                        acs_settings_set(access_id=obj, context=context, **form.cleaned_data)
+                        messages.success(request, "The access system settings were saved.")
+                        return HttpResponseRedirect(self._url("acs", obj.pk))
+                elif action == "key-set":
+                    form = forms["key_form"] = AcsKeySetForm(request.POST)
+                    if form.is_valid():
+                        typed = form.cleaned_data["key"]
+                        key = acs_key_set(access_id=obj, key=typed, context=context)
+                        messages.success(request, "The new key is pending: it is used once you press “Use new "
+                                                  "key” (after the party has it).")
+                        if typed:
+                            return HttpResponseRedirect(self._url("acs", obj.pk))
+                        revealed_key = key  # generated: shown on this page only, once
+                elif action == "key-use":
+                    form = forms["use_form"] = AcsUseNewKeyForm(request.POST)
+                    if form.is_valid():
+                        grace = GRACE_CHOICES[form.cleaned_data["grace"]]
+                        party = acs_key_use_new(access_id=obj, grace=grace, context=context)
+                        messages.success(request, f"Key version {party.key_version} is in use now.")
+                        return HttpResponseRedirect(self._url("acs", obj.pk))
+                elif action == "cert-generate":
+                    if party is not None and party.certificate_pem and not request.POST.get("replace"):
+                        raise AccessIdError("This party already has a certificate: tick “replace it” to make a new "
+                                            "one (the party must then use the new certificate at once).")
+                    pem = acs_cert_generate(access_id=obj, context=context)
+                    return self._pem_download(pem, obj)
+                elif action == "cert-upload":
+                    form = forms["upload_form"] = AcsCertificateUploadForm(request.POST, request.FILES)
+                    if form.is_valid():
+                        party = acs_cert_upload(access_id=obj, pem=form.cleaned_data["certificate"], context=context)
+                        messages.success(request, f"The encryption certificate {party.party_certificate_subject} "
+                                                  f"was stored.")
+                        return HttpResponseRedirect(self._url("acs", obj.pk))
+                else:
+                    raise AccessIdError("Unknown action.")
+            except AccessIdError as exc:
+                messages.error(request, f"Nothing was changed: {exc}")
+            party = AcsParty.objects.filter(access_id=obj).first()
+        profile = obj.profiles.filter(name=ACS).first()
+        response = self._page(
+            request, "acs.html", obj, "Access system (acs)", party=party, state=acs_party_describe(party),
+            can_change=can_change, can_keys=can_keys, revealed_key=revealed_key,
+            profile_enabled=bool(profile and profile.enabled), weak_reason=PROFILE_KINDS[ACS].weak_reason,
+            accepted_bits=", ".join(map(str, ACCEPTED_RSA_BITS)), **forms,
+        )
+        add_never_cache_headers(response)
+        if revealed_key:
+            response["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @staticmethod
+    def _pem_download(pem: str, obj) -> HttpResponse:
+        party = AcsParty.objects.get(access_id=obj)
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in party.sender_code)
+        response = HttpResponse(pem, content_type="application/x-pem-file")
+        response["Content-Disposition"] = f'attachment; filename="acs-{name}-platform-certificate.pem"'
+        return response
+
+    def acs_certificate_view(self, request, object_id):
+        """The platform's public certificate for this party, again (it is no secret)."""
+        obj = self._object_or_404(request, object_id)
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        party = AcsParty.objects.filter(access_id=obj).first()
+        if party is None or not party.certificate_pem:
+            raise Http404("This party has no certificate yet.")
+        return self._pem_download(party.certificate_pem, obj)

@@ -301,3 +301,86 @@ def _profile_form_fields() -> dict[str, forms.Field]:
 # Declared on the class (not added per instance) so the admin's fieldsets may name them.
 for _name, _field in _profile_form_fields().items():
     AccessIdForm.base_fields[_name] = AccessIdForm.declared_fields[_name] = _field
+
+
+# --- the access system party (docs/client-profiles.md, acs) ----------------------------------
+
+ENCRYPTION_HELP = {
+    "none": "No encryption: the payload and the answer travel in clear (use only inside a private network).",
+    "aes": "AES-128-CBC with the party's key (recommended for symmetric keys).",
+    "des": "DES-CBC: weak (a 56-bit key can be found by brute force). Only for old parties that cannot change.",
+    "rsa": "RSA 1024-bit both ways: the party encrypts with the platform's certificate, the platform with the "
+           "party's uploaded certificate. 1024-bit RSA is weak: only for old clients.",
+    "rsa2": "RSA 2048-bit both ways (the platform's certificate / the party's uploaded certificate).",
+    "rsa+aes": "A fresh AES key per message, wrapped with RSA 2048-bit (recommended for certificates).",
+    "rsa+des": "A fresh DES key per message, wrapped with RSA: DES is weak; only for old parties.",
+}
+
+
+class AcsSettingsForm(forms.Form):
+    sender_code = forms.CharField(
+        label="Sender code (Ccode)", max_length=32,
+        help_text="The code the party puts in Head.Ccode and in GET /acs/token/{sender}.",
+    )
+    encryption = forms.ChoiceField(
+        label="Payload encryption", choices=[],
+        help_text=" ".join(f"{mode}: {text}" for mode, text in ENCRYPTION_HELP.items()),
+    )
+    signature = forms.ChoiceField(
+        label="Signature", choices=[("md5", "MD5 over the Head fields, Data and the key"),
+                                    ("none", "none (weak: anyone who can encrypt can call)")],
+    )
+    token_required = forms.BooleanField(
+        label="Token required", required=False,
+        help_text="Requests carry a token from GET /acs/token/{sender}, valid two hours.",
+    )
+    open_confirmed = forms.BooleanField(
+        label="Allow a fully open party", required=False,
+        help_text="Without a token, a signature and encryption, anyone who knows the sender code can sign with the "
+                  "card. Tick only if that is really wanted (e.g. a test system inside a closed network).",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .models import AcsParty
+
+        self.fields["encryption"].choices = AcsParty.ENCRYPTIONS
+
+    def clean_sender_code(self):
+        code = self.cleaned_data["sender_code"].strip()
+        if not code or not code.isprintable():
+            raise ValidationError("1-32 printable characters.")
+        return code
+
+
+class AcsKeySetForm(forms.Form):
+    key = forms.CharField(
+        label="New key", required=False, strip=False, max_length=128,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
+        help_text="Leave empty to generate one (shown to you once). AES: 16 characters or 32 hex digits; DES: 8 "
+                  "characters or 16 hex digits; otherwise (the signature's SecretKey) at least 16 characters. "
+                  "The key stays pending until you press “Use new key”.",
+    )
+
+
+class AcsUseNewKeyForm(forms.Form):
+    grace = forms.ChoiceField(
+        label="How long may the old key still be used?", choices=GRACE_LABELS, initial="24h",
+        widget=forms.RadioSelect(attrs={"class": "radiolist"}),
+        help_text="Requests (and tokens) under the old key are accepted until then. Choose “None” if the old key "
+                  "may have leaked.",
+    )
+
+
+class AcsCertificateUploadForm(forms.Form):
+    certificate = forms.FileField(
+        label="The party's encryption certificate",
+        help_text="An X.509 certificate (PEM or DER) with an RSA public key of 1024, 2048, 3072 or 4096 bits, "
+                  "not expired. The platform encrypts what it sends back to the party with it.",
+    )
+
+    def clean_certificate(self):
+        upload = self.cleaned_data["certificate"]
+        if upload.size > 64 * 1024:
+            raise ValidationError("A certificate is a few kilobytes; this file is too large.")
+        return upload.read()

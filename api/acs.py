@@ -28,9 +28,9 @@ from accessids.acs import (
     AcsPartyInfo,
     AcsSecretKey,
     AcsTokenError,
+    acs_envelope,
     acs_keys,
     acs_party_lookup,
-    acs_secret_keys,
     acs_signature_match,
     acs_symmetric_candidates,
     acs_token_check,
@@ -235,19 +235,14 @@ def _answer(request, *, ok: bool, code: str, payload: dict[str, Any], status: in
     """The acs answer envelope. Encrypted for the party and signed with the key that verified
     the request once the request was authenticated; in clear and unsigned before."""
     info: AcsPartyInfo | None = getattr(request, "acs_party", None) if request is not None else None
-    verified = bool(request is not None and getattr(request, "acs_verified", False))
-    head = {"Sign": "", "Ccode": info.sender_code if info else "", "Status": "success" if ok else "error",
-            "Message": acs_message(code)}
     text = _compact(payload)
-    data = text
-    if info is not None and verified:
-        secret = getattr(request, "acs_secret", None)
-        data = acs_crypto.encrypt_for_party(acs_keys(info, secret), text.encode("utf-8"))
-        if info.signed:
-            key = secret or next(iter(acs_secret_keys(info)), None)
-            if key is not None:
-                head["Sign"] = acs_crypto.acs_sign({**head, "Data": data}, key.text)
-    response = Response({"Head": head, "Data": data}, status=status)
+    if info is not None and getattr(request, "acs_verified", False):
+        body = acs_envelope(info, payload_text=text, ok=ok, message=acs_message(code),
+                            secret=getattr(request, "acs_secret", None))
+    else:
+        body = {"Head": {"Sign": "", "Ccode": info.sender_code if info else "", "Status": "success" if ok else "error",
+                         "Message": acs_message(code)}, "Data": text}
+    response = Response(body, status=status)
     for name, value in (headers or {}).items():
         response[name] = value
     response.acs_wrapped = True

@@ -174,5 +174,13 @@ def test_the_commands(tmp_path, monkeypatch):
     assert "CN=party 000001" in run("acs-cert", access.key, "--upload", str(theirs))
     with pytest.raises(CommandError, match="cannot read"):
         run("acs-cert", access.key, "--upload", str(tmp_path / "missing.pem"))
+    # The profile itself, like the others (it has no time window: its requests carry none).
+    listing = run("profile", access.key, "--enable", "acs")
+    assert f"{access.key}: profile acs enabled" in listing and "acs          on  tokens live 2 h" in listing
+    with pytest.raises(CommandError, match="no time window"):
+        run("profile", access.key, "--enable", "acs", "--window-seconds", "60")
+    with pytest.raises(CommandError, match="no default access ID"):
+        run("profile", access.key, "--enable", "acs", "--default")
+    assert "acs          off" in run("profile", access.key, "--disable", "acs")
     sources = set(AuditEvent.objects.filter(access_id=access, profile="acs").values_list("source", flat=True))
     assert sources == {"command"}

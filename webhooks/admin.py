@@ -25,7 +25,7 @@ from audit.models import AuditEvent
 from audit.services import admin_change_context
 
 from . import services
-from .models import CP_MD5, NATIVE, Webhook, WebhookDelivery
+from .models import ACS, CP_MD5, NATIVE, Webhook, WebhookDelivery
 
 STATUS_COLORS = {
     WebhookDelivery.PENDING: "#9a6700",
@@ -72,7 +72,7 @@ class WebhookForm(forms.ModelForm):
 
     class Meta:
         model = Webhook
-        fields = ["name", "url", "secret", "card_failures", "audit_feed", "payload_format", "enabled"]
+        fields = ["name", "url", "secret", "card_failures", "audit_feed", "payload_format", "acs_party", "enabled"]
         formfield_callback = _formfield
 
     def __init__(self, *args, **kwargs):
@@ -85,6 +85,8 @@ class WebhookForm(forms.ModelForm):
             self.fields["secret"].label = "New secret"
         # A form posted without the format (a client of the form from before it existed)
         # keeps the webhook's format, native for a new one; neither counts as a change.
+        if "acs_party" in self.fields:  # only access IDs that have access system settings
+            self.fields["acs_party"].queryset = self.fields["acs_party"].queryset.filter(acs__isnull=False)
         payload_format = self.fields["payload_format"]
         payload_format.required = False
         payload_format.empty_value = self.instance.payload_format or NATIVE
@@ -119,7 +121,7 @@ class WebhookAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         fieldsets = [
             (None, {"fields": ["name", "url"] if obj is None else ["key", "name", "url"]}),
-            ("What to send", {"fields": ["card_failures", "audit_feed", "payload_format", "enabled"]}),
+            ("What to send", {"fields": ["card_failures", "audit_feed", "payload_format", "acs_party", "enabled"]}),
             ("Signing", {"fields": ["secret"] if obj is None else ["secret_display", "secret", "receiver_help"]}),
         ]
         if obj is not None:
@@ -227,8 +229,8 @@ class WebhookAdmin(admin.ModelAdmin):
 
     @admin.display(description="format", ordering="payload_format")
     def format_display(self, obj):
-        if obj.payload_format == CP_MD5:
-            return format_html('<span title="chinaport-proxy receivers; its MD5 signature is weak">{} {}</span>',
+        if obj.payload_format in (CP_MD5, ACS):
+            return format_html('<span title="its MD5 signature is weak">{} {}</span>',
                                obj.payload_format, _badge("#9a6700", "weak"))
         return obj.payload_format
 
@@ -256,6 +258,15 @@ class WebhookAdmin(admin.ModelAdmin):
 
     @admin.display(description="how the receiver checks a notification")
     def receiver_help(self, obj):
+        if obj.payload_format == ACS:
+            return format_html(
+                "acs format: each notification is a POST of the access system's envelope "
+                "<code>{{\"Head\": {{\"Sign\", \"Ccode\", \"Status\", \"Message\"}}, \"Data\"}}</code>, "
+                "Data being the native notification JSON encrypted as the party {} encrypts (with its current key, "
+                "or its uploaded certificate) and Head.Sign the MD5 signature made with the party's current key "
+                "(docs/client-profiles.md, acs). The webhook's secret is not used in this format. "
+                "<code>X-Delivery-Id</code> is the same for every attempt; any answer other than 2xx is retried.",
+                obj.acs_party)
         if obj.payload_format == CP_MD5:
             return format_html(
                 "cp-md5 format: the chinaport-proxy's notifications (<code>ukey_malfunction</code> for card "

@@ -21,9 +21,11 @@ SECRET_PURPOSE = "webhook-secret"
 # signatures).
 NATIVE = "native"
 CP_MD5 = "cp-md5"
+ACS = "acs"
 PAYLOAD_FORMATS = [
     (NATIVE, "native (HMAC-SHA256, signed like the platform's API)"),
     (CP_MD5, "cp-md5 (chinaport-proxy receivers, MD5: weak)"),
+    (ACS, "acs (an access system party: encrypted and signed with the party's keys)"),
 ]
 
 
@@ -67,7 +69,15 @@ class Webhook(models.Model):
                   "proxy's (X-Timestamp and X-Signature = MD5 of POST + path + timestamp + body + secret), only "
                   "for receivers written for the Go chinaport-proxy that cannot change. Its MD5 signature is "
                   "weak (MD5 is broken, and the secret is appended to the hashed text): use it on a private "
-                  "network. Notifications already queued keep the format they were written in.",
+                  "network. acs: the native notification as the Data of the access system's envelope, encrypted "
+                  "and MD5-signed for the access system party chosen below, with its current key or certificate. "
+                  "Notifications already queued keep the format they were written in.",
+    )
+    acs_party = models.ForeignKey(
+        "accessids.AccessId", on_delete=models.PROTECT, null=True, blank=True, related_name="acs_webhooks",
+        verbose_name="access system party",
+        help_text="acs format only: the access ID whose access system settings (sender code, encryption, keys, "
+                  "the party's certificate) encrypt and sign the notifications.",
     )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -87,6 +97,20 @@ class Webhook(models.Model):
     @property
     def has_secret(self) -> bool:
         return bool(self.secret_encrypted)
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.payload_format == ACS:
+            if self.acs_party_id is None:
+                raise ValidationError({"acs_party": "The acs format needs the access system party it is sent to."})
+            from accessids.models import AcsParty
+
+            if not AcsParty.objects.filter(access_id_id=self.acs_party_id).exists():
+                raise ValidationError({"acs_party": "This access ID has no access system settings (sender code, "
+                                                    "encryption, keys): set them on its “Access system” page first."})
+        elif self.acs_party_id is not None:
+            self.acs_party = None  # only the acs format uses it
 
 
 class WebhookDelivery(models.Model):

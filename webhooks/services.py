@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import F, Min
 from django.utils import timezone
 
+from accessids.acs import AcsPartyInfo, acs_party_of
 from audit.models import AuditEvent
 from audit.services import COMMAND, ChangeContext
 from core.encryption import MasterKeyError, secret_decrypt, secret_encrypt
@@ -127,11 +128,11 @@ def payload_for_event(event: AuditEvent) -> dict[str, Any]:
 
 def _delivery(webhook_id: int, event_type: str, payload: dict[str, Any], audit_event_id: int | None,
               payload_format: str = NATIVE) -> WebhookDelivery:
-    """A delivery row. Native bodies carry the delivery's ID as "id"; cp-md5 bodies are the
-    proxy's envelope as it is (the ID is in the X-Delivery-Id header)."""
+    """A delivery row. Native bodies (also the Data of acs ones) carry the delivery's ID as "id";
+    cp-md5 bodies are the proxy's envelope as it is (the ID is in the X-Delivery-Id header)."""
     delivery = WebhookDelivery(webhook_id=webhook_id, event_type=event_type, audit_event_id=audit_event_id,
                                payload_format=payload_format)
-    delivery.payload = {"id": str(delivery.id), **payload} if payload_format == NATIVE else dict(payload)
+    delivery.payload = dict(payload) if payload_format == CP_MD5 else {"id": str(delivery.id), **payload}
     return delivery
 
 
@@ -207,15 +208,18 @@ def _what(webhook: Webhook) -> list[str]:
 
 def _settings(webhook: Webhook) -> dict[str, Any]:
     """What a webhook sends, as its change events record it."""
-    return {"card_failures": webhook.card_failures, "audit_feed": webhook.audit_feed, "enabled": webhook.enabled,
-            "payload_format": webhook.payload_format}
+    settings_ = {"card_failures": webhook.card_failures, "audit_feed": webhook.audit_feed,
+                 "enabled": webhook.enabled, "payload_format": webhook.payload_format}
+    if webhook.acs_party_id:
+        settings_["acs_party"] = webhook.acs_party.key
+    return settings_
 
 
 def webhook_create(*, name: str, url: str, secret: str, card_failures: bool = True, audit_feed: bool = False,
-                   enabled: bool = True, payload_format: str = NATIVE,
+                   enabled: bool = True, payload_format: str = NATIVE, acs_party=None,
                    context: ChangeContext = COMMAND) -> Webhook:
     webhook = Webhook(name=name, url=url, card_failures=card_failures, audit_feed=audit_feed, enabled=enabled,
-                      payload_format=payload_format)
+                      payload_format=payload_format, acs_party=acs_party)
     webhook.full_clean(exclude=["secret_encrypted"])
     return webhook_add(webhook=webhook, secret=secret, context=context)
 
@@ -286,7 +290,7 @@ def webhook_send_test(*, webhook: Webhook, context: ChangeContext = COMMAND) -> 
             "outcome": AuditEvent.OK,
             "message": message,
         }
-        delivery = _delivery(webhook.pk, WebhookDelivery.TEST, payload, event.pk)
+        delivery = _delivery(webhook.pk, WebhookDelivery.TEST, payload, event.pk, webhook.payload_format)
     delivery.save(force_insert=True)
     transaction.on_commit(wake_local_workers)
     return delivery
@@ -353,6 +357,7 @@ class DeliveryJob:
     attempts: int  # including this one
     secret_error: str = ""
     payload_format: str = NATIVE  # how the payload was written, hence how it is signed
+    acs_party: AcsPartyInfo | None = None  # the party an acs delivery is encrypted and signed for
 
     def __repr__(self) -> str:
         return f"DeliveryJob({self.id}, {self.event_type} -> {self.webhook_name}, attempt {self.attempts})"
@@ -386,7 +391,7 @@ def deliveries_claim(*, room: int, in_flight: dict[int, int], per_webhook: int, 
     start = offset % len(ready)  # fairness: a different webhook goes first each round
     ready = ready[start:] + ready[:start]
     webhooks = {row[0]: row for row in Webhook.objects.filter(pk__in=ready, enabled=True)
-                .values_list("pk", "name", "url", "key", "secret_encrypted")}
+                .values_list("pk", "name", "url", "key", "secret_encrypted", "acs_party_id")}
     lease_until = now + claim_lease()
     with transaction.atomic():
         for pk in ready:
@@ -404,7 +409,8 @@ def deliveries_claim(*, room: int, in_flight: dict[int, int], per_webhook: int, 
             WebhookDelivery.objects.filter(pk__in=[row[0] for row in rows]).update(
                 attempts=F("attempts") + 1, last_attempt_at=now, next_attempt_at=lease_until
             )
-            _, name, url, key, secret_encrypted = webhooks[pk]
+            _, name, url, key, secret_encrypted, acs_party_pk = webhooks[pk]
+            party = acs_party_of(acs_party_pk) if acs_party_pk else None
             secret, secret_error = None, ""
             try:
                 secret = secret_decrypt(secret_encrypted, purpose=SECRET_PURPOSE)
@@ -414,7 +420,7 @@ def deliveries_claim(*, room: int, in_flight: dict[int, int], per_webhook: int, 
             claim.jobs.extend(
                 DeliveryJob(id=str(d_pk), webhook_id=pk, webhook_name=name, url=url, key=key, secret=secret,
                             event_type=event_type, payload=payload, attempts=attempts + 1,
-                            secret_error=secret_error, payload_format=payload_format)
+                            secret_error=secret_error, payload_format=payload_format, acs_party=party)
                 for d_pk, event_type, payload, attempts, payload_format in rows
             )
     return claim

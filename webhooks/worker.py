@@ -69,11 +69,13 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
+from accessids.acs import acs_envelope
+from core.acs_crypto import AcsCryptoError
 from core.http_client_errors import connect_error_text
 from signclient import sign_headers
 
 from . import cp_md5, services
-from .models import CP_MD5
+from .models import ACS, CP_MD5
 from .services import DeliveryJob, Outcome
 
 logger = logging.getLogger("webhooks")
@@ -95,6 +97,23 @@ def body_bytes(payload: dict) -> bytes:
     return json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
+# Head.Message of an acs notification, by event.
+ACS_MESSAGES = {"api.request": "请求审计", "webhook.test": "测试通知"}
+ACS_CARD_FAILURE = "签名设备故障"
+
+
+def acs_body_bytes(job: DeliveryJob) -> bytes:
+    """An acs notification: the native body as the envelope's Data, encrypted and signed for the
+    party with its current key (or its certificate). Raises AcsCryptoError when the party's
+    keys are missing."""
+    if job.acs_party is None:
+        raise AcsCryptoError("the webhook's access system party has no settings any more")
+    text = json.dumps(job.payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    envelope = acs_envelope(job.acs_party, payload_text=text, ok=True,
+                            message=ACS_MESSAGES.get(job.event_type, ACS_CARD_FAILURE))
+    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def request_headers(job: DeliveryJob, body: bytes) -> dict[str, str]:
     """The headers of one attempt, signed over `body` (the exact bytes POSTed) in the scheme of
     the format the delivery was written in."""
@@ -107,6 +126,8 @@ def request_headers(job: DeliveryJob, body: bytes) -> dict[str, str]:
     }
     if job.payload_format == CP_MD5:
         headers.update(cp_md5.sign_headers(job.url, body, job.secret or ""))
+    elif job.payload_format == ACS:
+        pass  # signed inside the body (Head.Sign)
     else:
         headers.update(sign_headers("POST", job.url, body, job.key, job.secret or ""))
     return headers
@@ -298,7 +319,13 @@ class WebhookWorker:
         if job.secret is None:
             return Outcome(False, error=job.secret_error)
         timeout = float(settings.WEBHOOK_TIMEOUT)
-        body = body_bytes(job.payload)
+        if job.payload_format == ACS:
+            try:
+                body = await self._db(acs_body_bytes)(job)  # may read the App Secret: a DB thread
+            except AcsCryptoError as exc:
+                return Outcome(False, error=f"cannot encrypt for the access system party: {exc}")
+        else:
+            body = body_bytes(job.payload)
         headers = request_headers(job, body)
         try:
             # asyncio.timeout bounds the whole exchange; httpx's own timeout is per network step.
