@@ -277,3 +277,32 @@ def test_use_new_key_with_grace(acs_platform):
     assert {source for _, source in types} == {"command"} and [t for t, _ in types] == [
         AuditEvent.ACCESS_ID_PROFILE_CHANGED, AuditEvent.ACS_CHANGED, AuditEvent.ACS_KEY_SET, AuditEvent.ACS_KEY_USED,
                                      AuditEvent.ACS_KEY_SET, AuditEvent.ACS_KEY_USED]
+
+
+def test_hostile_envelopes_are_refused_in_the_profiles_shape(acs_platform):
+    from tests.live import http
+
+    def post(body: bytes, path: str = "/acs/sign"):
+        status, headers, content = http("POST", acs_platform.base + path, body=body,
+                                        headers={"Content-Type": "application/json"})
+        return status, headers, json.loads(content)
+
+    cases = [
+        (b"", 400), (b"not json", 400), (b"[]", 400), (b'{"Head": {}, "Data": 1}', 400),
+        (b'{"Head": {"Ccode": {"x": 1}}, "Data": ""}', 400), (b'{"Head": {"Ccode": "\\u0000"}, "Data": ""}', 400),
+        (json.dumps({"Head": {f"k{i}": "v" for i in range(40)}, "Data": ""}).encode(), 400),
+        (json.dumps({"Head": {"Ccode": "S" * 5000}, "Data": ""}).encode(), 401),
+        (b'{"Head": {"Ccode": "S-NOBODY", "Sign": "x"}, "Data": "zz"}', 401),
+        (b'{"Head": {"Ccode": "S-NOBODY"}, "Data": "' + b"[" * 10000 + b'"}', 401),
+    ]
+    for body, expected in cases:
+        status, headers, answer = post(body)
+        assert status == expected, (body[:60], status, answer)
+        assert answer["Head"]["Status"] == "error" and answer["Head"]["Sign"] == "" and headers["X-Request-ID"]
+        assert json.loads(answer["Data"])["success"] is False
+    status, _, content = http("GET", acs_platform.base + "/acs/sign")  # no envelope: refused before the method
+    assert status == 400 and json.loads(content)["Head"]["Message"] == "请求格式不正确"
+    status, _, content = http("GET", acs_platform.base + "/acs/token/%00%0a")
+    assert status == 400 and json.loads(content)["status"] == "error"
+    status, _, content = http("GET", acs_platform.base + "/acs/token/" + "A" * 300)
+    assert status == 401 and json.loads(content)["code"] == "INVALID_ACCESS_ID"
