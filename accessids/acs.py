@@ -41,6 +41,7 @@ CERT_DAYS = 3 * 365
 MAX_GRACE = datetime.timedelta(days=7)
 SETTINGS = ("sender_code", "encryption", "signature", "token_required", "open_confirmed")
 TOKEN_LIFE = datetime.timedelta(hours=2)
+MAX_TOKENS = 200  # valid tokens per party
 CACHE_TTL = 300
 
 
@@ -421,6 +422,12 @@ def acs_token_issue(*, info: AcsPartyInfo) -> tuple[str, datetime.datetime]:
         AcsToken.objects.filter(party_id=info.pk, expires_at__lte=now).delete()
         AcsToken.objects.create(party_id=info.pk, token_sha256=_token_hash(token), key_version=info.key_version,
                                 created_at=now, expires_at=expires)
+        # Several tokens live at once, but not without bound (anyone may ask for tokens): beyond
+        # MAX_TOKENS the oldest end.
+        surplus = list(AcsToken.objects.filter(party_id=info.pk).order_by("-created_at", "-pk")
+                       .values_list("pk", flat=True)[MAX_TOKENS:MAX_TOKENS + 100])
+        if surplus:
+            AcsToken.objects.filter(pk__in=surplus).delete()
     return token, expires
 
 

@@ -184,3 +184,23 @@ def test_the_commands(tmp_path, monkeypatch):
     assert "acs          off" in run("profile", access.key, "--disable", "acs")
     sources = set(AuditEvent.objects.filter(access_id=access, profile="acs").values_list("source", flat=True))
     assert sources == {"command"}
+
+
+def test_tokens_are_hashed_several_live_at_once_but_not_without_bound(monkeypatch):
+    from accessids import acs
+    from accessids.acs import acs_party_lookup, acs_token_check, acs_token_issue
+    from accessids.models import AcsToken
+
+    access, _ = access_id_create(name="tokens")
+    acs_settings_set(access_id=access, sender_code="S-TOKENS", encryption="aes")
+    info = acs_party_lookup("S-TOKENS")
+    monkeypatch.setattr(acs, "MAX_TOKENS", 3)
+    issued = [acs_token_issue(info=info)[0] for _ in range(5)]
+    assert AcsToken.objects.filter(party__access_id=access).count() == 3
+    stored = set(AcsToken.objects.values_list("token_sha256", flat=True))
+    assert not stored & set(issued)  # only hashes are kept
+    for token in issued[2:]:
+        acs_token_check(info=info, token=token)
+    for token in issued[:2]:
+        with pytest.raises(acs.AcsTokenError, match="not valid"):
+            acs_token_check(info=info, token=token)
