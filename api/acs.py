@@ -295,9 +295,15 @@ class AcsEnvelopeMixin:
                                  status=response.status_code)
                 response = acs_error_response(django_request, error)
             else:
-                response = _answer(django_request, ok=True, code="OK", payload=data, status=response.status_code,
-                                   headers={name: value for name, value in response.items()
-                                            if name.lower().startswith("x-")})
+                try:
+                    response = _answer(django_request, ok=True, code="OK", payload=data,
+                                       status=response.status_code,
+                                       headers={name: value for name, value in response.items()
+                                                if name.lower().startswith("x-")})
+                except acs_crypto.AcsCryptoError as exc:  # the party's keys changed during the request
+                    django_request.audit_error = ("ACS_NOT_CONFIGURED", str(exc))
+                    response = acs_error_response(django_request, ApiError("ACS_NOT_CONFIGURED", str(exc),
+                                                                           status=403))
         return super().finalize_response(request, response, *args, **kwargs)
 
 
