@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint install install-test services bench bench-gateway bench-api bench-cards clean
+.PHONY: run test lint install install-test services messages bench bench-gateway bench-api bench-cards clean
 
 $(PY):
 	@echo "==> creating virtual environment in $(VENV)"
@@ -27,12 +27,20 @@ install: $(VENV)/.run-deps
 install-test: $(VENV)/.test-deps
 
 run: install
+	@$(PY) manage.py translations_compile -v0
 	@$(PY) manage.py migrate --noinput -v0
 	@$(PY) manage.py ensure_admin
 	@exec $(PY) manage.py runplatform
 
 services:
 	@./scripts/ensure-test-services.sh
+
+# After marking or changing strings shown to people: extract them into locale/zh_Hans (needs GNU
+# gettext), translate the new msgids there; make run / make test compile the .po files.
+MESSAGES_IGNORE := --ignore=.venv --ignore=var --ignore=tests --ignore=bench --ignore=examples \
+	--ignore=test-artifacts --ignore=staticfiles --ignore=ukey --ignore=signagent --ignore=signclient --ignore=scripts
+messages: install
+	$(PY) manage.py makemessages -l zh_Hans --no-obsolete --no-location $(MESSAGES_IGNORE)
 
 # Every import points down a layer ([tool.layers] in pyproject.toml), and ruff finds nothing.
 lint: install-test
@@ -41,6 +49,7 @@ lint: install-test
 	@$(VENV)/bin/ruff check --quiet . && echo "ruff: no findings"
 
 test: install-test lint services
+	@$(PY) manage.py translations_compile
 	@echo "==> tests against PostgreSQL + Redis (started by the test fixtures)"
 	SIGNPLATFORM_TEST_BACKENDS=services $(PY) -m pytest
 	@echo "==> gateway tests against the embedded defaults (SQLite, in-memory channel layer)"

@@ -40,7 +40,7 @@ from accessids.profiles import ACS
 from accessids.secrets import AppSecretService
 from core import acs_crypto
 from core.dbthread import db_sync_to_async
-from core.errors import ApiError, invalid_request
+from core.errors import ApiError, invalid_request, message_zh
 from core.jsontext import JsonInputError, json_loads_strict
 
 from .auth import RequestAuthentication
@@ -54,38 +54,23 @@ from .views import Sign179View, SignView, SignXmlView
 logger = logging.getLogger(__name__)
 
 HEAD_FIELDS_MAX = 16
-# The Chinese message of every code an acs client may see (Head.Message); the native code and
-# English message stay in Data.
+# Head.Message: the Chinese message of every code an acs client may see (the native code and
+# English message stay in Data); the shared table (core/errors.py) for the codes not worded here.
 MESSAGES = {
     "OK": "成功",
     "INVALID_REQUEST": "请求格式不正确",
     "MISSING_AUTH_HEADERS": "缺少认证字段（Head.Ccode、Head.Sign 或 Head.Token）",
     "INVALID_ACCESS_ID": "未知的发送方代码（Ccode）",
     "PROFILE_NOT_ENABLED": "该接入方未启用 acs 接入方式",
-    "SIGNATURE_VALIDATION_FAILED": "签名验证失败",
-    "TOKEN_INVALID": "令牌无效，请重新获取",
-    "TOKEN_EXPIRED": "令牌已过期，请重新获取",
-    "DECRYPTION_FAILED": "数据解密失败",
-    "ACS_NOT_CONFIGURED": "接入方的密钥或证书尚未配置，请联系管理员",
     "DUPLICATE_REQUEST": "重复的请求（签名已使用）",
     "ACCESS_ID_DISABLED": "接入方已停用或已过期",
-    "IP_NOT_ALLOWED": "客户端地址不允许",
-    "PERMISSION_DENIED": "无权限",
-    "RATE_LIMITED": "请求过于频繁，请稍后重试",
-    "NONCE_STORE_UNAVAILABLE": "服务暂时不可用，请稍后重试",
-    "PAYLOAD_TOO_LARGE": "请求数据过大",
     "NOT_FOUND": "接口不存在",
-    "METHOD_NOT_ALLOWED": "请求方法不允许",
-    "UKEY_UNAVAILABLE": "签名设备不可用，请稍后重试",
-    "UKEY_TIMEOUT": "签名设备响应超时",
-    "UKEY_ERROR": "签名设备返回错误",
     "INTERNAL_ERROR": "服务器内部错误",
 }
-GENERIC_ERROR = "请求失败"
 
 
 def acs_message(code: str) -> str:
-    return MESSAGES.get(code, GENERIC_ERROR)
+    return MESSAGES.get(code) or message_zh(code)
 
 
 def _compact(value: Any) -> str:

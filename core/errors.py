@@ -1,5 +1,5 @@
 """The one exception type for expected API failures (`ApiError`), its constructors, and
-the error shape of docs/signing-api.md: `{"success": false, "code", "message",
+the error shape of docs/signing-api.md: `{"success": false, "code", "message", "message_zh",
 "request_id", "details"?}`. Mapping other exceptions to it is the exception handler's
 job (signplatform/exception_handler.py)."""
 
@@ -13,6 +13,40 @@ from rest_framework.response import Response
 from .logging import request_id_var
 
 AUTH_SCHEME = "HMAC-SHA256"
+
+# `message_zh` of every error: what the code means, in Chinese (the English `message` says more,
+# e.g. which field). The codes stay the stable interface.
+MESSAGES_ZH = {
+    "INVALID_REQUEST": "请求参数不正确",
+    "MISSING_AUTH_HEADERS": "缺少认证请求头",
+    "INVALID_NONCE": "随机数（nonce）格式不正确",
+    "INVALID_TIMESTAMP": "请求时间戳无效或已过期",
+    "INVALID_ACCESS_ID": "无效的 Access ID",
+    "SIGNATURE_VALIDATION_FAILED": "签名验证失败",
+    "PROFILE_NOT_ENABLED": "该 Access ID 未启用此接入方式",
+    "ACCESS_ID_DISABLED": "Access ID 已停用或已过期",
+    "IP_NOT_ALLOWED": "客户端地址不允许",
+    "PERMISSION_DENIED": "无权限",
+    "NOT_FOUND": "资源不存在",
+    "METHOD_NOT_ALLOWED": "请求方法不允许",
+    "DUPLICATE_REQUEST": "重复的请求（nonce 已使用）",
+    "PAYLOAD_TOO_LARGE": "请求数据过大",
+    "RATE_LIMITED": "请求过于频繁，请稍后重试",
+    "INTERNAL_ERROR": "服务器内部错误，请把请求编号告知运维人员",
+    "UKEY_ERROR": "签名设备返回错误",
+    "UKEY_UNAVAILABLE": "签名设备不可用，请稍后重试",
+    "UKEY_TIMEOUT": "签名设备响应超时",
+    "NONCE_STORE_UNAVAILABLE": "服务暂时不可用，请稍后重试",
+    "TOKEN_INVALID": "令牌无效，请重新获取",
+    "TOKEN_EXPIRED": "令牌已过期，请重新获取",
+    "DECRYPTION_FAILED": "数据解密失败",
+    "ACS_NOT_CONFIGURED": "接入方的密钥或证书尚未配置，请联系管理员",
+}
+GENERIC_ZH = "请求失败"
+
+
+def message_zh(code: str) -> str:
+    return MESSAGES_ZH.get(code, GENERIC_ZH)
 
 
 class ApiError(exceptions.APIException):
@@ -63,6 +97,7 @@ def error_response(error: ApiError, request_id: str | None = None) -> Response:
         "success": False,
         "code": error.code,
         "message": error.message,
+        "message_zh": message_zh(error.code),
         "request_id": request_id or request_id_var.get(),
     }
     if error.details:

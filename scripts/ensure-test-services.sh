@@ -15,8 +15,10 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# GNU gettext: the translation check extracts the project's strings with makemessages (xgettext).
+command -v xgettext >/dev/null 2>&1 || need+=(gettext)
 if [ "${#need[@]}" -eq 0 ]; then
-  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl, a JDK and Node.js already installed"
+  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl, a JDK, Node.js and gettext already installed"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

@@ -135,9 +135,11 @@ MIDDLEWARE = [
     "signplatform.middleware.ApiHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",  # the browser's language, before a user has chosen
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "console.language.UserLanguageMiddleware",  # the signed-in user's own choice
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "signplatform.middleware.SecurityHeadersMiddleware",
@@ -239,7 +241,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = env("DJANGO_LANGUAGE_CODE", "en-us")
+# The default language (en or zh-hans); a browser that asks for another one of LANGUAGES gets it,
+# and a signed-in administrator's own choice (the switch in the admin header) wins.
+LANGUAGE_CODE = env("DJANGO_LANGUAGE_CODE", "en")
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env("TIME_ZONE", "Asia/Shanghai")
 USE_I18N = True
 USE_TZ = True

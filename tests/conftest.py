@@ -79,6 +79,14 @@ class SimulatorProcess:
             return protocol.parse_frame(await ws.recv()).result
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_translations():
+    """The .mo files (build output, as `make test` makes them), also when pytest runs alone."""
+    from django.core.management import call_command
+
+    call_command("translations_compile", verbosity=0)
+
+
 @pytest.fixture
 def simulator_factory():
     started: list[SimulatorProcess] = []

@@ -80,6 +80,7 @@ def assert_error(result, status, code):
     got_status, headers, body = result
     assert (got_status, body.get("code")) == (status, code), body
     assert body["success"] is False and body["message"]
+    assert any("\u4e00" <= c <= "\u9fff" for c in body["message_zh"]), body  # every error also in Chinese
     assert UUID_RE.match(body["request_id"]) and headers["X-Request-ID"] == body["request_id"]
     if status == 401:
         assert headers["WWW-Authenticate"] == "HMAC-SHA256"
@@ -249,6 +250,7 @@ def test_bad_signature_tells_the_hash_of_the_string_the_server_signed(rsa):
     status, response_headers, content = http("POST", platform.base + "/api/v1/sign?c=+d&b=2", body=body_bytes,
                                              headers=headers)
     body = assert_error((status, response_headers, json.loads(content)), 401, "SIGNATURE_VALIDATION_FAILED")
+    assert body["message_zh"] == "签名验证失败"
     assert body["details"]["string_to_sign_sha256"] == hashlib.sha256(expected.encode()).hexdigest()
     assert secret not in content.decode()
 
