@@ -1,6 +1,7 @@
 """Settings: one module, everything from environment variables, embedded defaults that
 run on a laptop with no services (SQLite, local-memory cache, in-memory channel layer,
-the card simulator). `.env.example` lists every variable."""
+the card simulator). `.env.example` lists every variable; a `.env` file next to manage.py
+is read when present (the process's own environment wins)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# `.env` (or the file SIGNPLATFORM_ENV_FILE names; set it empty to read none) fills in the
+# variables the environment does not set: systemd's EnvironmentFile and compose's env_file
+# set them first, and a variable set in the shell always wins.
+_ENV_FILE = os.environ.get("SIGNPLATFORM_ENV_FILE", str(BASE_DIR / ".env"))
+if _ENV_FILE and Path(_ENV_FILE).is_file():
+    load_dotenv(_ENV_FILE, override=False)
 
 
 def env(name: str, default: str = "") -> str:
@@ -77,7 +86,11 @@ CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("DJANGO_CSRF_TRUSTED_ORIGINS").sp
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Health checks and scrapers on the private side (a container's health check, Prometheus
+# next to the process) speak plain HTTP to the process itself: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$", r"^health$", r"^metrics$"]
 # Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
 if env_bool("SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
