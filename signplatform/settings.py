@@ -75,7 +75,8 @@ def _secret_file(name: str, nbytes: int) -> str:
     return path.read_text().strip()
 
 
-SECRET_KEY = env("DJANGO_SECRET_KEY") or _secret_file("django-secret-key", 48)
+DJANGO_SECRET_KEY_FILE = VAR_DIR / "django-secret-key"
+SECRET_KEY = env("DJANGO_SECRET_KEY") or _secret_file(DJANGO_SECRET_KEY_FILE.name, 48)
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
@@ -301,7 +302,8 @@ XML_WORK_CONCURRENCY = env_int("XML_WORK_CONCURRENCY", 4)
 # Key of the audit log's hash chain (HMAC-SHA256), outside the database so that someone who
 # can only write to the database cannot recompute a valid chain. Default: var/audit-chain.key
 # (mode 0600, created on first use). Every process of a deployment needs the same key.
-AUDIT_CHAIN_KEY = env("AUDIT_CHAIN_KEY") or _secret_file("audit-chain.key", 32)
+AUDIT_CHAIN_KEY_FILE = VAR_DIR / "audit-chain.key"
+AUDIT_CHAIN_KEY = env("AUDIT_CHAIN_KEY") or _secret_file(AUDIT_CHAIN_KEY_FILE.name, 32)
 # GET /metrics (Prometheus): allowed from these networks, or with "Authorization: Bearer <token>".
 METRICS_TOKEN = env("METRICS_TOKEN")
 METRICS_ALLOWED_NETWORKS = [
