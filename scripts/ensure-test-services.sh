@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the services the test suite runs against (Debian packages), when missing:
 # redis-server, the PostgreSQL server, Chromium (and a CJK font) for the browser tests, and the tools the
-# client examples are tested with (curl, openssl, a Java 17 JDK, Node.js).
+# client examples are tested with (curl, openssl, a Java 17 JDK, Node.js), nginx and systemd-analyze for
+# the deployment examples.
 set -euo pipefail
 
 need=()
@@ -15,8 +16,11 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# The deployment examples: nginx -t on the proxy configuration, systemd-analyze verify on the units.
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${#need[@]}" -eq 0 ]; then
-  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl, a JDK and Node.js already installed"
+  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl, a JDK, Node.js, nginx and systemd-analyze already installed"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

@@ -24,7 +24,8 @@ if _ENV_FILE and Path(_ENV_FILE).is_file():
 
 
 def env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+    """The variable's value; the default when it is unset or empty (as in a copy of .env.example)."""
+    return os.environ.get(name) or default
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -56,7 +57,8 @@ def _private(path: Path, *, directory: bool) -> None:
     elif not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, mode))
     try:
-        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
+        # (Windows has no owner ids, nor these modes: there the folder's ACL decides.)
+        if hasattr(os, "getuid") and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
             path.chmod(mode)
     except OSError:
         pass

@@ -27,8 +27,8 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or "8000"))
         parser.add_argument(
             "--web-only",
             action="store_true",
@@ -51,12 +51,12 @@ class Command(BaseCommand):
         # touch the administrator or rewrite the default card (its URL would point at a
         # simulator that never starts). The socket is bound here and handed to the server.
         listener = _listening_socket(host, port)
-        key_file = master_key_file_ensure()
-        if key_file:
-            self.stdout.write(f"Master key: {key_file} (set SIGNPLATFORM_MASTER_KEY to use your own)")
         if options["prepare"]:
-            call_command("migrate", interactive=False, verbosity=0)
-            call_command("ensure_admin", stdout=self.stdout, stderr=self.stderr)
+            call_command("platform_prepare", stdout=self.stdout, stderr=self.stderr)
+        else:
+            key_file = master_key_file_ensure()
+            if key_file:
+                self.stdout.write(f"Master key: {key_file} (set SIGNPLATFORM_MASTER_KEY to use your own)")
         device = card_device_sync_default()
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         supervisor = Supervisor(on_exit=_process_exit_record)
