@@ -259,6 +259,8 @@ LANGUAGE_CODE = env("DJANGO_LANGUAGE_CODE", "en-us")
 TIME_ZONE = env("TIME_ZONE", "Asia/Shanghai")
 USE_I18N = True
 USE_TZ = True
+# One date format in the admin per language (signplatform/formats/<language>/formats.py).
+FORMAT_MODULE_PATH = ["signplatform.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
