@@ -229,7 +229,7 @@ def test_list_shows_status_scopes_fingerprint_and_last_secret_version(chief):
     rows = {a.name: re.search(rf"<tr>.*?{a.key}.*?</tr>", page, re.S).group(0) for a in (erp, wms, old)}
     assert ">enabled<" in rows["ERP"] and ">disabled<" in rows["WMS"] and ">expired<" in rows["Old"]
     assert erp.secrets.get(state="current").fingerprint in rows["ERP"] and "(v2)" in rows["ERP"]
-    assert re.search(r'<td class="field-last_use_display">\d{4}-\d\d-\d\d \d\d:\d\d <span[^>]*>v2</span>', rows["ERP"])
+    assert re.search(r'<td class="field-last_use_display">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d <span[^>]*>v2</span>', rows["ERP"])
     assert '<td class="field-last_use_display">never</td>' in rows["WMS"]
     assert ">xml_read<" in rows["WMS"]
 
