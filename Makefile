@@ -26,11 +26,11 @@ install: $(VENV)/.run-deps
 
 install-test: $(VENV)/.test-deps
 
+# runplatform --prepare binds the port first, then migrates and makes sure an admin exists:
+# a second `make run` whose port is busy fails at once and changes nothing.
 run: install
 	@$(PY) manage.py translations_compile -v0
-	@$(PY) manage.py migrate --noinput -v0
-	@$(PY) manage.py ensure_admin
-	@exec $(PY) manage.py runplatform
+	@exec $(PY) manage.py runplatform --prepare
 
 services:
 	@./scripts/ensure-test-services.sh

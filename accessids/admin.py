@@ -27,6 +27,7 @@ from django.utils.safestring import mark_safe
 from audit.display import access_id_history_context
 from audit.services import admin_change_context
 from core.admin_mixins import ReadOnlyAdminMixin
+from core.datetimes import datetime_display
 
 from .acs import (
     ACCEPTED_RSA_BITS,
@@ -238,7 +239,7 @@ class AccessIdAdmin(admin.ModelAdmin):
     def last_use_display(self, obj):
         if obj.last_used_at is None:
             return "never"
-        when = timezone.localtime(obj.last_used_at).strftime("%Y-%m-%d %H:%M")
+        when = datetime_display(obj.last_used_at)
         if obj.last_secret_version is None:
             return when
         return format_html('{} <span class="secret-version" title="signed with secret version {}">v{}</span>',

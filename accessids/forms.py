@@ -7,11 +7,15 @@ import ipaddress
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from core.legacy_cipher import legacy_key_fold
+from ukey.protocol import RPC_METHODS
 
 from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId
 from .profiles import MAX_WINDOW_SECONDS, PROFILE_KINDS
+from .selectors import access_id_name_holder
 from .services import legacy_key_fingerprint
 
 SCOPE_LABELS = {
@@ -45,7 +49,7 @@ METHOD_LABELS = {
 }
 METHOD_CHOICES = [
     (method, f"{method} — {METHOD_LABELS[method]}" if method in METHOD_LABELS else method)
-    for method in DEFAULT_RPC_METHODS
+    for method in RPC_METHODS
 ]
 
 GRACE_LABELS = [
@@ -116,14 +120,17 @@ class AccessIdForm(forms.ModelForm):
         choices=SCOPE_CHOICES,
         widget=forms.CheckboxSelectMultiple(attrs={"class": "radiolist"}),
         required=False,
-        help_text="Tick only what the client system needs. With nothing ticked it can call no signing endpoint.",
+        help_text=gettext_lazy(
+            "Tick only what the client system needs. With nothing ticked it can call no signing endpoint. A new "
+            "access ID gets the signing scopes; “rpc” (the card itself) and “xml_read_all” only on purpose."),
     )
     allowed_methods = forms.MultipleChoiceField(
         label="Card methods allowed through RPC",
         choices=METHOD_CHOICES,
         widget=forms.CheckboxSelectMultiple(attrs={"class": "radiolist"}),
         required=False,
-        help_text="Only used with the “rpc” scope.",
+        help_text=gettext_lazy(
+            "Only used with the “rpc” scope, and only the methods ticked: none are ticked for a new access ID."),
     )
     allowed_networks = NetworkListField(
         label="Allowed client networks",
@@ -231,6 +238,9 @@ class AccessIdForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        if "rpc" in (data.get("scopes") or []) and not data.get("allowed_methods"):
+            self.add_error("allowed_methods", _("Tick the card methods it may call through RPC (the “rpc” scope "
+                                                "allows only those)."))
         if data.get("legacy_aes_key") and data.get("legacy_aes_key_remove"):
             self.add_error("legacy_aes_key_remove", "Either give a new key or remove the key, not both.")
         for kind in PROFILE_KINDS.values():
@@ -243,6 +253,11 @@ class AccessIdForm(forms.ModelForm):
         name = self.cleaned_data["name"].strip()
         if not name:
             raise ValidationError("Give it a name.")
+        holder = access_id_name_holder(name=name, exclude_pk=self.instance.pk)
+        if holder is not None:
+            raise ValidationError(_("Access ID %(key)s is already called “%(name)s”. Each client system needs a name "
+                                    "of its own (capitals and full-width letters do not make a different name).")
+                                  % {"key": holder.key, "name": holder.name})
         return name
 
 

@@ -2,19 +2,22 @@ from __future__ import annotations
 
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from signing.models import CardDevice, CardPool
-from ukey.protocol import RPC_METHODS
 
 from .profiles import MAX_WINDOW_SECONDS, PROFILE_CHOICES, PROFILE_KINDS
 
 SCOPES = ("sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all",
           "rotate_self")
-# What a new access ID gets when no scopes are given: everything except reading other
-# access IDs' XML documents, which must be granted on purpose.
-DEFAULT_SCOPES = tuple(scope for scope in SCOPES if scope != "xml_read_all")
-DEFAULT_RPC_METHODS = RPC_METHODS
+# What a new access ID gets when no scopes are given: signing (data, CEB XML, 179), checking
+# signed XML, its own XML documents and rotating its own secret. Two are granted only on
+# purpose: the raw card passthrough (`rpc`, and the card methods it may call) and reading
+# other access IDs' XML documents (`xml_read_all`).
+ON_PURPOSE_SCOPES = ("rpc", "xml_read_all")
+DEFAULT_SCOPES = tuple(scope for scope in SCOPES if scope not in ON_PURPOSE_SCOPES)
+DEFAULT_RPC_METHODS: tuple[str, ...] = ()
 
 
 class AccessId(models.Model):
@@ -51,6 +54,8 @@ class AccessId(models.Model):
         ordering = ["name"]
         verbose_name = "access ID"
         permissions = [("rotate_accessid", "Can rotate and revoke access ID secrets")]
+        # The database's backstop (the services also fold full-width letters and non-ASCII case).
+        constraints = [models.UniqueConstraint(Lower("name"), name="accessid_name_unique_ci")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.key})"

@@ -14,16 +14,19 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from audit.models import AuditEvent
 from audit.services import COMMAND, ChangeContext
 from core.durations import duration_parse
 from core.encryption import master_key, secret_decrypt, secret_encrypt
 from core.legacy_cipher import legacy_key_fold
+from ukey.protocol import RPC_METHODS
 
 from .models import DEFAULT_RPC_METHODS, DEFAULT_SCOPES, SCOPES, AccessId, AccessIdProfile, AcsToken, AppSecret
 from .profiles import ACS, MAX_WINDOW_SECONDS, PROFILE_KINDS
 from .secrets import SECRET_PURPOSE, AppSecretService
+from .selectors import access_id_name_holder
 
 GRACE_CHOICES = {"0": datetime.timedelta(0), "1h": datetime.timedelta(hours=1),
                  "24h": datetime.timedelta(hours=24), "7d": datetime.timedelta(days=7)}
@@ -36,6 +39,15 @@ class AccessIdError(ValueError):
     """An operator asked for something that cannot be done (bad scope, grace, ...)."""
 
 
+
+
+def _name_check(name: str, *, exclude_pk: int | None = None) -> None:
+    """Two access IDs never share a name (case and full-width letters aside): the name is how
+    people tell client systems apart in the admin, the audit log and the dashboard."""
+    holder = access_id_name_holder(name=name, exclude_pk=exclude_pk)
+    if holder is not None:
+        raise AccessIdError(_("the name “%(name)s” is taken by access ID %(key)s; choose another")
+                            % {"name": holder.name, "key": holder.key})
 
 
 def grace_parse(text: str) -> datetime.timedelta:
@@ -58,6 +70,20 @@ def scopes_parse(text: str | None) -> list[str]:
     if unknown:
         raise AccessIdError(f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(SCOPES)}")
     return list(dict.fromkeys(scopes))
+
+
+def methods_parse(text: str | None) -> list[str]:
+    """Comma-separated card methods for /rpc, or `all`; none when empty."""
+    if not text:
+        return list(DEFAULT_RPC_METHODS)
+    if text.strip() == "all":
+        return list(RPC_METHODS)
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(RPC_METHODS))
+    if unknown:
+        raise AccessIdError(_("unknown card method(s) %(unknown)s; choose from %(known)s")
+                            % {"unknown": ", ".join(unknown), "known": ", ".join(RPC_METHODS)})
+    return list(dict.fromkeys(methods))
 
 
 def secret_fingerprint(secret: str) -> str:
@@ -90,7 +116,8 @@ def access_id_create(
     """Create an access ID and its first secret. Returns the secret in clear: show it once.
     `fields` may set enabled, expires_at, allowed_networks, rate_limit_per_minute."""
     if not name.strip():
-        raise AccessIdError("an access ID needs a name")
+        raise AccessIdError(_("an access ID needs a name"))
+    _name_check(name)
     devices = fields.pop("devices", None)
     pools = fields.pop("pools", None)
     access = AccessId.objects.create(
@@ -166,6 +193,8 @@ def legacy_keys_all() -> list[tuple[str, bytes]]:
 @transaction.atomic
 def access_id_update(*, access_id: AccessId, changed: list[str], context: ChangeContext) -> AccessId:
     """Save edits made to `access_id` (an admin form) and record which fields changed."""
+    if "name" in changed:
+        _name_check(access_id.name, exclude_pk=access_id.pk)
     access_id.save()
     if changed:
         context.record(event_type=AuditEvent.ACCESS_ID_CHANGED, access_id=access_id, details={"changed": sorted(changed)})

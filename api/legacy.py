@@ -21,6 +21,8 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.http import JsonResponse
+from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
@@ -359,16 +361,34 @@ async def xml_files_delete(request):
     return await _run(request, "/xml-files/delete", "xml_write", handle)
 
 
+def _browser_navigation(request) -> bool:
+    """A person opening the page: browsers ask for text/html *and* application/xhtml+xml when
+    they navigate. Every other client keeps the JSON: curl and most libraries (*/*), an explicit
+    application/json, and Java's HttpURLConnection, whose default Accept puts text/html first
+    but no XHTML. `?format=json` shows the JSON in a browser."""
+    if request.GET.get("format") == "json":
+        return False
+    accept = request.headers.get("Accept", "")
+    return ("application/xhtml+xml" in accept
+            and request.get_preferred_type(["text/html", "application/json"]) == "text/html")
+
+
 @require_GET
 def service_index(request):
-    """`GET /`: what this service is and which legacy endpoints it answers."""
-    return JsonResponse(
-        {
-            "service": SERVICE_NAME,
-            "version": SERVICE_VERSION,
-            "status": "running",
-            "endpoints": ENDPOINTS,
-            "api": {"native": "/api/v1/", "docs": "/api/v1/docs/", "admin": "/admin/"},
-        },
-        json_dumps_params={"ensure_ascii": False},
-    )
+    """`GET /`: what this service is and which legacy endpoints it answers; a small landing page
+    for a browser (docs/sign-server-compat.md §4.6)."""
+    if _browser_navigation(request):
+        response = render(request, "landing.html", {"version": SERVICE_VERSION})
+    else:
+        response = JsonResponse(
+            {
+                "service": SERVICE_NAME,
+                "version": SERVICE_VERSION,
+                "status": "running",
+                "endpoints": ENDPOINTS,
+                "api": {"native": "/api/v1/", "docs": "/api/v1/docs/", "admin": "/admin/"},
+            },
+            json_dumps_params={"ensure_ascii": False},
+        )
+    patch_vary_headers(response, ["Accept"])
+    return response

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 
 from django.db import transaction
+from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 
@@ -63,7 +64,14 @@ def _named(response: Response, device: str) -> Response:
 class SignView(SignedAPIView):
     required_scopes = ("sign",)
 
-    @extend_schema(request=s.SignRequestSerializer, responses={200: s.SignResponseSerializer, **ERRORS})
+    @extend_schema(
+        request=s.SignRequestSerializer, responses={200: s.SignResponseSerializer, **ERRORS},
+        description=gettext_lazy(
+            "Sign `data` (UTF-8 text) with the card: SpcSignDataAsPEM, or with `no_hash` the hex SHA-1 of the "
+            "text through SpcSignDataNoHashAsPEM. The answer has the base64 signature, the certNo and "
+            "algorithm of the card that signed, and its device (and pool). Every signature is verified with the "
+            "card's certificate before it is handed out. Scope `sign`."),
+    )
     async def post(self, request):
         serializer = s.SignRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -147,6 +155,9 @@ class ProxyRpcView(RpcView):
 
 class CertificateView(SignedAPIView):
     @extend_schema(
+        description=gettext_lazy(
+            "The card's signing certificate (PEM) with its certNo, algorithm, subject, validity and enterprise "
+            "name, read from the card through the gateway. Any access ID may ask (no scope needed)."),
         parameters=[OpenApiParameter("device", str, description="Card device slug (optional).")],
         responses={200: s.CertificateResponseSerializer, **ERRORS},
     )
@@ -161,7 +172,13 @@ class RotateSelfView(SignedAPIView):
     required_scopes = ("rotate_self",)
     request_line_bound = ("POST",)  # not through a profile whose signature leaves out method and path
 
-    @extend_schema(request=s.RotateRequestSerializer, responses={200: s.RotateResponseSerializer, **ERRORS})
+    @extend_schema(
+        request=s.RotateRequestSerializer, responses={200: s.RotateResponseSerializer, **ERRORS},
+        description=gettext_lazy(
+            "Issue a new App Secret for the calling access ID and answer it once. The secret this request was "
+            "signed with stays valid for `grace_seconds` (at most 7 days; 0 revokes it at once). Scope "
+            "`rotate_self`; an administrator rotates in the admin or with `manage.py accessid rotate`."),
+    )
     async def post(self, request):
         serializer = s.RotateRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -6,6 +6,7 @@ document ids do not reveal what exists."""
 
 from __future__ import annotations
 
+from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -116,6 +117,10 @@ class XmlDocumentListView(SignedAPIView):
     required_scopes = {"GET": READ_SCOPES, "POST": ("xml_write",)}
 
     @extend_schema(
+        description=gettext_lazy(
+            "The calling access ID's stored XML documents (everyone's with `xml_read_all`), newest first, without "
+            "their content: filter by folder, file name, signed or not, or text in the name or content (an order "
+            "number). Scope `xml_read`."),
         operation_id="xml_documents_list",
         parameters=[
             OpenApiParameter("directory", str, description="Exact folder (empty: the top folder)."),
@@ -151,7 +156,13 @@ class XmlDocumentListView(SignedAPIView):
         return Response({"count": count, "page": page, "page_size": size, "pages": -(-count // size),
                          "results": results})
 
-    @extend_schema(request=DocumentCreateSerializer, responses={201: DocumentSerializer, **ERRORS})
+    @extend_schema(
+        request=DocumentCreateSerializer, responses={201: DocumentSerializer, **ERRORS},
+        description=gettext_lazy(
+            "Store an XML document under a folder and file name. Writing a name that exists keeps the old content "
+            "as a version. The XML is parsed defused (no DOCTYPE) and is not signed here: use /api/v1/sign/xml. "
+            "Scope `xml_write`."),
+    )
     async def post(self, request):
         serializer = DocumentCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -186,7 +197,12 @@ class XmlDocumentDetailView(SignedAPIView):
         request.audit["details"] = {"document_id": document.pk, "path": document.path}
         return document
 
-    @extend_schema(operation_id="xml_documents_retrieve", responses={200: DocumentDetailSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="xml_documents_retrieve", responses={200: DocumentDetailSerializer, **ERRORS},
+        description=gettext_lazy(
+            "One stored document with its content (signed and unsigned original when it was signed here) and its "
+            "earlier versions. Scope `xml_read` (another access ID's document: `xml_read_all`)."),
+    )
     async def get(self, request, pk: int):
         def read():
             document = self._document(request, pk, for_delete=False)
@@ -194,7 +210,12 @@ class XmlDocumentDetailView(SignedAPIView):
 
         return Response(await db_sync_to_async(read)())
 
-    @extend_schema(responses={200: DeletedSerializer, **ERRORS})
+    @extend_schema(
+        responses={200: DeletedSerializer, **ERRORS},
+        description=gettext_lazy(
+            "Delete one of the calling access ID's documents: a soft delete, the document and its versions stay "
+            "for administrators. Scope `xml_write`."),
+    )
     async def delete(self, request, pk: int):
         def delete():
             document = xml_document_delete(

@@ -27,12 +27,15 @@ class AuditEvent(models.Model):
     ACS_CERT_UPLOADED = "accessid.acs_cert_uploaded"
     MASTER_KEY_ROTATED = "platform.master_key_rotated"
     PROCESS_EXITED = "platform.process_exited"  # a supervised process died and is being restarted
+    BACKUP_CREATED = "platform.backup_created"
+    BACKUP_RESTORED = "platform.backup_restored"
     # The card, as its gateway reports it (source "gateway", `device` set; ukey/gateway.py names them).
     CARD_CONNECTED = card_gateway.CARD_CONNECTED
     CARD_RECONNECTED = card_gateway.CARD_RECONNECTED
     CARD_DISCONNECTED = card_gateway.CARD_DISCONNECTED
     CARD_ERROR = card_gateway.CARD_ERROR
     CARD_PROBE_FAILED = card_gateway.CARD_PROBE_FAILED
+    CARD_GATEWAY_STOPPED = card_gateway.CARD_GATEWAY_STOPPED  # a planned stop: not a failure
     # Card devices and their agents (the program on the card's PC that dials in).
     CARD_DEVICE_CREATED = "card.device_created"
     CARD_DEVICE_CHANGED = "card.device_changed"
@@ -73,11 +76,14 @@ class AuditEvent(models.Model):
         (ACS_CERT_UPLOADED, "Access system encryption certificate uploaded"),
         (MASTER_KEY_ROTATED, "Master key rotated"),
         (PROCESS_EXITED, "Platform process exited (restarted)"),
+        (BACKUP_CREATED, "Backup created"),
+        (BACKUP_RESTORED, "Backup restored"),
         (CARD_CONNECTED, "Card connected"),
         (CARD_RECONNECTED, "Card reconnected"),
         (CARD_DISCONNECTED, "Card disconnected"),
         (CARD_ERROR, "Card operation failed"),
         (CARD_PROBE_FAILED, "Card health probe failed"),
+        (CARD_GATEWAY_STOPPED, "Card gateway stopped (planned)"),
         (CARD_DEVICE_CREATED, "Card device created"),
         (CARD_DEVICE_CHANGED, "Card device changed"),
         (CARD_DEVICE_DELETED, "Card device deleted"),

@@ -34,6 +34,7 @@ from django.utils.http import urlencode
 from audit.display import FAILED_OUTCOMES, outcome_badge
 from audit.models import AuditEvent
 from core.admin_mixins import ReadOnlyAdminMixin
+from core.datetimes import datetime_display
 
 from . import dashboard
 
@@ -341,7 +342,7 @@ class AsyncPieces:
 
 
 def event_label(event: AuditEvent) -> str:
-    return f"{timezone.localtime(event.created_at):%Y-%m-%d %H:%M:%S} {event.event_type} {event.outcome}"
+    return f"{datetime_display(event.created_at)} {event.event_type} {event.outcome}"
 
 
 @admin.register(AuditEvent)
@@ -369,7 +370,7 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="time", ordering="created_at")
     def time_display(self, obj: AuditEvent) -> str:
-        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime_display(obj.created_at)
 
     @admin.display(description="event type")
     def event_type_display(self, obj: AuditEvent):
@@ -446,7 +447,7 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="time")
     def time_full(self, obj: AuditEvent) -> str:
         when = timezone.localtime(obj.created_at)
-        return f"{when:%Y-%m-%d %H:%M:%S}.{when.microsecond // 1000:03d} ({when.tzname()}, UTC{when:%z})"
+        return f"{datetime_display(when)}.{when.microsecond // 1000:03d} ({when.tzname()}, UTC{when:%z})"
 
     @admin.display(description="HTTP status")
     def http_status_display(self, obj: AuditEvent):

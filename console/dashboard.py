@@ -29,6 +29,7 @@ from audit import selectors as audit_selectors
 from audit.display import FAILED_OUTCOMES
 from audit.models import AuditEvent
 from audit.selectors import Bucket
+from core.datetimes import datetime_display
 
 from . import selectors
 
@@ -206,7 +207,7 @@ def _fragments(data: dict[str, Any], request: HttpRequest) -> dict[str, str]:
     html = {name: render_to_string(template, {"d": data}, request=request) for name, template in FRAGMENTS.items()}
     html["hourly_chart"] = str(data["hourly_svg"])
     html["daily_chart"] = str(data["daily_svg"])
-    html["generated"] = f"Figures of {timezone.localtime(data['now']):%Y-%m-%d %H:%M:%S}"
+    html["generated"] = f"Figures of {datetime_display(data['now'])}"
     return html
 
 

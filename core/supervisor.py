@@ -124,19 +124,20 @@ class Supervisor:
                 logger.exception("reporting the exit of %s failed", child.name)
 
     def stop(self, grace: float) -> None:
-        """Stop watching, then SIGTERM every child and wait up to `grace` seconds (SIGKILL after)."""
+        """Stop watching, then stop the children one by one, the last started first (the card
+        gateways before the card simulator they talk to, so their planned stop is not seen as
+        a lost card): SIGTERM, and SIGKILL for what still runs `grace` seconds from now."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
             children = list(self.children)
-        for child in children:
-            if child.proc and child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for child in children:
+        for child in reversed(children):
             if child.proc is None:
                 continue
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
             try:
                 child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the services the test suite runs against (Debian packages), when missing:
 # redis-server, the PostgreSQL server, Chromium (and a CJK font) for the browser tests, and the tools the
-# client examples are tested with (curl, openssl, a Java 17 JDK, Node.js).
+# client examples are tested with (curl, openssl, a Java 17 JDK, Node.js), nginx and systemd-analyze for
+# the deployment examples.
 set -euo pipefail
 
 need=()
@@ -17,8 +18,11 @@ command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 # GNU gettext: the translation check extracts the project's strings with makemessages (xgettext).
 command -v xgettext >/dev/null 2>&1 || need+=(gettext)
+# The deployment examples: nginx -t on the proxy configuration, systemd-analyze verify on the units.
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${#need[@]}" -eq 0 ]; then
-  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl, a JDK, Node.js and gettext already installed"
+  echo "test services: redis-server, PostgreSQL, Chromium, a CJK font, curl, openssl, a JDK, Node.js, gettext, nginx and systemd-analyze already installed"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

@@ -7,6 +7,7 @@ from django.utils.safestring import mark_safe
 
 from audit.models import AuditEvent
 from audit.services import admin_change_context
+from core.datetimes import datetime_display
 
 from .agents import AgentTokenError, agent_token_create, agent_token_rotate, agent_tokens_revoke
 from .cards import device_status_get
@@ -115,7 +116,7 @@ class CardDeviceAdmin(admin.ModelAdmin):
     def agent_tokens_display(self, obj):
         if obj is None or not obj.pk or not obj.is_agent:
             return "—"
-        rows = [f"v{t.version} {t.state}" + (f" until {t.valid_until:%Y-%m-%d %H:%M}" if t.valid_until else "")
+        rows = [f"v{t.version} {t.state}" + (f" until {datetime_display(t.valid_until)}" if t.valid_until else "")
                 + f" (…{t.fingerprint})" for t in obj.agent_tokens.exclude(state=AgentToken.REVOKED)]
         return "; ".join(rows) or "none: issue one with the list's action"
 

@@ -43,6 +43,8 @@ HELLO_TIMEOUT = 10.0
 AGENT_RECHECK = 5.0
 REGISTRY_TTL = 30
 REPLACE_WAIT = 5.0
+# The close code uvicorn gives every open WebSocket when its server shuts down ("service restart").
+SERVER_SHUTDOWN_CLOSE_CODE = 1012
 _AGENT_EVENTS = {CARD_AGENT_RESTARTED: AuditEvent.AGENT_RESTARTED}
 
 
@@ -117,7 +119,12 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.closing = True
         for task in self.tasks:
             task.cancel()
-        await self._stop_gateway("the agent disconnected")
+        if code == SERVER_SHUTDOWN_CLOSE_CODE:
+            # This web process is stopping (uvicorn closes every WebSocket with 1012 first): a
+            # planned stop of the card's gateway, not a lost card.
+            await self._stop_gateway("the platform process is shutting down", planned=True)
+        else:
+            await self._stop_gateway("the agent disconnected")
         if self.identity is not None and self.host_name:
             await _record(event_type=AuditEvent.AGENT_DISCONNECTED, outcome="AGENT_DISCONNECTED", device=self.slug,
                           client_ip=self.client_ip, message=f"agent on {self.host_name} disconnected (code {code})")
@@ -188,12 +195,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
                     agent_owner_key(self.slug), {"channel": self.channel_name, "connection": self.connection_id},
                     REGISTRY_TTL)
 
-    async def _stop_gateway(self, reason: str) -> None:
-        if self.card is not None:
+    async def _stop_gateway(self, reason: str, *, planned: bool = False) -> None:
+        """Stop the card's gateway. Unplanned (the agent went away): the card connection is
+        lost first, so the gateway reports a disconnected card; planned: the gateway stops
+        first (a `card.gateway_stopped` event) and the link is dropped after."""
+        if self.card is not None and not planned:
             self.card.lost(reason)
         host, self.host = self.host, None
         if host is not None:
-            await host.stop(grace=2.0)
+            await host.stop(grace=2.0, reason=reason)
+        if self.card is not None and planned:
+            self.card.lost(reason)
         owner = await database_sync_to_async(cache.get)(agent_owner_key(self.slug)) if self.slug else None
         if owner and owner.get("connection") == self.connection_id:
             await database_sync_to_async(cache.delete)(agent_owner_key(self.slug))

@@ -120,11 +120,11 @@ class GatewayHost:
         self._listeners[slug] = asyncio.create_task(self._listen(slug, gateway), name=f"ukey-listener-{slug}")
         logger.info("card %s: gateway started for %s", slug, config.url)
 
-    async def remove(self, slug: str, grace: float | None = None) -> None:
+    async def remove(self, slug: str, grace: float | None = None, reason: str = "the card was removed") -> None:
         """Stop serving a card: drain its queue (up to `grace`), then close its connection."""
         gateway, listener = self.gateways.pop(slug, None), self._listeners.pop(slug, None)
         if gateway is not None:
-            await gateway.shutdown(settings.UKEY_SHUTDOWN_GRACE if grace is None else grace)
+            await gateway.shutdown(settings.UKEY_SHUTDOWN_GRACE if grace is None else grace, reason)
             running_gateways.pop(slug, None)
         if listener is not None:
             listener.cancel()
@@ -144,9 +144,9 @@ class GatewayHost:
                 await asyncio.sleep(interval)
                 continue
             for slug in [s for s in self.gateways if s not in wanted or wanted[s] != served.get(s)]:
-                logger.info("card %s: %s; stopping its gateway", slug,
-                            "changed" if slug in wanted else "disabled or removed")
-                await self.remove(slug, grace=2.0)
+                what = "changed" if slug in wanted else "disabled or removed"
+                logger.info("card %s: %s; stopping its gateway", slug, what)
+                await self.remove(slug, grace=2.0, reason=f"the card device was {what}")
                 served.pop(slug, None)
             for slug, fingerprint in wanted.items():
                 if slug not in self.gateways:
@@ -200,12 +200,12 @@ class GatewayHost:
         """A gateway task that ended because its gateway is being removed."""
         return any(task in gateway.tasks and gateway.stopping for gateway in self.gateways.values())
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, reason: str = "planned shutdown") -> None:
         """Drain first, while the listeners keep answering new requests ("shutting down"),
         then stop listening."""
         grace = settings.UKEY_SHUTDOWN_GRACE if grace is None else grace
         gateways = list(self.gateways.values())
-        await asyncio.gather(*(gateway.shutdown(grace) for gateway in gateways), return_exceptions=True)
+        await asyncio.gather(*(gateway.shutdown(grace, reason) for gateway in gateways), return_exceptions=True)
         for gateway in gateways:
             running_gateways.pop(gateway.config.slug, None)
         for listener in self._listeners.values():

@@ -1,6 +1,7 @@
 """Settings: one module, everything from environment variables, embedded defaults that
 run on a laptop with no services (SQLite, local-memory cache, in-memory channel layer,
-the card simulator). `.env.example` lists every variable."""
+the card simulator). `.env.example` lists every variable; a `.env` file next to manage.py
+is read when present (the process's own environment wins)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,21 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# `.env` (or the file SIGNPLATFORM_ENV_FILE names; set it empty to read none) fills in the
+# variables the environment does not set: systemd's EnvironmentFile and compose's env_file
+# set them first, and a variable set in the shell always wins.
+_ENV_FILE = os.environ.get("SIGNPLATFORM_ENV_FILE", str(BASE_DIR / ".env"))
+if _ENV_FILE and Path(_ENV_FILE).is_file():
+    load_dotenv(_ENV_FILE, override=False)
+
 
 def env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
+    """The variable's value; the default when it is unset or empty (as in a copy of .env.example)."""
+    return os.environ.get(name) or default
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -47,7 +57,8 @@ def _private(path: Path, *, directory: bool) -> None:
     elif not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, mode))
     try:
-        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
+        # (Windows has no owner ids, nor these modes: there the folder's ACL decides.)
+        if hasattr(os, "getuid") and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o777 != mode:
             path.chmod(mode)
     except OSError:
         pass
@@ -66,7 +77,8 @@ def _secret_file(name: str, nbytes: int) -> str:
     return path.read_text().strip()
 
 
-SECRET_KEY = env("DJANGO_SECRET_KEY") or _secret_file("django-secret-key", 48)
+DJANGO_SECRET_KEY_FILE = VAR_DIR / "django-secret-key"
+SECRET_KEY = env("DJANGO_SECRET_KEY") or _secret_file(DJANGO_SECRET_KEY_FILE.name, 48)
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o.strip()]
@@ -77,7 +89,11 @@ CSRF_TRUSTED_ORIGINS = [o.strip() for o in env("DJANGO_CSRF_TRUSTED_ORIGINS").sp
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Health checks and scrapers on the private side (a container's health check, Prometheus
+# next to the process) speak plain HTTP to the process itself: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$", r"^health$", r"^metrics$"]
 # Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
 if env_bool("SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -249,6 +265,8 @@ LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env("TIME_ZONE", "Asia/Shanghai")
 USE_I18N = True
 USE_TZ = True
+# One date format in the admin per language (signplatform/formats/<language>/formats.py).
+FORMAT_MODULE_PATH = ["signplatform.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -294,7 +312,8 @@ XML_WORK_CONCURRENCY = env_int("XML_WORK_CONCURRENCY", 4)
 # Key of the audit log's hash chain (HMAC-SHA256), outside the database so that someone who
 # can only write to the database cannot recompute a valid chain. Default: var/audit-chain.key
 # (mode 0600, created on first use). Every process of a deployment needs the same key.
-AUDIT_CHAIN_KEY = env("AUDIT_CHAIN_KEY") or _secret_file("audit-chain.key", 32)
+AUDIT_CHAIN_KEY_FILE = VAR_DIR / "audit-chain.key"
+AUDIT_CHAIN_KEY = env("AUDIT_CHAIN_KEY") or _secret_file(AUDIT_CHAIN_KEY_FILE.name, 32)
 # GET /metrics (Prometheus): allowed from these networks, or with "Authorization: Bearer <token>".
 METRICS_TOKEN = env("METRICS_TOKEN")
 METRICS_ALLOWED_NETWORKS = [

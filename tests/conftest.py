@@ -161,3 +161,18 @@ def database_text() -> str:
             cursor.execute(f'SELECT * FROM "{table}"')
             chunks.extend(repr(row) for row in cursor.fetchall())
     return "\n".join(chunks)
+
+
+def rpc_access_id_create(*, name: str, **fields):
+    """An access ID given the raw card passthrough on purpose: the signing scopes plus `rpc`, and
+    every card method (a new access ID has neither)."""
+    from accessids.models import DEFAULT_SCOPES
+    from accessids.services import access_id_create
+    from ukey.protocol import RPC_METHODS
+
+    return access_id_create(name=name, scopes=[*DEFAULT_SCOPES, "rpc"], allowed_methods=list(RPC_METHODS), **fields)
+
+
+# The same for `manage.py accessid create`.
+RPC_CREATE_ARGS = ("--scopes", "sign,sign_xml,verify_xml,sign_179,xml_read,xml_write,rotate_self,rpc",
+                   "--methods", "all")

@@ -111,13 +111,25 @@ def services_env(database_url: str, var_dir: Path, **extra) -> dict:
     return env
 
 
+def shared_database_flush(db_blocker) -> None:
+    """Empty the test database after stopping platforms that share it: their gateways write a
+    planned-stop event while they stop, after the last test's own flush, and the next test
+    expects an empty database (as pytest-django's transactional tests leave it)."""
+    from django.core.management import call_command
+
+    with db_blocker.unblock():
+        call_command("flush", interactive=False, verbosity=0)
+
+
 class CardPlatforms:
     """Platforms with their own card simulators, started on first use by `start(key)` (which
     returns `(simulator, platform)`), waited for until their card is connected, and stopped
-    together by `stop()`. Call the object with a key to get that pair."""
+    together by `stop()`. Call the object with a key to get that pair. Given pytest-django's
+    `django_db_blocker`, `stop()` also empties the test database the platforms shared."""
 
-    def __init__(self, start):
+    def __init__(self, start, *, db_blocker=None):
         self._start = start
+        self._db_blocker = db_blocker
         self.started: dict = {}
 
     def __call__(self, key: str):
@@ -131,6 +143,8 @@ class CardPlatforms:
         for sim, platform in self.started.values():
             platform.stop()
             sim.stop()
+        if self.started and self._db_blocker is not None:
+            shared_database_flush(self._db_blocker)
 
 
 def only_card_row(slug: str) -> None:

@@ -108,6 +108,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.chmod(base, 0o755)
     _dirs.append(base)
     os.environ["SIGNPLATFORM_VAR_DIR"] = str(Path(base) / "var")
+    os.environ["SIGNPLATFORM_ENV_FILE"] = ""  # a developer's .env must not change the tests
     # Connections opened in database_sync_to_async threads must not outlive a test.
     os.environ["DATABASE_CONN_MAX_AGE"] = "0"
     os.environ.pop("UKEY_URL", None)

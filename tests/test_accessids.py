@@ -39,6 +39,7 @@ def test_create_returns_a_256_bit_secret_stored_only_encrypted():
     assert access.key.startswith("AK") and len(access.key) == 22
     assert len(secret) >= 43  # 32 random bytes, base64url
     assert sorted(access.scopes) == sorted(DEFAULT_SCOPES) and "xml_read_all" not in access.scopes
+    assert "rpc" not in access.scopes and access.allowed_methods == []  # the card itself only on purpose
     row = access.secrets.get()
     assert row.state == AppSecret.CURRENT and row.version == 1 and len(row.fingerprint) == 12
     assert secret not in database_text()
@@ -240,3 +241,54 @@ def test_every_change_writes_one_audit_event_without_secrets():
     assert events[4].details["revoked_versions"] == [1]
     rows = database_text()
     assert pair["secret"] not in rows and second not in rows
+
+
+# --- names and the defaults of a new access ID -------------------------------------------------
+
+
+def test_two_access_ids_never_share_a_name_whatever_the_case_or_width():
+    from django.db import IntegrityError, transaction
+
+    from accessids.forms import AccessIdForm
+    from accessids.services import access_id_update
+    from audit.services import COMMAND
+
+    first, _ = access_id_create(name="ERP Ningbo")
+    for taken in ("erp ningbo", "  ERP NINGBO ", "ＥＲＰ Ｎｉｎｇｂｏ"):  # the last in full-width letters
+        with pytest.raises(AccessIdError, match=f"taken by access ID {first.key}"):
+            access_id_create(name=taken)
+    with pytest.raises(CommandError, match="taken"):
+        call_command("accessid", "create", "--name", "Erp Ningbo", stdout=io.StringIO())
+    form = AccessIdForm(data={"name": "erp ningbo", "rate_limit_per_minute": "600", "scopes": ["sign"]})
+    assert not form.is_valid() and first.key in form.errors["name"][0]
+    assert AccessId.objects.count() == 1 and not AuditEvent.objects.filter(details__name="erp ningbo").exists()
+    # Renaming onto a taken name is refused too; keeping one's own name in another case is not.
+    second, _ = access_id_create(name="ERP Shanghai")
+    second.name = "erp NINGBO"
+    with pytest.raises(AccessIdError):
+        access_id_update(access_id=second, changed=["name"], context=COMMAND)
+    first.name = "ERP NINGBO"
+    access_id_update(access_id=first, changed=["name"], context=COMMAND)
+    # And the database refuses a second one that bypasses the services (two admins at once).
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AccessId.objects.create(key="AK0000000000000000TEST", name="erp ningbo")
+
+
+def test_the_command_gives_the_signing_scopes_and_the_card_methods_only_when_named():
+    from ukey.protocol import RPC_METHODS
+
+    def create(*args):
+        out = io.StringIO()
+        call_command("accessid", "create", *args, "--json", stdout=out)
+        return AccessId.objects.get(key=json.loads(out.getvalue())["access_id"])
+
+    plain = create("--name", "ERP")
+    assert plain.scopes == list(DEFAULT_SCOPES) and plain.allowed_methods == []
+    with pytest.raises(CommandError, match="--methods"):
+        create("--name", "card tool", "--scopes", "sign,rpc")
+    chosen = create("--name", "card tool", "--scopes", "sign,rpc", "--methods", "cus-sec_SpcGetCertNo")
+    assert chosen.scopes == ["sign", "rpc"] and chosen.allowed_methods == ["cus-sec_SpcGetCertNo"]
+    everything = create("--name", "card admin", "--scopes", "rpc", "--methods", "all")
+    assert everything.allowed_methods == list(RPC_METHODS)
+    with pytest.raises(CommandError, match="unknown card method"):
+        create("--name", "typo", "--scopes", "rpc", "--methods", "cus-sec_SpcSignData")

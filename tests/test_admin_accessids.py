@@ -17,7 +17,7 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
-from accessids.models import AccessId
+from accessids.models import DEFAULT_SCOPES, AccessId
 from accessids.secrets import AppSecretService
 from accessids.services import access_id_create, access_id_mark_used, app_secret_rotate
 from audit.models import AuditEvent
@@ -229,7 +229,7 @@ def test_list_shows_status_scopes_fingerprint_and_last_secret_version(chief):
     rows = {a.name: re.search(rf"<tr>.*?{a.key}.*?</tr>", page, re.S).group(0) for a in (erp, wms, old)}
     assert ">enabled<" in rows["ERP"] and ">disabled<" in rows["WMS"] and ">expired<" in rows["Old"]
     assert erp.secrets.get(state="current").fingerprint in rows["ERP"] and "(v2)" in rows["ERP"]
-    assert re.search(r'<td class="field-last_use_display">\d{4}-\d\d-\d\d \d\d:\d\d <span[^>]*>v2</span>', rows["ERP"])
+    assert re.search(r'<td class="field-last_use_display">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d <span[^>]*>v2</span>', rows["ERP"])
     assert '<td class="field-last_use_display">never</td>' in rows["WMS"]
     assert ">xml_read<" in rows["WMS"]
 
@@ -278,7 +278,7 @@ def test_enable_disable_edit_and_no_delete_write_audit_events(chief):
     assert a.enabled  # not a field of the change form: the buttons and actions change it
     (changed,) = events(a, AuditEvent.ACCESS_ID_CHANGED)
     assert changed.actor == chief
-    assert changed.details == {"changed": ["allowed_methods", "allowed_networks", "name", "scopes"]}
+    assert changed.details == {"changed": ["allowed_networks", "name", "scopes"]}  # it had no card methods
     assert AppSecretService.lookup(a.key).allowed_networks == ("10.0.0.0/8",)
     # Saving again without a change records nothing.
     assert client.post(url(a), {**form, "name": "A renamed"}).status_code == 302
@@ -404,7 +404,11 @@ def test_browser_create_reveal_use_rotate_and_clerk(platform, chromium):
     admin_login(chromium, base, "chief")
     page.goto(base + CHANGELIST + "add/")
     page.fill("#id_name", "ERP – browser")
-    assert page.locator("input[name=scopes]:checked").count() == 8  # the defaults: all but xml_read_all
+    # The defaults: the signing scopes; rpc (and so no card method) and xml_read_all only on purpose.
+    checked = page.locator("input[name=scopes]:checked")
+    assert sorted(checked.nth(i).get_attribute("value") for i in range(checked.count())) == sorted(DEFAULT_SCOPES)
+    assert "rpc" not in DEFAULT_SCOPES and "xml_read_all" not in DEFAULT_SCOPES
+    assert page.locator("input[name=allowed_methods]:checked").count() == 0
     page.uncheck("input[name=scopes][value=rotate_self]")
     chromium.screenshot("accessid-add")
     page.click("input[name=_save]")
@@ -423,7 +427,7 @@ def test_browser_create_reveal_use_rotate_and_clerk(platform, chromium):
     certificate = SignClient(base, key, secret).certificate()
     assert certificate["cert_no"]
     access = AccessId.objects.get(key=key)
-    assert access.scopes == ["sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_write"]
+    assert access.scopes == [s for s in DEFAULT_SCOPES if s != "rotate_self"] and access.allowed_methods == []
     assert [e.actor for e in events(access)] == [chief]
 
     # Rotate with no grace, confirming with the password.

@@ -361,3 +361,19 @@ def test_the_agent_is_python_3_8_code():
                         for node in ast.walk(tree))
         if annotated:
             assert "from __future__ import annotations" in source, name
+
+
+def test_stopping_the_web_process_is_a_planned_stop_of_the_agent_card_not_a_lost_card(agent_world):
+    from audit.selectors import card_failures
+
+    platform, office_card, device, token, agent = agent_world
+    agent()
+    poll(lambda: device_state(platform)["connected"], 20, "the agent card connected")
+    platform.proc.send_signal(signal.SIGTERM)  # systemd's or docker's stop
+    platform.proc.wait(timeout=60)
+    events = list(AuditEvent.objects.filter(device=SLUG).order_by("seq").values_list("event_type", "message"))
+    types = [event_type for event_type, _ in events]
+    assert AuditEvent.CARD_GATEWAY_STOPPED in types, types
+    stopped = dict(events)[AuditEvent.CARD_GATEWAY_STOPPED]
+    assert "shutting down" in stopped
+    assert AuditEvent.CARD_DISCONNECTED not in types and SLUG not in card_failures()

@@ -25,7 +25,7 @@ from core.certs import certificate_load, signature_verify
 from signclient import sign_headers
 from signing.cards import device_status_get
 from signing.models import CardDevice
-from tests.conftest import SimulatorProcess, database_text, test_database_url
+from tests.conftest import SimulatorProcess, database_text, rpc_access_id_create, test_database_url
 from tests.live import CardPlatforms, Platform, http, poll, services_env
 from tests.services import _start_redis, _started
 
@@ -51,7 +51,7 @@ def card_platforms(django_db_setup, django_db_blocker, tmp_path_factory):
             )
             return sim, Platform(env, tmp).start()
 
-    platforms = CardPlatforms(start)
+    platforms = CardPlatforms(start, db_blocker=django_db_blocker)
     yield platforms
     platforms.stop()
 
@@ -153,7 +153,11 @@ def test_json_spacing_and_key_order_do_not_matter_the_raw_bytes_are_signed(rsa):
 
 def test_rpc_passes_allowed_methods_through_and_drops_the_client_passwd(rsa):
     sim, platform = rsa
-    access, secret = access_id_create(name="ERP")
+    plain, plain_secret = access_id_create(name="ERP by default")
+    assert "rpc" not in plain.scopes and plain.allowed_methods == []
+    assert_error(call(platform, "POST", "/api/v1/rpc", {"_method": "cus-sec_SpcGetCertNo", "args": {}},
+                      access=plain, secret=plain_secret), 403, "PERMISSION_DENIED")
+    access, secret = rpc_access_id_create(name="ERP")
     status, _, body = call(platform, "POST", "/api/v1/rpc", {"_method": "cus-sec_SpcGetCertNo", "args": {}},
                            access=access, secret=secret)
     assert status == 200, body
@@ -375,7 +379,7 @@ def test_payload_too_large(rsa):
 
 def test_card_errors_timeouts_and_unavailable_cards(rsa):
     sim, platform = rsa
-    access, secret = access_id_create(name="ERP")
+    access, secret = rpc_access_id_create(name="ERP")
     # The card refuses (a signature that does not verify): 502 with the card's Error list.
     # (Missing or mistyped args never reach the card: 400, see the hostile-input tests.)
     refused = {"_method": "cus-sec_SpcVerifySignData", "args": {"inData": "x", "signData": "AAAA"}}
@@ -509,7 +513,7 @@ def test_rotation_over_the_api_with_grace(rsa):
 
 def test_no_secret_or_pin_in_logs_responses_or_database(rsa):
     sim, platform = rsa
-    access, first = access_id_create(name="ERP")
+    access, first = rpc_access_id_create(name="ERP")
     responses = []
     responses.append(call(platform, "POST", "/api/v1/sign", {"data": "x"}, access=access, secret=first))
     responses.append(call(platform, "POST", "/api/v1/rpc", {"_method": "cus-sec_SpcSignDataAsPEM",

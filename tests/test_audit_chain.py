@@ -21,7 +21,7 @@ from audit.chain import chain_append, chain_verify
 from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
 from audit.services import audit_event_record, data_digest
 from core.legacy_cipher import legacy_encrypt, legacy_key_fold
-from tests.conftest import SimulatorProcess, test_database_url
+from tests.conftest import SimulatorProcess, rpc_access_id_create, test_database_url
 from tests.live import CardPlatforms, Platform, http, only_card_row, poll, services_env
 from tests.test_api import call
 
@@ -228,7 +228,7 @@ def platforms(django_db_setup, django_db_blocker, tmp_path_factory):
                                UKEY_PROBE_INTERVAL="3600", UKEY_REQUEST_TIMEOUT="1.5")
             return sim, Platform(env, tmp).start()
 
-    pool = CardPlatforms(start)
+    pool = CardPlatforms(start, db_blocker=django_db_blocker)
     yield pool
     pool.stop()
 
@@ -248,7 +248,7 @@ def test_card_connects_disconnects_errors_and_reconnects_are_chained_events(plat
          15, "card.reconnected")
     # A failed operation: the card refuses to verify a signature that is not one. (A missing
     # argument no longer reaches the card: the API refuses it first.)
-    access, secret = access_id_create(name="ERP")
+    access, secret = rpc_access_id_create(name="ERP")
     refused = {"_method": "cus-sec_SpcVerifySignData", "args": {"inData": "x", "signData": "AAAA"}}
     status, _, body = call(platform, "POST", "/api/v1/rpc", refused, access=access, secret=secret)
     assert status == 502, body
@@ -265,7 +265,7 @@ def _legacy_body(key: str, payload: dict) -> bytes:
 
 def test_every_request_kind_writes_exactly_one_event_with_its_outcome(platforms):
     _, platform = platforms("kinds")
-    access, secret = access_id_create(name="ERP")
+    access, secret = rpc_access_id_create(name="ERP")
     access_id_set_legacy_key(access_id=access, legacy_key="kinds-legacy-key")
     ceb = (VECTORS / "CEB621Message.xml").read_text(encoding="utf-8")
     pay179 = json.loads((VECTORS / "179-payload.json").read_text(encoding="utf-8"))

@@ -131,15 +131,26 @@ def test_a_second_start_that_cannot_listen_leaves_the_default_card_alone(live_pl
     import subprocess
     import sys
 
+    from django.contrib.auth import get_user_model
+
+    from audit.models import AuditEvent
     from tests.live import ROOT
 
     platform = live_platform
-    before = CardDevice.objects.get(slug="live-default").url
-    env = dict(platform.env, UKEY_URL="ws://127.0.0.1:9")  # another card, same port
-    result = subprocess.run([sys.executable, "manage.py", "runplatform"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode != 0 and "is taken" in result.stderr
-    assert CardDevice.objects.get(slug="live-default").url == before
+    before = CardDevice.objects.get(slug="live-default")
+    events = AuditEvent.objects.count()
+    # Another card, same port; and an administrator `make run` would create (or re-password).
+    env = dict(platform.env, UKEY_URL="ws://127.0.0.1:9", DJANGO_SUPERUSER_USERNAME="second-run",
+               DJANGO_SUPERUSER_PASSWORD="a-password-for-the-second-run")
+    result = subprocess.run([sys.executable, "manage.py", "runplatform", "--prepare"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{platform.port}" in result.stderr and "Nothing was changed" in result.stderr
+    assert "Signing platform on" not in result.stdout  # no success banner above the error
+    after = CardDevice.objects.get(slug="live-default")
+    assert (after.url, after.pin_encrypted, after.updated_at) == (before.url, before.pin_encrypted, before.updated_at)
+    assert not get_user_model().objects.filter(username="second-run").exists()
+    assert AuditEvent.objects.count() == events
 
 
 def test_the_admin_issues_an_agent_token_once_and_keeps_only_its_hash(admin_client):

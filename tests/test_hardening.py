@@ -48,7 +48,7 @@ def hardening_platforms(django_db_setup, django_db_blocker, tmp_path_factory):
                                UKEY_DEFAULT_DEVICE=f"hardening-{kind}", UKEY_RECONNECT_MAX="0.5")
             return sim, Platform(env, tmp).start()
 
-    platforms = CardPlatforms(start)
+    platforms = CardPlatforms(start, db_blocker=django_db_blocker)
     yield platforms
     platforms.stop()
 
@@ -94,7 +94,8 @@ def test_a_control_that_mixes_answers_up_never_hands_a_signature_to_the_wrong_ca
 
 def test_rpc_signatures_are_checked_too(hardening_platforms):
     _, platform = hardening_platforms("swap")
-    access, secret = access_id_create(name="rpc client", scopes=["sign", "rpc"])
+    access, secret = access_id_create(name="rpc client", scopes=["sign", "rpc"],
+                                      allowed_methods=["cus-sec_SpcSignDataAsPEM", "cus-sec_SpcGetSignCertAsPEM"])
     info = certificate_load(certificate(platform, access, secret)["certificate_pem"])
     seen = {200: 0, 502: 0}
     for n in range(60):

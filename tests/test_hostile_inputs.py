@@ -43,8 +43,8 @@ from Crypto.Cipher import AES
 from Crypto.Util.Padding import pad, unpad
 
 from signclient import sign_headers
-from tests.conftest import SimulatorProcess, test_database_url
-from tests.live import ROOT, Platform, embedded_env, http, only_card_row, services_env
+from tests.conftest import RPC_CREATE_ARGS, SimulatorProcess, rpc_access_id_create, test_database_url
+from tests.live import ROOT, Platform, embedded_env, http, only_card_row, services_env, shared_database_flush
 from tests.test_xml_api import BILLION_LAUGHS, CEB621, CEB_OPEN, PAY179_RAW, XXE
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db(transaction=True)]
@@ -208,6 +208,8 @@ def live(django_db_setup, django_db_blocker, tmp_path_factory):
     finally:
         if platform is not None:
             platform.stop()
+            if MODE == "services":
+                shared_database_flush(django_db_blocker)
         sim.stop()
 
 
@@ -218,8 +220,7 @@ def _cli_access_id(platform: Platform, name: str, *, legacy_key: str = "", scope
     if legacy_key:
         env["HOSTILE_LEGACY_KEY"] = legacy_key
         args += ["--legacy-aes-key-env", "HOSTILE_LEGACY_KEY"]
-    if scopes:
-        args += ["--scopes", scopes]
+    args += ["--scopes", scopes] if scopes else list(RPC_CREATE_ARGS)  # the main caller calls /rpc too
     created = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert created.returncode == 0, created.stderr
     credentials = json.loads(created.stdout)
@@ -234,7 +235,7 @@ def target(live):
     if MODE == "services":
         from accessids.services import access_id_create, access_id_set_legacy_key
 
-        main, main_secret = access_id_create(name="hostile main")
+        main, main_secret = rpc_access_id_create(name="hostile main")
         access_id_set_legacy_key(access_id=main, legacy_key=LEGACY_KEY)
         other, other_secret = access_id_create(name="hostile other")
         narrow, narrow_secret = access_id_create(name="hostile narrow", scopes=["sign"])

@@ -65,7 +65,7 @@ def legacy_platforms(django_db_setup, django_db_blocker, tmp_path_factory):
             env.pop("API_MAX_BODY_BYTES", None)
             return sim, Platform(env, tmp).start()
 
-    platforms = CardPlatforms(start)
+    platforms = CardPlatforms(start, db_blocker=django_db_blocker)
     yield platforms
     platforms.stop()
 

@@ -24,7 +24,7 @@ import pytest
 from api.schemes import gys_string_to_sign
 from core.certs import CertificateInfo, certificate_load, signature_verify
 from signclient import SignClient
-from tests.conftest import SimulatorProcess
+from tests.conftest import RPC_CREATE_ARGS, SimulatorProcess
 from tests.live import Platform, embedded_env
 
 pytestmark = pytest.mark.embedded
@@ -88,7 +88,8 @@ def live(tmp_path_factory):
     try:
         platform.start()
         platform.wait_card()
-        credentials = json.loads(manage(platform, "create", "--name", "profile-examples", "--json").stdout)
+        credentials = json.loads(manage(platform, "create", "--name", "profile-examples", *RPC_CREATE_ARGS,
+                                        "--json").stdout)
         access_id = credentials["access_id"]
         manage(platform, "profile", access_id, "--enable", "gys")
         manage(platform, "profile", access_id, "--enable", "x-signature", "--default")

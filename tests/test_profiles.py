@@ -30,7 +30,7 @@ from audit.chain import chain_verify
 from audit.models import AuditEvent
 from core.certs import certificate_load, signature_verify
 from signing.models import CardDevice
-from tests.conftest import SimulatorProcess, test_database_url
+from tests.conftest import SimulatorProcess, rpc_access_id_create, test_database_url
 from tests.live import ROOT, CardPlatforms, Platform, http, services_env
 from tests.test_api import certificate
 from tests.test_xml_api import FakeCustoms
@@ -129,7 +129,7 @@ def profile_platforms(django_db_setup, django_db_blocker, tmp_path_factory, cust
                                UKEY_DEFAULT_DEVICE=f"card-{algorithm}", CUSTOMS_179_UPLOAD_URL=customs.url)
             return sim, Platform(env, tmp).start()
 
-    platforms = CardPlatforms(start)
+    platforms = CardPlatforms(start, db_blocker=django_db_blocker)
     yield platforms
     platforms.stop()
 
@@ -143,7 +143,7 @@ def rsa(profile_platforms):
 def client(rsa):
     """An access ID with every profile enabled, the default one for x-signature and cp-md5."""
     sim, platform = rsa
-    access, secret = access_id_create(name="ERP")
+    access, secret = rpc_access_id_create(name="ERP")  # cp-md5 is the proxy's /rpc
     for name in ("gys", "x-signature", "cp-md5"):
         access_id_profile_set(access_id=access, name=name, enabled=True, default=name != "gys")
     cert = certificate_load(certificate(platform, access, secret)["certificate_pem"])

@@ -17,12 +17,11 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from django.urls import reverse
 
-from accessids.services import access_id_create
 from audit.models import AuditEvent
 from audit.services import audit_event_record
 from signclient import sign_headers as native_sign_headers
 from tests.admin_users import client_for, fast_hashers, user_make  # noqa: F401  (fast_hashers: autouse)
-from tests.conftest import SimulatorProcess, test_database_url
+from tests.conftest import SimulatorProcess, rpc_access_id_create, test_database_url
 from tests.live import Platform, http, only_card_row, poll, services_env
 from tests.receivers import Received, Receiver, signature_valid
 from tests.test_webhooks import WorkerThread
@@ -375,7 +374,7 @@ def test_a_real_platform_notifies_a_proxy_receiver_of_an_rpc_request_and_a_lost_
     slug = "cp-md5-card"
     only_card_row(slug)
     make(proxy.url("/webhook/ukey"), card_failures=True, audit_feed=True)
-    access, secret = access_id_create(name="ERP (proxy client)")
+    access, secret = rpc_access_id_create(name="ERP (proxy client)")
     sim = SimulatorProcess(algorithm="rsa", key_dir=str(tmp_path / "keys")).start()
     env = services_env(test_database_url(), tmp_path / "var", UKEY_URL=sim.url, UKEY_PIN=sim.pin,
                        UKEY_DEFAULT_DEVICE=slug, UKEY_RECONNECT_MAX="1", UKEY_PROBE_INTERVAL="3600",

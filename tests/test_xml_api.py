@@ -173,7 +173,7 @@ def xml_platforms(django_db_setup, django_db_blocker, tmp_path_factory, customs)
             env.pop("API_MAX_BODY_BYTES", None)  # the default limit (10 MiB)
             return sim, Platform(env, tmp).start()
 
-    platforms = CardPlatforms(start)
+    platforms = CardPlatforms(start, db_blocker=django_db_blocker)
     yield platforms
     platforms.stop()
 

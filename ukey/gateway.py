@@ -48,6 +48,9 @@ CARD_DISCONNECTED = "card.disconnected"
 CARD_ERROR = "card.error"  # an operation failed: Result:false, timeout, connection lost mid-call
 CARD_PROBE_FAILED = "card.probe_failed"
 CARD_AGENT_RESTARTED = EVENT_AGENT_RESTARTED  # a card agent restarted a stalled E-Port client
+# A planned stop (Ctrl-C, SIGTERM, a card changed or removed in the admin): information, not a
+# failure; the connection it closes is not reported as card.disconnected.
+CARD_GATEWAY_STOPPED = "card.gateway_stopped"
 EVENT_OK = "OK"
 
 
@@ -175,9 +178,11 @@ class CardGateway:
         ]
         self._publish()
 
-    async def shutdown(self, grace: float) -> None:
+    async def shutdown(self, grace: float, reason: str = "planned shutdown") -> None:
         """Stop taking requests, let queued and in-flight operations finish within
-        `grace` seconds, then close the card connection cleanly."""
+        `grace` seconds, then close the card connection cleanly. A planned stop: it writes a
+        `card.gateway_stopped` event (information, with `reason`), and a connection that ends
+        meanwhile is not reported as a disconnected card."""
         if self._stopping:
             return
         self._stopping = True
@@ -206,7 +211,8 @@ class CardGateway:
         self.status.last_error = "gateway stopped"
         self.status.last_error_at = time.time()
         self._publish()
-        logger.info("card %s: gateway stopped", self.config.slug)
+        await self._card_event_write(CARD_GATEWAY_STOPPED, EVENT_OK, f"gateway stopped: {reason}"[:500])
+        logger.info("card %s: gateway stopped (%s)", self.config.slug, reason)
 
     # --- requests ------------------------------------------------------------------
     async def submit(self, message: dict[str, Any]) -> None:
@@ -490,7 +496,7 @@ class CardGateway:
                 delay = max(delay, self.config.reconnect_min / 2)
                 self._record_error(f"connect to {self.config.url} failed: {exc.__class__.__name__}: {exc}")
                 self.status.reconnect_attempts = attempt
-                if not self._reported_down:  # once per outage, not once per attempt
+                if not self._reported_down and not self._stopping:  # once per outage, not once per attempt
                     self._reported_down = True
                     self._card_event(CARD_DISCONNECTED, "CARD_DISCONNECTED", self.status.last_error)
                 if self._reset_requested.is_set():
@@ -530,6 +536,9 @@ class CardGateway:
                 self._publish()
                 continue  # a deliberate reset reconnects at once; queued requests wait for it
             self._record_error(f"disconnected: {conn.close_reason}")
+            if self._stopping:  # the gateway is being stopped: its card_gateway_stopped event says so
+                logger.info("card %s: %s while stopping", self.config.slug, self.status.last_error)
+                return
             logger.warning("card %s: %s", self.config.slug, self.status.last_error)
             self._reported_down = True
             self._card_event(CARD_DISCONNECTED, "CARD_DISCONNECTED", self.status.last_error)

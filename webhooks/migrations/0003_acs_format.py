@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accessids', '0008_acs_tokens'),
+        ('accessids', '0009_acs_tokens'),
         ('webhooks', '0002_payload_format'),
     ]
 

@@ -3,8 +3,9 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils.translation import gettext as _
 
-from accessids.models import AccessId, AppSecret
+from accessids.models import DEFAULT_SCOPES, AccessId, AppSecret
 from accessids.profiles import PROFILE_KINDS
 from accessids.services import (
     AccessIdError,
@@ -14,6 +15,7 @@ from accessids.services import (
     access_id_set_legacy_key,
     app_secret_rotate,
     grace_parse,
+    methods_parse,
     scopes_parse,
 )
 from signing.models import CardDevice, CardPool
@@ -26,7 +28,11 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         create = sub.add_parser("create", help="create an access ID and print its secret once")
         create.add_argument("--name", required=True)
-        create.add_argument("--scopes", help="comma-separated; all scopes when omitted")
+        create.add_argument("--scopes", help=_("comma-separated; when omitted the signing scopes (%(scopes)s): rpc "
+                                               "and xml_read_all only when named") % {"scopes": ",".join(DEFAULT_SCOPES)})
+        create.add_argument("--methods", default="", metavar="METHODS",
+                            help=_("card methods the rpc scope may call, comma-separated, or 'all' (none when "
+                                   "omitted)"))
         create.add_argument("--description", default="")
         create.add_argument("--devices", default="", help="card devices it may use, comma separated (default: the "
                                                           "default card)")
@@ -144,9 +150,14 @@ class Command(BaseCommand):
             if not 1 <= options["rate_limit"] <= 10_000_000:
                 raise CommandError("--rate-limit is between 1 and 10000000 requests per minute")
             extra["rate_limit_per_minute"] = options["rate_limit"]
+        scopes = scopes_parse(options["scopes"])
+        methods = methods_parse(options["methods"])
+        if "rpc" in scopes and not methods:
+            raise CommandError(_("the rpc scope calls only the card methods named: add --methods "
+                                 "cus-sec_SpcGetCertNo,... (or --methods all)"))
         with transaction.atomic():  # an access ID whose legacy key was refused is not created
             access, secret = access_id_create(
-                name=options["name"], scopes=scopes_parse(options["scopes"]), description=options["description"],
+                name=options["name"], scopes=scopes, allowed_methods=methods, description=options["description"],
                 devices=devices, pools=pools, **extra,
             )
             if legacy_key:

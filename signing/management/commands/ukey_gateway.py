@@ -1,10 +1,10 @@
 import asyncio
-import signal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from signagent.system import stop_signals_install
 from signing.gateway_host import GatewayHost
 from signing.models import CardDevice
 from signing.services import card_device_sync_default
@@ -65,8 +65,7 @@ class Command(BaseCommand):
     async def _serve(self, host: GatewayHost, extra: asyncio.Task | None = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_signals_install(loop, stop.set)  # Windows too (no add_signal_handler there)
         self.stdout.flush()
         waiter = asyncio.create_task(host.wait())
         stopper = asyncio.create_task(stop.wait())

@@ -1,10 +1,10 @@
 import asyncio
-import signal
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from signagent.system import stop_signals_install
 from ukey.simulator import ENT_NAME, FAULT_KINDS, CardSimulator, FaultPlan, FaultRule, SimulatedCard
 
 
@@ -44,8 +44,7 @@ class Command(BaseCommand):
     async def _serve(self, simulator: CardSimulator, host: str, port: int) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_signals_install(loop, stop.set)  # Windows too (no add_signal_handler there)
         try:
             server = await simulator.serve(host, port)
         except OSError as exc:

@@ -1,12 +1,15 @@
 import os
 import signal
+import socket
 import sys
 import time
 
 import uvicorn
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
+from django.utils.translation import gettext as _
 
 from audit.models import AuditEvent
 from audit.services import audit_event_record
@@ -24,27 +27,36 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--host", default=os.environ.get("HOST") or "127.0.0.1")
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or "8000"))
         parser.add_argument(
             "--web-only",
             action="store_true",
             help="only the ASGI server: another process (with UKEY_GATEWAY_MODE=external) owns the cards; "
             "run several of these behind a load balancer, sharing REDIS_URL and DATABASE_URL",
         )
+        parser.add_argument(
+            "--prepare",
+            action="store_true",
+            help="once the port is ours: migrate the database and make sure an administrator exists "
+            "(what `make run` does), so that a start that cannot listen changes nothing",
+        )
 
     def handle(self, *args, **options):
-        key_file = master_key_file_ensure()
-        if key_file:
-            self.stdout.write(f"Master key: {key_file} (set SIGNPLATFORM_MASTER_KEY to use your own)")
         web_only = options["web_only"]
         if web_only and settings.UKEY_GATEWAY_MODE != "external":
             raise CommandError("--web-only needs UKEY_GATEWAY_MODE=external (and REDIS_URL): the cards are served elsewhere")
         host, port = options["host"], options["port"]
-        # Before anything changes: a second `make run` next to a running one must not rewrite
-        # the default card (its URL would point at a simulator that never starts).
-        if port_is_open(port, host=host):
-            raise CommandError(f"{host}:{port} is taken (is the platform running already?); set PORT")
+        # Before anything changes: a second `make run` next to a running one must not migrate,
+        # touch the administrator or rewrite the default card (its URL would point at a
+        # simulator that never starts). The socket is bound here and handed to the server.
+        listener = _listening_socket(host, port)
+        if options["prepare"]:
+            call_command("platform_prepare", stdout=self.stdout, stderr=self.stderr)
+        else:
+            key_file = master_key_file_ensure()
+            if key_file:
+                self.stdout.write(f"Master key: {key_file} (set SIGNPLATFORM_MASTER_KEY to use your own)")
         device = card_device_sync_default()
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         supervisor = Supervisor(on_exit=_process_exit_record)
@@ -75,11 +87,9 @@ class Command(BaseCommand):
                 supervisor.spawn("ukey_gateway --all", manage + ["ukey_gateway", "--all"])
             # From here on a child that dies is restarted (logged, and an audit event).
             supervisor.watch()
-            self.stdout.write(
-                f"Signing platform on http://{host}:{port}/  admin: /admin/  API docs: /api/v1/docs/  "
-                f"health: /api/v1/health   (Ctrl-C stops everything)"
-            )
-            self.stdout.flush()
+            url_host = f"[{host}]" if ":" in host else host
+            banner = _("Signing platform on http://%(host)s:%(port)s/  admin: /admin/  API docs: /api/v1/docs/  "
+                       "health: /api/v1/health   (Ctrl-C stops everything)") % {"host": url_host, "port": port}
             config = uvicorn.Config(
                 "signplatform.asgi:application",
                 http=LimitedHttpToolsProtocol,  # limits on the request head (431)
@@ -94,17 +104,55 @@ class Command(BaseCommand):
                 access_log=False,
                 timeout_graceful_shutdown=int(settings.UKEY_SHUTDOWN_GRACE) + 5,
             )
-            server = uvicorn.Server(config)
+            server = _PlatformServer(config, banner=lambda: (self.stdout.write(banner), self.stdout.flush()))
             # uvicorn re-raises the signal that stopped it once it has shut down; with
             # these handlers in place that only gets noted, so the children are stopped below.
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: None)
-            server.run()
+            server.run(sockets=[listener])
             if not server.started:
                 raise CommandError(f"the server could not start on {host}:{port}")
         finally:
+            listener.close()
             supervisor.stop(grace=settings.UKEY_SHUTDOWN_GRACE + 5)
             self.stdout.write("Signing platform stopped")
+
+
+class _PlatformServer(uvicorn.Server):
+    """Says the platform is up only once it is: after the application's start-up (the card
+    gateways, the webhook worker) succeeded."""
+
+    def __init__(self, config: uvicorn.Config, *, banner) -> None:
+        super().__init__(config)
+        self._banner = banner
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._banner()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now: a port another process holds (a platform already
+    running, on this address or on all of them) fails here, before anything has changed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if os.name == "nt":  # Windows' SO_REUSEADDR would let two servers share the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+    else:  # a restart may bind at once over connections in TIME_WAIT
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # from now on no other server can take it; early callers wait in the backlog
+    except OSError as exc:
+        sock.close()
+        raise CommandError(
+            _("cannot listen on %(host)s:%(port)s: %(reason)s. Is the platform running already? Stop it, or "
+              "start this one on another port (PORT=8001 make run). Nothing was changed.")
+            % {"host": host, "port": port, "reason": exc.strerror or exc}
+        ) from None
+    sock.set_inheritable(False)
+    return sock
 
 
 def _process_exit_record(exit: ChildExit) -> None:

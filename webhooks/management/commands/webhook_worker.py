@@ -1,10 +1,10 @@
 import asyncio
-import signal
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import connections
 
+from signagent.system import stop_signals_install
 from webhooks.models import Webhook
 
 
@@ -30,8 +30,7 @@ class Command(BaseCommand):
         worker = WebhookWorker(concurrency=concurrency)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_signals_install(loop, stop.set)  # Windows too (no add_signal_handler there)
         await worker.start()
         self.stdout.write(f"Webhook delivery worker running ({enabled} enabled webhooks, "
                           f"{settings.WEBHOOK_MAX_ATTEMPTS} attempts each); Ctrl-C stops it")

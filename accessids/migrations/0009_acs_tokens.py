@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accessids', '0007_acs_party'),
+        ('accessids', '0008_access_id_name_unique'),
     ]
 
     operations = [
