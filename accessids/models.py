@@ -10,7 +10,7 @@ from ukey.protocol import RPC_METHODS
 from .profiles import MAX_WINDOW_SECONDS, PROFILE_CHOICES, PROFILE_KINDS
 
 SCOPES = ("sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all",
-          "rotate_self")
+          "rotate_self", "declare")
 # What a new access ID gets when no scopes are given: everything except reading other
 # access IDs' XML documents, which must be granted on purpose.
 DEFAULT_SCOPES = tuple(scope for scope in SCOPES if scope != "xml_read_all")

@@ -289,6 +289,8 @@ def value_text(spec: Field, value: Any) -> tuple[str | None, str | None]:
     if spec.kind == "D":
         return _decimal_text(value)
     if spec.kind == "N":
+        if isinstance(value, (decimal.Decimal, float)):
+            return None, f"must be a whole number, not {value}"
         if isinstance(value, bool) or not isinstance(value, int):
             return None, f"must be a whole number, not {json_kind(value)}"
         if not -INT_MAX - 1 <= value <= INT_MAX:

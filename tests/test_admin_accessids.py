@@ -404,7 +404,7 @@ def test_browser_create_reveal_use_rotate_and_clerk(platform, chromium):
     admin_login(chromium, base, "chief")
     page.goto(base + CHANGELIST + "add/")
     page.fill("#id_name", "ERP – browser")
-    assert page.locator("input[name=scopes]:checked").count() == 8  # the defaults: all but xml_read_all
+    assert page.locator("input[name=scopes]:checked").count() == 9  # the defaults: all but xml_read_all
     page.uncheck("input[name=scopes][value=rotate_self]")
     chromium.screenshot("accessid-add")
     page.click("input[name=_save]")
