@@ -132,12 +132,14 @@ def receipt_records(body: str) -> list[dict[str, str]]:
 # Receipt keys, lower-cased, to the element names of the standard.
 _KEY_NAMES = {name.lower(): name for spec in MESSAGES.values() for name in spec.keys}
 _GUID_KEY = re.compile(r"(?:^|_)guid$")
+_MESSAGE_GUID_KEY = re.compile(r"^re_[a-z]+_guid$")  # re_order_guid, re_elist_guid: the message answered
 _CUSTOMS_REF_KEY = re.compile(r"_guid_cus$")
 
 
 @dataclass(frozen=True)
 class ReceiptFacts:
     guids: tuple[str, ...]  # the declaration's guid as the receipt names it (guid, re_order_guid, ...)
+    names_message: bool  # it has a re_*_guid: it says which message it answers (a plain guid may be its own)
     keys: dict[str, str]  # key elements by the standard's names (orderNo, copNo, preNo, invtNo, ...)
     customs_ref: str  # the exchange's own reference of the document (re_elist_guid_cus), if any
     return_status: str
@@ -170,7 +172,8 @@ def receipt_facts(record: dict[str, str]) -> ReceiptFacts:
                                 if _GUID_KEY.search(k) and not _CUSTOMS_REF_KEY.search(k) and v.strip()))
     keys = {_KEY_NAMES[k]: v.strip() for k, v in record.items() if k in _KEY_NAMES and v.strip()}
     ref = next((v.strip() for k, v in record.items() if _CUSTOMS_REF_KEY.search(k) and v.strip()), "")
-    return ReceiptFacts(guids=guids, keys=keys, customs_ref=ref,
+    names_message = any(_MESSAGE_GUID_KEY.match(k) and v.strip() for k, v in record.items())
+    return ReceiptFacts(guids=guids, names_message=names_message, keys=keys, customs_ref=ref,
                         return_status=record.get("returnstatus", "").strip(),
                         return_info=record.get("returninfo", "").strip(), return_time=_return_time(record))
 

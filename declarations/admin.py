@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from audit.services import admin_change_context
@@ -36,6 +37,13 @@ from .services import (
 
 OUTCOME_CLASSES = {"signed": "signed", "submitted": "submitted", "accepted": "accepted", "rejected": "rejected",
                    "needs_attention": "attention", "in_progress": "submitted"}
+
+
+def _when(moment):
+    if moment is None:
+        return "—"
+    local = timezone.localtime(moment)
+    return format_html('<span class="xml-when">{}</span>{}', local.strftime("%Y-%m-%d"), local.strftime("%H:%M:%S"))
 
 
 def status_badge(value: str, label: str):
@@ -121,8 +129,8 @@ class ReferenceFilter(admin.SimpleListFilter):
 
 @admin.register(Declaration)
 class DeclarationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "status_display", "message_type", "reference_display", "access_display", "return_status",
-                    "created_at", "submitted_at", "last_receipt_at"]
+    list_display = ["id", "status_display", "type_display", "reference_display", "access_display", "return_status",
+                    "created_display", "submitted_display", "receipt_display"]
     list_display_links = ["id", "reference_display"]
     list_filter = ["status", "message_type", ReferenceFilter, ("access_id", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["=order_no", "=cop_no", "=invt_no", "=pre_no", "=pay_transaction_id", "=logistics_no", "=guid",
@@ -142,6 +150,22 @@ class DeclarationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="status", ordering="status")
     def status_display(self, obj: Declaration):
         return status_badge(obj.status, obj.get_status_display())
+
+    @admin.display(description="type", ordering="message_type")
+    def type_display(self, obj: Declaration):
+        return format_html('<span title="{}">{}</span>', obj.get_message_type_display(), obj.message_type[3:6])
+
+    @admin.display(description="created", ordering="created_at")
+    def created_display(self, obj: Declaration):
+        return _when(obj.created_at)
+
+    @admin.display(description="submitted", ordering="submitted_at")
+    def submitted_display(self, obj: Declaration):
+        return _when(obj.submitted_at)
+
+    @admin.display(description="last receipt", ordering="last_receipt_at")
+    def receipt_display(self, obj: Declaration):
+        return _when(obj.last_receipt_at)
 
     @admin.display(description="reference", ordering="order_no")
     def reference_display(self, obj: Declaration) -> str:

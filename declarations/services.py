@@ -530,6 +530,10 @@ def _match(target: ReceiptTarget, facts) -> tuple[Declaration | None, str]:
             return found, name
     if facts.customs_ref and (found := candidates.filter(customs_ref=facts.customs_ref).first()):
         return found, "exchange reference"
+    if facts.names_message:
+        # It names the message it answers (re_order_guid, ...) and that is none of ours: an
+        # older message (before a re-submission, say), not another one with the same number.
+        return None, ""
     for key, qualifier in MATCH_KEYS[target.message_type]:
         value = facts.keys.get(key)
         if not value:
@@ -665,7 +669,7 @@ def declaration_resubmit_plan(*, declaration: Declaration) -> ResubmitPlan:
                                        submit=True)
         target = card_target_choose(devices=tuple(access.devices.values_list("slug", flat=True)),
                                     pools=tuple(access.pools.values_list("slug", flat=True)),
-                                    requested=declaration.pool or declaration.device or None)
+                                    requested=declaration.pool or None)  # its pool, else the access ID's card
     except ApiError as exc:
         fields = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in exc.details.get("fields", {}).items())
         raise DeclarationError(exc.message + (f" ({fields})" if fields else "")) from None

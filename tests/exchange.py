@@ -119,6 +119,18 @@ class FakeExchange:
         with self.cond:
             return len(self.state.taken.get(guid, []))
 
+    def posts_for(self, guid: str) -> int:
+        """How many POSTs carried the message `guid` (taken or not)."""
+        count = 0
+        with self.cond:
+            for post in self.state.posts:
+                try:
+                    data = json.loads(post.body)["Message"]["MessageBody"]["data"]
+                    count += f'guid="{guid}"' in base64.b64decode(data).decode("utf-8")
+                except (ValueError, KeyError, TypeError):
+                    pass
+        return count
+
     def taken(self) -> list[Taken]:
         with self.cond:
             return [t for items in self.state.taken.values() for t in items]
