@@ -333,6 +333,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets used by several declaration fields (request, answer, query): one name each.
+    "ENUM_NAME_OVERRIDES": {
+        "DeclarationStatusEnum": "declarations.models.Declaration.STATUSES",
+        "CebMessageTypeEnum": "declarations.models.MESSAGE_TYPES",
+    },
 }
 
 # --- The UKey gateway ------------------------------------------------------------------
