@@ -112,7 +112,7 @@ class RegistrationAdmin(admin.ModelAdmin):
 # --- declarations ----------------------------------------------------------------------------------------
 
 
-class ReferenceFilter(admin.SimpleListFilter):
+class WaitingFilter(admin.SimpleListFilter):
     title = "waiting"
     parameter_name = "waiting"
 
@@ -132,7 +132,7 @@ class DeclarationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["id", "status_display", "type_display", "reference_display", "access_display", "return_status",
                     "created_display", "submitted_display", "receipt_display"]
     list_display_links = ["id", "reference_display"]
-    list_filter = ["status", "message_type", ReferenceFilter, ("access_id", admin.RelatedOnlyFieldListFilter)]
+    list_filter = ["status", "message_type", WaitingFilter, ("access_id", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["=order_no", "=cop_no", "=invt_no", "=pre_no", "=pay_transaction_id", "=logistics_no", "=guid",
                      "=head_guid", "=request_id"]
     search_help_text = "An order number (orderNo), copNo, invtNo, preNo, payment or waybill number, a guid or request ID."

@@ -603,3 +603,19 @@ def test_several_workers_never_send_one_declaration_twice(card, erp, exchange, f
             thread.stop()
     assert sorted(t.guid for t in exchange.taken()) == sorted(d.guid for d in declarations)
     assert set(Submission.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_the_dashboard_counts_by_status_and_names_the_oldest_waiting(card, erp, admin_client):
+    older = declare(card, erp, "http://127.0.0.1:9", submit=False)
+    newer = declare(card, erp, "http://127.0.0.1:9", "CEB621Message", submit=False)
+    declare(card, erp, "http://127.0.0.1:9", "CEB411Message", submit=False)
+    an_hour_ago = timezone.now() - datetime.timedelta(minutes=61)
+    Declaration.objects.filter(pk=older.pk).update(status="submitted", submitted_at=an_hour_ago)
+    Declaration.objects.filter(pk=newer.pk).update(status="submitted", submitted_at=timezone.now())
+    body = admin_client.get(reverse("admin:audit_auditevent_dashboard_data")).json()
+    figures = body["declarations"]
+    assert figures["by_status"] == {"signed": 1, "submitted": 2, "accepted": 0, "rejected": 0, "needs_attention": 0}
+    assert figures["oldest_waiting"]["id"] == older.pk and figures["oldest_waiting"]["minutes"] == 61
+    html = body["html"]["declarations"]
+    assert "CEB311Message HN20260105-0001" in html and "(61 min ago)" in html
+    assert reverse("admin:declarations_declaration_change", args=[older.pk]) in html
