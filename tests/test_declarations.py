@@ -9,7 +9,10 @@ reject, match by preNo, match nothing, and fire a webhook each; re-submitting.
 
 Messages are signed here with a simulated card's real key (ukey.simulator.SimulatedCard),
 exactly as core.ceb signs them; the live tests (test_declarations_live.py) sign through
-the card gateway."""
+the card gateway. The worker tests run on PostgreSQL: the test run's SQLite is an in-memory
+shared-cache database, on which the worker's connection and the test's fail with "table is
+locked" instead of waiting; test_declarations_sqlite.py runs the worker of a whole platform on
+a SQLite file, as deployed."""
 
 from __future__ import annotations
 
@@ -407,7 +410,6 @@ def kinds(declaration: Declaration) -> list[str]:
     return list(declaration.events.order_by("at", "pk").values_list("kind", flat=True))
 
 
-@pytest.mark.embedded
 def test_taken_by_the_exchange_then_its_receipts_accept_it_and_each_fires_a_webhook(card, erp, exchange, worker):
     hook = webhook_create(name="ERP receipts", url="http://127.0.0.1:9/hook", secret="whsec-receipts-0123456789",
                           card_failures=False, declaration_receipts=True)
@@ -442,7 +444,6 @@ def test_taken_by_the_exchange_then_its_receipts_accept_it_and_each_fires_a_webh
     assert endpoint == "ceb312msg" and params["dxpid"] == TRANSFER.dxp_id and len(params["qryid"]) == 14
 
 
-@pytest.mark.embedded
 def test_exchange_down_retried_with_backoff_and_delivered_once_when_back(card, erp, worker):
     port = free_port()  # nothing listens here yet
     declaration = declare(card, erp, f"http://127.0.0.1:{port}")
@@ -535,7 +536,6 @@ def test_a_rejecting_receipt_gives_rejected_with_its_text(card, erp, exchange, w
     assert "海关退单" in declaration.status_text
 
 
-@pytest.mark.embedded
 def test_inventory_receipts_in_the_text_form_match_by_the_preno_the_first_one_taught(card, erp, exchange, worker):
     exchange.receipt_format = "java"
     exchange.script["COP20260105001"] = (("2", "清单新增申报成功[{guid}]"), ("120", "[Code:1800;Desc:逻辑校验通过]"),
