@@ -28,6 +28,7 @@ SCOPE_LABELS = {
     "xml_write": "Store and delete its own XML messages",
     "xml_read_all": "Read the XML messages of every access ID (not only its own)",
     "rotate_self": "Rotate its own App Secret through the API",
+    "declare": "Declare to customs: build, sign and submit CEB messages, read their receipts (/api/v1/declarations)",
 }
 SCOPE_CHOICES = [(scope, f"{scope} — {SCOPE_LABELS.get(scope, scope)}") for scope in SCOPES]
 

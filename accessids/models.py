@@ -10,7 +10,7 @@ from signing.models import CardDevice, CardPool
 from .profiles import MAX_WINDOW_SECONDS, PROFILE_CHOICES, PROFILE_KINDS
 
 SCOPES = ("sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_write", "xml_read_all",
-          "rotate_self")
+          "rotate_self", "declare")
 # What a new access ID gets when no scopes are given: signing (data, CEB XML, 179), checking
 # signed XML, its own XML documents and rotating its own secret. Two are granted only on
 # purpose: the raw card passthrough (`rpc`, and the card methods it may call) and reading

@@ -4,7 +4,7 @@ sign-server API (docs/sign-server-compat.md), health, and the OpenAPI schema."""
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from . import acs, health, legacy, views, xml_views
+from . import acs, declaration_views, health, legacy, views, xml_views
 from .base import ApiNotFoundView
 
 urlpatterns = [
@@ -17,6 +17,8 @@ urlpatterns = [
     path("api/v1/sign/179", views.Sign179View.as_view(), name="api-sign-179"),
     path("api/v1/xml-documents", xml_views.XmlDocumentListView.as_view(), name="api-xml-documents"),
     path("api/v1/xml-documents/<int:pk>", xml_views.XmlDocumentDetailView.as_view(), name="api-xml-document"),
+    path("api/v1/declarations", declaration_views.DeclarationListView.as_view(), name="api-declarations"),
+    path("api/v1/declarations/<int:pk>", declaration_views.DeclarationDetailView.as_view(), name="api-declaration"),
     path("api/v1/rpc", views.RpcView.as_view(), name="api-rpc"),
     path("api/v1/certificate", views.CertificateView.as_view(), name="api-certificate"),
     path("api/v1/access-ids/self/rotate", views.RotateSelfView.as_view(), name="api-rotate-self"),

@@ -59,6 +59,13 @@ class AuditEvent(models.Model):
     WEBHOOK_DISABLED = "webhook.disabled"
     WEBHOOK_TEST_SENT = "webhook.test_sent"
     WEBHOOK_DELIVERY_RETRIED = "webhook.delivery_retried"
+    # Customs declarations (declarations/): registrations, the exchange server's answers, receipts.
+    REGISTRATION_CHANGED = "declaration.registration_changed"
+    REGISTRATION_DELETED = "declaration.registration_deleted"
+    DECLARATION_SUBMITTED = "declaration.submitted"
+    DECLARATION_SUBMIT_FAILED = "declaration.submit_failed"
+    DECLARATION_RECEIPT = "declaration.receipt"
+    DECLARATION_RESUBMITTED = "declaration.resubmitted"
     CARD_FAILURES = (CARD_DISCONNECTED, CARD_ERROR, CARD_PROBE_FAILED, AGENT_RESTARTED)
     EVENT_TYPES = [
         (API_REQUEST, "API request"),
@@ -106,6 +113,12 @@ class AuditEvent(models.Model):
         (WEBHOOK_DISABLED, "Webhook disabled"),
         (WEBHOOK_TEST_SENT, "Webhook test sent"),
         (WEBHOOK_DELIVERY_RETRIED, "Webhook delivery retried"),
+        (REGISTRATION_CHANGED, "Company registration set"),
+        (REGISTRATION_DELETED, "Company registration deleted"),
+        (DECLARATION_SUBMITTED, "Declaration taken by the exchange server"),
+        (DECLARATION_SUBMIT_FAILED, "Declaration not submitted (refused, given up, unknown)"),
+        (DECLARATION_RECEIPT, "Declaration receipt"),
+        (DECLARATION_RESUBMITTED, "Declaration re-submitted"),
     ]
     OK = "OK"
 

@@ -167,6 +167,9 @@ def _decorate(data: dict[str, Any], request: HttpRequest) -> dict[str, Any]:
     for window in data["success"].values():
         window["level"] = success_level(window["rate"])
     data["changelist_url"] = reverse("admin:audit_auditevent_changelist")
+    can_view_declarations = request.user.has_perm("declarations.view_declaration")
+    data["declarations_url"] = reverse("admin:declarations_declaration_changelist") if can_view_declarations else ""
+    data["receipts_url"] = reverse("admin:declarations_receipt_changelist")
     # The client profile filter: every profile that had requests, and the one chosen.
     counts = {row["profile"]: row["total"] for row in data["profiles"]}
     data["profile_choices"] = [
@@ -190,6 +193,7 @@ FRAGMENTS = {
     "top_access_ids": "admin/audit/dashboard/top_access_ids.html",
     "failures_by_code": "admin/audit/dashboard/failures.html",
     "profiles": "admin/audit/dashboard/profiles.html",
+    "declarations": "admin/audit/dashboard/declarations.html",
 }
 
 
@@ -239,6 +243,18 @@ def dashboard_json(data: dict[str, Any]) -> dict[str, Any]:
         "pools": [{k: p[k] for k in ("slug", "name", "enterprise", "up", "size", "cards")} for p in data["pools"]],
         "cards_connected": data["cards_connected"],
         "cert_warnings": data["cert_warnings"],
+        "declarations": {
+            "by_status": {row["status"]: row["count"] for row in data["declarations"]["by_status"]},
+            "total": data["declarations"]["total"],
+            "queued": data["declarations"]["queued"],
+            "unmatched_receipts": data["declarations"]["unmatched_receipts"],
+            "oldest_waiting": None if data["declarations"]["oldest_waiting"] is None else {
+                "id": data["declarations"]["oldest_waiting"]["pk"],
+                "label": data["declarations"]["oldest_waiting"]["label"],
+                "since": data["declarations"]["oldest_waiting"]["since"].isoformat(),
+                "minutes": data["declarations"]["oldest_waiting"]["minutes"],
+            },
+        },
     }
 
 

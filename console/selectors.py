@@ -22,6 +22,7 @@ from audit.selectors import (
     requests_by_profile,
     success_rates,
 )
+from declarations.selectors import declaration_figures
 from signing import selectors as signing_selectors
 
 
@@ -74,4 +75,5 @@ def dashboard(*, now: datetime.datetime | None = None, profile: str | None = Non
         "pools": signing_selectors.card_pool_states(),
         "cards_connected": sum(1 for c in cards if c["connected"]),
         "cert_warnings": sum(1 for c in cards if c["expiry"] and c["expiry"]["level"] != "ok"),
+        "declarations": declaration_figures(now=now),
     }

@@ -29,13 +29,14 @@ def _pool() -> ThreadPoolExecutor:
     return _executor
 
 
-def db_sync_to_async(func):
-    """Like `sync_to_async(func)`, on the API's database threads (context variables such
-    as the request id are carried over)."""
+def db_sync_to_async(func, *, executor: ThreadPoolExecutor | None = None):
+    """Like `sync_to_async(func)`, on the API's database threads, or on `executor` (a
+    worker's own database thread); context variables such as the request id are carried
+    over, and a stale or broken connection is replaced before each job."""
 
     @functools.wraps(func)
     def job(*args, **kwargs):
         close_old_connections()
         return func(*args, **kwargs)
 
-    return sync_to_async(job, thread_sensitive=False, executor=_pool())
+    return sync_to_async(job, thread_sensitive=False, executor=executor or _pool())

@@ -1,10 +1,12 @@
 """The one exception type for expected API failures (`ApiError`), its constructors, and
-the error shape of docs/signing-api.md: `{"success": false, "code", "message", "message_zh",
-"request_id", "details"?}`. Mapping other exceptions to it is the exception handler's
+the error shape of docs/signing-api.md: `{"success": false, "code", "message", "request_id",
+"details"?}`, `message` in Chinese for a request whose `Accept-Language` puts Chinese first. Mapping other exceptions to it is the exception handler's
 job (signplatform/exception_handler.py)."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from functools import lru_cache
 from typing import Any
 
 from rest_framework import exceptions
@@ -14,8 +16,8 @@ from .logging import request_id_var
 
 AUTH_SCHEME = "HMAC-SHA256"
 
-# `message_zh` of every error: what the code means, in Chinese (the English `message` says more,
-# e.g. which field). The codes stay the stable interface.
+# The Chinese `message` of every error (for `Accept-Language: zh…`): what the code means (the English
+# `message` says more, e.g. which field; `details` stay as they are). The codes stay the stable interface.
 MESSAGES_ZH = {
     "INVALID_REQUEST": "请求参数不正确",
     "MISSING_AUTH_HEADERS": "缺少认证请求头",
@@ -47,6 +49,28 @@ GENERIC_ZH = "请求失败"
 
 def message_zh(code: str) -> str:
     return MESSAGES_ZH.get(code, GENERIC_ZH)
+
+
+# True while a request whose Accept-Language prefers Chinese is answered (set by the request-id step).
+chinese_var: ContextVar[bool] = ContextVar("api_chinese", default=False)
+
+
+@lru_cache(maxsize=256)
+def prefers_chinese(accept_language: str) -> bool:
+    """Whether the language the client ranks first (highest q, then order) is Chinese."""
+    best, best_q = "", 0.0
+    for part in accept_language.split(",")[:20]:
+        tag, _, params = part.strip().partition(";")
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                continue
+        if tag and q > best_q:
+            best, best_q = tag.strip().lower(), q
+    return best == "zh" or best.startswith("zh-")
 
 
 class ApiError(exceptions.APIException):
@@ -96,8 +120,7 @@ def error_response(error: ApiError, request_id: str | None = None) -> Response:
     body: dict[str, Any] = {
         "success": False,
         "code": error.code,
-        "message": error.message,
-        "message_zh": message_zh(error.code),
+        "message": message_zh(error.code) if chinese_var.get() else error.message,
         "request_id": request_id or request_id_var.get(),
     }
     if error.details:

@@ -1,4 +1,5 @@
-"""ASGI lifespan: in the embedded mode the web process hosts the UKey gateway.
+"""ASGI lifespan: in the embedded mode the web process hosts the UKey gateway; every web
+process but `runplatform --web-only` ones also runs the webhook and declaration workers.
 
 On startup it makes sure the default card device exists and starts a gateway consumer
 for every enabled device; on shutdown (after the server has stopped taking requests and
@@ -13,6 +14,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from api.nonces import redis_persistence_warnings
+from declarations.worker import DeclarationWorker
+from declarations.worker import embedded_worker_wanted as declaration_worker_wanted
 from signing.gateway_host import GatewayHost
 from signing.models import CardDevice
 from signing.services import card_device_sync_default
@@ -33,6 +36,7 @@ class LifespanGateway:
         self.host = None
         self.follower = None
         self.webhooks = None
+        self.declarations = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "lifespan":
@@ -59,6 +63,9 @@ class LifespanGateway:
         if embedded_worker_wanted():  # not in `runplatform --web-only` processes
             self.webhooks = WebhookWorker()
             await self.webhooks.start()
+        if declaration_worker_wanted():  # submissions to customs and their receipts
+            self.declarations = DeclarationWorker()
+            await self.declarations.start()
         if settings.UKEY_GATEWAY_MODE != "embedded":
             logger.info("UKey gateway runs in its own process(es) (UKEY_GATEWAY_MODE=%s)", settings.UKEY_GATEWAY_MODE)
             return
@@ -79,6 +86,9 @@ class LifespanGateway:
         if self.host is not None:
             await self.host.stop()
             self.host = None
+        if self.declarations is not None:  # unsent declarations stay in the outbox for the next start
+            await self.declarations.stop()
+            self.declarations = None
         if self.webhooks is not None:  # undelivered notifications stay in the outbox for the next start
             await self.webhooks.stop()
             self.webhooks = None

@@ -9,6 +9,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 
+from core.errors import chinese_var, prefers_chinese
 from core.logging import request_id_var
 
 
@@ -54,14 +55,19 @@ class _Middleware:
 
 
 class RequestIdMiddleware(_Middleware):
-    """Assigns a UUID to each request (`request.request_id`)."""
+    """Assigns a UUID to each request (`request.request_id`) and notes whether its errors are
+    answered in Chinese (Accept-Language, docs/signing-api.md §3)."""
 
     def request_start(self, request):
         request.request_id = str(uuid.uuid4())
-        return request_id_var.set(request.request_id)
+        language = request.META.get("HTTP_ACCEPT_LANGUAGE")
+        return (request_id_var.set(request.request_id),
+                chinese_var.set(prefers_chinese(language[:200])) if language else None)
 
     def request_end(self, request, token) -> None:
-        request_id_var.reset(token)
+        request_id_var.reset(token[0])
+        if token[1] is not None:
+            chinese_var.reset(token[1])
 
     def response_end(self, request, response):
         response["X-Request-ID"] = request.request_id

@@ -141,6 +141,7 @@ INSTALLED_APPS = [
     "accessids",
     "webhooks",
     "xmlstore",
+    "declarations",
     "api",
     "console",
     "signplatform",
@@ -308,6 +309,26 @@ CUSTOMS_179_UPLOAD_TIMEOUT = env_float("CUSTOMS_179_UPLOAD_TIMEOUT", 15.0)
 # keeps the event loop's threads free for other requests).
 XML_WORK_CONCURRENCY = env_int("XML_WORK_CONCURRENCY", 4)
 
+# --- Customs declarations (docs/declarations.md) -------------------------------------------
+# The customs data-exchange server declarations are posted to (`POST {server}/cebcmsg`) and
+# whose receipt endpoints are polled; a company registration may name its own. No default:
+# no official test or production address is published (see the README).
+CUSTOMS_CEB_SERVER = env("CUSTOMS_CEB_SERVER").rstrip("/")
+CUSTOMS_CEB_TIMEOUT = env_float("CUSTOMS_CEB_TIMEOUT", 15.0)  # seconds per request to it
+# Submissions: first retry delay (doubles with each failed attempt), longest delay, attempts.
+DECLARATION_RETRY_BASE_SECONDS = env_float("DECLARATION_RETRY_BASE_SECONDS", 5.0)
+DECLARATION_RETRY_MAX_SECONDS = env_float("DECLARATION_RETRY_MAX_SECONDS", 300.0)
+DECLARATION_SUBMIT_MAX_ATTEMPTS = env_int("DECLARATION_SUBMIT_MAX_ATTEMPTS", 30)
+DECLARATION_SUBMIT_CONCURRENCY = env_int("DECLARATION_SUBMIT_CONCURRENCY", 4)
+# Receipts: how often the endpoints are asked, how long after its last change a declaration
+# is still followed (an inventory is released days after it was accepted), and how far back
+# each query reaches before the previous one (receipts already kept are skipped).
+DECLARATION_RECEIPT_POLL_SECONDS = env_float("DECLARATION_RECEIPT_POLL_SECONDS", 30.0)
+DECLARATION_RECEIPT_FOLLOW_HOURS = env_float("DECLARATION_RECEIPT_FOLLOW_HOURS", 72.0)
+DECLARATION_RECEIPT_OVERLAP_SECONDS = env_float("DECLARATION_RECEIPT_OVERLAP_SECONDS", 120.0)
+# The web process sends declarations and polls receipts itself (off: `manage.py declaration_worker`).
+DECLARATION_WORKER_EMBEDDED = env_bool("DECLARATION_WORKER_EMBEDDED", True)
+
 # --- Operations: audit chain, metrics, webhooks, dashboard ------------------------------------
 # Key of the audit log's hash chain (HMAC-SHA256), outside the database so that someone who
 # can only write to the database cannot recompute a valid chain. Default: var/audit-chain.key
@@ -337,6 +358,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Choice sets used by several declaration fields (request, answer, query): one name each.
+    "ENUM_NAME_OVERRIDES": {
+        "DeclarationStatusEnum": "declarations.models.Declaration.STATUSES",
+        "CebMessageTypeEnum": "declarations.models.MESSAGE_TYPES",
+    },
 }
 
 # --- The UKey gateway ------------------------------------------------------------------

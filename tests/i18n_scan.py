@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Where the strings shown to people live. ukey/, signagent/ and signclient/ are Django-free
 # programs (English logs and errors); api/ answers machines: its `message` and its OpenAPI
-# descriptions stay English on purpose (every error also carries `message_zh`).
+# descriptions stay English on purpose (a client that prefers Chinese gets the code's Chinese message).
 PYTHON_DIRS = ("accessids", "audit", "console", "core", "declarations", "signing", "signplatform", "webhooks",
                "xmlstore")
 TEMPLATE_DIRS = ("templates", "accessids/templates", "audit/templates", "console/templates", "signing/templates",

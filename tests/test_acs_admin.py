@@ -151,9 +151,10 @@ def test_acs_webhooks_are_encrypted_and_signed_for_the_party(mode):
     from accessids.acs import acs_cert_generate, acs_cert_upload, acs_key_set, acs_key_use_new
     from audit.services import audit_event_record
     from tests.receivers import Receiver
-    from tests.test_webhooks import WorkerThread
+    from tests.workers import WorkerThread
     from webhooks import services
     from webhooks.models import ACS, WebhookDelivery
+    from webhooks.worker import WebhookWorker
 
     access, secret = access_id_create(name=f"party {mode}")
     acs_settings_set(access_id=access, sender_code=f"S-HOOK-{mode}", encryption=mode)
@@ -165,7 +166,7 @@ def test_acs_webhooks_are_encrypted_and_signed_for_the_party(mode):
         client_key, client_cert = acs.make_client_keypair(2048)
         acs_cert_upload(access_id=access, pem=client_cert)
     receiver = Receiver().start()
-    worker = WorkerThread().start()
+    worker = WorkerThread(WebhookWorker()).start()
     try:
         with pytest.raises(Exception, match="access system party it is sent to"):
             services.webhook_create(name="no party", url=receiver.url(), secret="w" * 24, payload_format=ACS)

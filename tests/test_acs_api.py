@@ -60,7 +60,7 @@ def acs_platform(django_db_setup, django_db_blocker, tmp_path_factory):
                                UKEY_DEFAULT_DEVICE=f"card-{algorithm}")
             return sim, Platform(env, tmp).start()
 
-    platforms = CardPlatforms(start)
+    platforms = CardPlatforms(start, db_blocker=django_db_blocker)
     yield platforms("rsa")[1]
     platforms.stop()
 

@@ -111,7 +111,7 @@ def test_create_shows_the_secret_once_and_nowhere_else(chief):
     add = client.get(reverse("admin:accessids_accessid_add"))
     page = add.content.decode()
     # Checkboxes, not JSON; networks one per line; devices a multi-select.
-    assert page.count('type="checkbox" name="scopes"') == 9 and 'name="allowed_methods"' in page
+    assert page.count('type="checkbox" name="scopes"') == 10 and 'name="allowed_methods"' in page
     assert '<textarea name="allowed_networks"' in page and '<select name="devices"' in page and "multiple" in page
     assert "Save and add another" not in page
 

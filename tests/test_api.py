@@ -80,7 +80,7 @@ def assert_error(result, status, code):
     got_status, headers, body = result
     assert (got_status, body.get("code")) == (status, code), body
     assert body["success"] is False and body["message"]
-    assert any("\u4e00" <= c <= "\u9fff" for c in body["message_zh"]), body  # every error also in Chinese
+    assert set(body) <= {"success", "code", "message", "request_id", "details"}, body
     assert UUID_RE.match(body["request_id"]) and headers["X-Request-ID"] == body["request_id"]
     if status == 401:
         assert headers["WWW-Authenticate"] == "HMAC-SHA256"
@@ -254,7 +254,13 @@ def test_bad_signature_tells_the_hash_of_the_string_the_server_signed(rsa):
     status, response_headers, content = http("POST", platform.base + "/api/v1/sign?c=+d&b=2", body=body_bytes,
                                              headers=headers)
     body = assert_error((status, response_headers, json.loads(content)), 401, "SIGNATURE_VALIDATION_FAILED")
-    assert body["message_zh"] == "签名验证失败"
+    # A client that puts Chinese first reads the message in Chinese; the code and details stay.
+    status, _, chinese_content = http("POST", platform.base + "/api/v1/sign?c=+d&b=2", body=body_bytes, headers={
+        **headers, "X-Nonce": secrets.token_hex(16), "Accept-Language": "zh-CN,zh;q=0.9,en;q=0.8"})
+    chinese = json.loads(chinese_content)
+    assert (status, chinese["code"], chinese["message"]) == (401, "SIGNATURE_VALIDATION_FAILED", "签名验证失败")
+    assert set(chinese) == set(body) and chinese["details"]["string_to_sign_sha256"] != body["details"][
+        "string_to_sign_sha256"]  # another nonce, another string to sign
     assert body["details"]["string_to_sign_sha256"] == hashlib.sha256(expected.encode()).hexdigest()
     assert secret not in content.decode()
 

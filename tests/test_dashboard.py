@@ -246,9 +246,13 @@ def test_json_endpoint_page_index_and_permissions():
     assert body["failures_by_code"] == [{"outcome": "RATE_LIMITED", "count": 1}]
     html = body["html"]
     assert set(html) == {"figures", "cards", "cards_compact", "top_access_ids", "failures_by_code", "hourly_chart",
-                         "daily_chart", "generated", "profiles"}
+                         "daily_chart", "generated", "profiles", "declarations"}
     assert html["hourly_chart"].startswith('<svg id="chart-hourly"') and 'class="bar-ok"' in html["hourly_chart"]
     assert html["daily_chart"].startswith('<svg id="chart-daily"')
+    assert body["declarations"] == {"by_status": {"signed": 0, "submitted": 0, "accepted": 0, "rejected": 0,
+                                                  "needs_attention": 0}, "total": 0, "queued": 0,
+                                    "unmatched_receipts": 0, "oldest_waiting": None}
+    assert "No declaration is waiting for a receipt" in html["declarations"]
     assert "RATE_LIMITED" in html["failures_by_code"] and erp.key in html["top_access_ids"]
     assert html["generated"].startswith("Figures of ")
 

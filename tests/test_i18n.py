@@ -1,5 +1,6 @@
 """Chinese as a first-class language: the admin switch remembered per user, the browser's
-language before that, DJANGO_LANGUAGE_CODE as the default; `message_zh` on API errors."""
+language before that, DJANGO_LANGUAGE_CODE as the default; API errors in Chinese for
+`Accept-Language: zh…` (tests/test_api.py)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ admin's write-only secret; then a real platform whose card goes away notifying a
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import hmac
@@ -27,6 +26,7 @@ from tests.conftest import SimulatorProcess, database_text, test_database_url
 from tests.live import Platform, only_card_row, poll, services_env
 from tests.receivers import Received, Receiver, signature_valid
 from tests.services import free_port
+from tests.workers import WorkerThread
 from webhooks import services
 from webhooks.models import SECRET_PURPOSE, Webhook, WebhookDelivery
 from webhooks.worker import WebhookWorker, embedded_worker_wanted
@@ -35,36 +35,6 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 SECRET = "whsec-customs-ops-0123456789"
 CARD_FAILURES = set(AuditEvent.CARD_FAILURES)
-
-
-# --- an in-process worker ---------------------------------------------------------------------
-
-
-class WorkerThread:
-    """A WebhookWorker on its own event loop in a thread (as in the web process)."""
-
-    def __init__(self, **kwargs) -> None:
-        self.worker = WebhookWorker(**kwargs)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self._started = threading.Event()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.worker.start())
-        self._started.set()
-        self.loop.run_forever()
-
-    def start(self) -> WorkerThread:
-        self.thread.start()
-        assert self._started.wait(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.worker.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture
@@ -76,7 +46,7 @@ def receiver():
 
 @pytest.fixture
 def worker(transactional_db):
-    w = WorkerThread().start()
+    w = WorkerThread(WebhookWorker()).start()
     yield w.worker
     w.stop()
 
@@ -342,7 +312,7 @@ def test_several_workers_never_send_one_notification_twice(receiver, transaction
     receiver.delay = 0.05
     hooks = [make(name=f"hook {n}", url=receiver.url(f"/h{n}")) for n in range(3)]
     deliveries = [services.webhook_send_test(webhook=hooks[n % 3]) for n in range(45)]
-    workers = [WorkerThread(concurrency=6, per_webhook=3).start() for _ in range(3)]
+    workers = [WorkerThread(WebhookWorker(concurrency=6, per_webhook=3)).start() for _ in range(3)]
     try:
         receiver.wait(45, timeout=30)
         poll(lambda: WebhookDelivery.objects.filter(status="delivered").count() == 45, 10, "all delivered")

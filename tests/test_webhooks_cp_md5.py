@@ -24,10 +24,10 @@ from tests.admin_users import client_for, fast_hashers, user_make  # noqa: F401 
 from tests.conftest import SimulatorProcess, rpc_access_id_create, test_database_url
 from tests.live import Platform, http, only_card_row, poll, services_env
 from tests.receivers import Received, Receiver, signature_valid
-from tests.test_webhooks import WorkerThread
+from tests.workers import WorkerThread
 from webhooks import cp_md5, services
 from webhooks.models import CP_MD5, NATIVE, Webhook, WebhookDelivery
-from webhooks.worker import body_bytes
+from webhooks.worker import WebhookWorker, body_bytes
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -92,7 +92,7 @@ def proxy():
 
 @pytest.fixture
 def worker(transactional_db):
-    w = WorkerThread().start()
+    w = WorkerThread(WebhookWorker()).start()
     yield w.worker
     w.stop()
 
@@ -309,7 +309,7 @@ def test_queued_notifications_keep_the_format_they_were_written_in(proxy, transa
     hook.payload_format = NATIVE  # switched after the first failure was queued
     services.webhook_update(webhook=hook, changed=["payload_format"])
     card_event(AuditEvent.CARD_ERROR, "cus-sec_SpcGetCertNo: failed again (Custom1)", "UKEY_ERROR")
-    w = WorkerThread().start()
+    w = WorkerThread(WebhookWorker()).start()
     try:
         proxy.wait(2)
     finally:

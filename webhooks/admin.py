@@ -72,7 +72,8 @@ class WebhookForm(forms.ModelForm):
 
     class Meta:
         model = Webhook
-        fields = ["name", "url", "secret", "card_failures", "audit_feed", "payload_format", "acs_party", "enabled"]
+        fields = ["name", "url", "secret", "card_failures", "audit_feed", "declaration_receipts", "payload_format", "acs_party",
+                  "enabled"]
         formfield_callback = _formfield
 
     def __init__(self, *args, **kwargs):
@@ -102,8 +103,8 @@ class WebhookForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        if not cleaned.get("card_failures") and not cleaned.get("audit_feed"):
-            self.add_error(None, "Choose what to send: card failures, the audit feed, or both.")
+        if not any(cleaned.get(name) for name in ("card_failures", "audit_feed", "declaration_receipts")):
+            self.add_error(None, "Choose what to send: card failures, the audit feed, declaration receipts.")
         return cleaned
 
 
@@ -113,7 +114,7 @@ class WebhookAdmin(admin.ModelAdmin):
     list_display = ["name", "url_display", "enabled_display", "sends_display", "format_display",
                     "last_delivery_display", "deliveries_link"]
     list_display_links = ["name"]
-    list_filter = ["enabled", "card_failures", "audit_feed", "payload_format"]
+    list_filter = ["enabled", "card_failures", "audit_feed", "declaration_receipts", "payload_format"]
     search_fields = ["name", "url", "key"]
     actions = ["send_test_event", "enable_selected", "disable_selected"]
     change_form_template = "admin/webhooks/webhook/change_form.html"
@@ -121,7 +122,8 @@ class WebhookAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         fieldsets = [
             (None, {"fields": ["name", "url"] if obj is None else ["key", "name", "url"]}),
-            ("What to send", {"fields": ["card_failures", "audit_feed", "payload_format", "acs_party", "enabled"]}),
+            ("What to send", {"fields": ["card_failures", "audit_feed", "declaration_receipts", "payload_format", "acs_party",
+                                         "enabled"]}),
             ("Signing", {"fields": ["secret"] if obj is None else ["secret_display", "secret", "receiver_help"]}),
         ]
         if obj is not None:
@@ -224,7 +226,8 @@ class WebhookAdmin(admin.ModelAdmin):
 
     @admin.display(description="sends")
     def sends_display(self, obj):
-        what = [label for label, on in (("card failures", obj.card_failures), ("audit feed", obj.audit_feed)) if on]
+        what = [label for label, on in (("card failures", obj.card_failures), ("audit feed", obj.audit_feed),
+                                        ("declaration receipts", obj.declaration_receipts)) if on]
         return ", ".join(what) or "nothing"
 
     @admin.display(description="format", ordering="payload_format")

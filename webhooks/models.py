@@ -61,6 +61,11 @@ class Webhook(models.Model):
         "audit feed", default=False,
         help_text="Send every API request's audit event (one notification per request: high volume).",
     )
+    declaration_receipts = models.BooleanField(
+        "declaration receipts", default=False,
+        help_text="Send every customs receipt of a declaration (accepted, rejected, in progress, or matching no "
+                  "declaration); in the native and acs formats (the cp-md5 format has no such notification).",
+    )
     payload_format = models.CharField(
         "payload format", max_length=10, choices=PAYLOAD_FORMATS, default=NATIVE,
         help_text="native: the platform's own JSON, signed like its API requests (HMAC-SHA256 with X-Access-Id, "

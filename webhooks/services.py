@@ -40,6 +40,8 @@ WEBHOOK_DELIVERY_RETRIED = AuditEvent.WEBHOOK_DELIVERY_RETRIED
 # The audit event fields a notification carries (never a secret, a PIN or signed data).
 _COMMON_FIELDS = ("device", "outcome", "message")
 _API_REQUEST_FIELDS = ("request_id", "endpoint", "http_status", "duration_ms", "cert_no", "data_sha256")
+_RECEIPT_FIELDS = ("declaration", "message_type", "guid", "reference", "status", "receipt", "receipt_type",
+                   "return_status", "return_info", "matched_by", "dxp_id")
 
 SECRET_MIN_LENGTH = 16
 CACHE_TTL = 10.0  # seconds: how long another process's webhook change may go unnoticed
@@ -57,6 +59,7 @@ class _Enabled:
     pk: int
     card_failures: bool
     audit_feed: bool
+    declaration_receipts: bool
 
 
 class _EnabledCache:
@@ -76,8 +79,9 @@ class _EnabledCache:
         if rows is not None and now < expires:
             return rows
         rows = tuple(
-            _Enabled(pk, card, feed)
-            for pk, card, feed in Webhook.objects.filter(enabled=True).values_list("pk", "card_failures", "audit_feed")
+            _Enabled(pk, card, feed, receipts)
+            for pk, card, feed, receipts in Webhook.objects.filter(enabled=True)
+            .values_list("pk", "card_failures", "audit_feed", "declaration_receipts")
         )
         with self._lock:
             if generation == self._generation:  # not invalidated while reading
@@ -107,6 +111,8 @@ def _flag_for(event_type: str) -> str | None:
         return "card_failures"
     if event_type == AuditEvent.API_REQUEST:
         return "audit_feed"
+    if event_type == AuditEvent.DECLARATION_RECEIPT:
+        return "declaration_receipts"
     return None
 
 
@@ -123,6 +129,10 @@ def payload_for_event(event: AuditEvent) -> dict[str, Any]:
         payload["access_id"] = event.access_key
         for name in _API_REQUEST_FIELDS:
             payload[name] = getattr(event, name)
+    if event.event_type == AuditEvent.DECLARATION_RECEIPT:
+        # What the receipt said and which declaration it concerns (no personal data of the documents).
+        payload["access_id"] = event.access_key
+        payload["receipt"] = {k: event.details.get(k) for k in _RECEIPT_FIELDS if k in event.details}
     return payload
 
 
@@ -203,23 +213,26 @@ def _record(context: ChangeContext, *, event_type: str, webhook: Webhook, messag
 
 
 def _what(webhook: Webhook) -> list[str]:
-    return [name for name, on in (("card failures", webhook.card_failures), ("audit feed", webhook.audit_feed)) if on]
+    return [name for name, on in (("card failures", webhook.card_failures), ("audit feed", webhook.audit_feed),
+                                  ("declaration receipts", webhook.declaration_receipts)) if on]
 
 
 def _settings(webhook: Webhook) -> dict[str, Any]:
     """What a webhook sends, as its change events record it."""
     settings_ = {"card_failures": webhook.card_failures, "audit_feed": webhook.audit_feed,
-                 "enabled": webhook.enabled, "payload_format": webhook.payload_format}
+                 "declaration_receipts": webhook.declaration_receipts, "enabled": webhook.enabled,
+                 "payload_format": webhook.payload_format}
     if webhook.acs_party_id:
         settings_["acs_party"] = webhook.acs_party.key
     return settings_
 
 
 def webhook_create(*, name: str, url: str, secret: str, card_failures: bool = True, audit_feed: bool = False,
-                   enabled: bool = True, payload_format: str = NATIVE, acs_party=None,
-                   context: ChangeContext = COMMAND) -> Webhook:
-    webhook = Webhook(name=name, url=url, card_failures=card_failures, audit_feed=audit_feed, enabled=enabled,
-                      payload_format=payload_format, acs_party=acs_party)
+                   declaration_receipts: bool = False, enabled: bool = True, payload_format: str = NATIVE,
+                   acs_party=None, context: ChangeContext = COMMAND) -> Webhook:
+    webhook = Webhook(name=name, url=url, card_failures=card_failures, audit_feed=audit_feed,
+                      declaration_receipts=declaration_receipts, enabled=enabled, payload_format=payload_format,
+                      acs_party=acs_party)
     webhook.full_clean(exclude=["secret_encrypted"])
     return webhook_add(webhook=webhook, secret=secret, context=context)
 

@@ -57,20 +57,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import connections
 from django.utils import timezone
 
 from accessids.acs import acs_envelope
 from core.acs_crypto import AcsCryptoError
+from core.dbthread import db_sync_to_async
 from core.http_client_errors import connect_error_text
 from signclient import sign_headers
 
@@ -218,12 +217,7 @@ class WebhookWorker:
             pass
 
     def _db(self, func):
-        @functools.wraps(func)
-        def job(*args, **kwargs):
-            close_old_connections()
-            return func(*args, **kwargs)
-
-        return sync_to_async(job, thread_sensitive=False, executor=self._executor)
+        return db_sync_to_async(func, executor=self._executor)
 
     # --- the loop ------------------------------------------------------------------------------
     async def _run(self) -> None:

@@ -62,9 +62,11 @@ class Command(BaseCommand):
         supervisor = Supervisor(on_exit=_process_exit_record)
         try:
             if web_only:
-                self.stdout.write("Web process only: the card gateways and webhook deliveries run elsewhere")
-                # The ASGI lifespan of this process then starts no webhook delivery worker.
+                self.stdout.write("Web process only: the card gateways, webhook deliveries and declaration "
+                                  "submissions run elsewhere")
+                # The ASGI lifespan of this process then starts no webhook or declaration worker.
                 settings.WEBHOOK_WORKER_EMBEDDED = False
+                settings.DECLARATION_WORKER_EMBEDDED = False
             elif not settings.UKEY_URL:
                 sim_port = settings.UKEY_SIMULATOR_PORT
                 if port_is_open(sim_port):
