@@ -547,7 +547,7 @@ def py_spy_start(directory: str, label: str, pid: int, duration: float) -> subpr
     Path(directory).mkdir(parents=True, exist_ok=True)
     out = Path(directory) / f"{label}.txt"
     return subprocess.Popen(
-        [binary, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))), "--rate", "200",
+        [binary, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))), "--rate", "200", "--gil",
          "--nonblocking", "--format", "raw", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )

@@ -144,6 +144,15 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
+# The paths machines call (signplatform/api_handler.py): no sessions, CSRF, user authentication
+# or messages there (every request is authenticated by its signature), and no thread hops.
+API_MIDDLEWARE = [
+    "signplatform.middleware.RequestIdMiddleware",
+    "signplatform.middleware.ApiHostMiddleware",
+    "signplatform.middleware.InlineSecurityMiddleware",
+    "signplatform.middleware.InlineXFrameOptionsMiddleware",
+]
+
 ROOT_URLCONF = "signplatform.urls"
 ASGI_APPLICATION = "signplatform.asgi.application"
 
