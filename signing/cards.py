@@ -23,6 +23,9 @@ from ukey.status import DeviceStatus
 logger = logging.getLogger(__name__)
 
 STATUS_TTL = 60
+# The card gateways running in this process, by device slug (signing.gateway_host keeps it):
+# a call for one of them is handed to it directly, not over the channel layer.
+local_gateways: dict[str, Any] = {}
 # The time (time.time()) by which the current request's card work must be done, when a card
 # pool runs it (a retry on another card gets only what is left); None: each call its own.
 card_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("card_deadline", default=None)
@@ -100,16 +103,18 @@ async def ukey_call(
             raise UKeyTimeout(f"the request's time for the card ({settings.UKEY_CALL_TIMEOUT:.0f}s) is used up",
                               device=slug)
         timeout = min(timeout, left)
+    gateway = local_gateways.get(slug)
     return await card_call(
         get_channel_layer(),
         method,
         args,
         device=slug,
-        status=device_status_get(slug, strict=True),
+        status=gateway.status if gateway is not None else device_status_get(slug, strict=True),
         timeout=timeout,
         raise_card_errors=raise_card_errors,
         fallback_pin=fallback_pin,
         pin_seal=fallback_pin_seal,
         request_id=request_id_var.get(),
         queue_full=(ChannelFull,),
+        gateway=gateway,
     )

@@ -21,14 +21,14 @@ from core.logging import redaction_register
 from ukey import messages
 from ukey.gateway import CardEvent, CardGateway, CertificateFacts, DeviceConfig, GatewayHooks
 
-from .cards import device_status_publish, fallback_pin_unseal
+from .cards import device_status_publish, fallback_pin_unseal, local_gateways
 from .models import CardDevice
 from .services import card_device_pin
 
 logger = logging.getLogger("signing.gateway_host")
 
-# The gateways running in this process, by device slug.
-running_gateways: dict[str, CardGateway] = {}
+# The gateways running in this process, by device slug (callers here hand them requests directly).
+running_gateways: dict[str, CardGateway] = local_gateways
 
 
 @database_sync_to_async

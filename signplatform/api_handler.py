@@ -10,8 +10,10 @@ every request by its signature), so here:
 - the middleware chain is `settings.API_MIDDLEWARE`, every one of them async-capable (the
   security and clickjacking headers are Django's own middlewares called inline: their hooks
   do no I/O);
-- the request signals' receivers (closing stale database connections of this thread, which
-  has none: the API's database work runs on `core.dbthread`'s threads) are called inline;
+- the request signals are not sent: their receivers close stale database connections of the
+  thread that runs the view, and every view here is asynchronous, its database work done on
+  `core.dbthread`'s threads, which check their connections before each job (the health
+  endpoints, synchronous views, stay on the full handler);
 - the view runs to its end even when the client goes away, so its one audit event is always
   written (Django would cancel it half-way).
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
@@ -33,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 # Served by the lean handler: the paths machines call. The OpenAPI document and the Swagger
 # UI under /api/v1/ are pages for people (CSP, clickjacking headers of the full chain).
-LEAN_PREFIXES = ("/api/", "/getCode", "/xml-files/", "/rpc", "/health")
-FULL_PREFIXES = ("/api/v1/docs/", "/api/v1/schema/")
+LEAN_PREFIXES = ("/api/", "/getCode", "/xml-files/", "/rpc")
+FULL_PREFIXES = ("/api/v1/docs/", "/api/v1/schema/", "/api/v1/health")
 
 
 def lean_path(path: str) -> bool:
@@ -67,14 +68,17 @@ class ApiASGIHandler(ASGIHandler):
             return
         try:
             set_script_prefix(get_script_prefix(scope))
-            signals.request_started.send(sender=self.__class__, scope=scope)
             request, response = self.create_request(scope, body_file)
             if request is not None:
                 response = await self.run_get_response(request)
+            if not response.streaming and not response.has_header("Content-Length"):
+                # As CommonMiddleware does: clients get a length, not a chunked answer.
+                response.headers["Content-Length"] = str(len(response.content))
             try:
                 await self.send_response(response, send)
             except OSError:  # the client went away; the request itself is complete
                 logger.info("the client closed the connection before the answer was sent")
-            response.close()  # sends request_finished (inline: its receivers do no I/O here)
+            if response.streaming:  # its file or iterator (none of the API's answers streams)
+                response.close()
         finally:
             body_file.close()

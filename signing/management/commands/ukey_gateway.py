@@ -5,6 +5,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from core.eventloop import event_loop_run
 from signing.gateway_host import GatewayHost
 from signing.models import CardDevice
 from signing.services import card_device_sync_default
@@ -28,7 +29,7 @@ class Command(BaseCommand):
             )
         if options["all"]:
             card_device_sync_default()
-            asyncio.run(self._run_all())
+            event_loop_run(self._run_all())
             return
         slug = options["device"]
         if slug == settings.UKEY_DEFAULT_DEVICE:
@@ -40,7 +41,7 @@ class Command(BaseCommand):
             raise CommandError(f"card device {slug!r} is disabled")
         if device.is_agent:
             raise CommandError(f"card device {slug!r} is served by its card agent (the web process it connects to)")
-        asyncio.run(self._run(slug, device.url))
+        event_loop_run(self._run(slug, device.url))
 
     async def _run_all(self) -> None:
         if not settings.UKEY_FOLLOW_DEVICES:  # the cards of now, until a restart
