@@ -793,7 +793,6 @@ def bench_platform_start(args: argparse.Namespace, cleanup: contextlib.ExitStack
     """In a temporary var dir: the simulator, the migrated database, an access ID without a
     useful rate limit, and `runplatform` with its card connected. Everything is stopped by
     `cleanup`; `after_stop(log_path)` runs once the platform has stopped (its log flushed)."""
-    from tests.live import Platform
 
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     cleanup.callback(lambda: print(f"temporary directory kept: {tmp}", file=sys.stderr) if args.keep_tmp
@@ -810,19 +809,29 @@ def bench_platform_start(args: argparse.Namespace, cleanup: contextlib.ExitStack
     created = json.loads(manage(env, "accessid", "create", "--name", "bench", "--json").strip().splitlines()[-1])
     manage(env, "shell", "-c", RATE_LIMIT_LIFT.format(key=created["access_id"], limit=10**9))
 
-    platform = Platform(env, tmp, name="platform")
+    platform = platform_start(cleanup, env, tmp, name="platform", after_stop=after_stop)
+    device = platform.wait_card(timeout=30)["devices"][0]
+    return BenchPlatform(sim, platform, created["access_id"], created["secret"], device)
+
+
+def platform_start(cleanup: contextlib.ExitStack, env: dict, tmp: Path, *, name: str, args: tuple = (),
+                   after_stop=None):
+    """`manage.py runplatform` (tests.live.Platform) with `env`, stopped by `cleanup` (its last
+    log lines printed when the run failed); `after_stop(log_path)` runs once it has stopped."""
+    from tests.live import Platform
+
+    platform = Platform(env, tmp, name=name, args=args)
     if after_stop is not None:
         cleanup.callback(after_stop, platform.log_path)
 
-    def platform_down(exc_type, exc, tb) -> None:
+    def down(exc_type, exc, tb) -> None:
         platform.stop()
         if exc_type is not None and platform.log_path.exists():
-            print(f"--- platform log (last lines) ---\n{platform.log[-3000:]}", file=sys.stderr)
+            print(f"--- {name} log (last lines) ---\n{platform.log[-3000:]}", file=sys.stderr)
 
-    cleanup.push(platform_down)
+    cleanup.push(down)
     platform.start(migrate=False)
-    device = platform.wait_card(timeout=30)["devices"][0]
-    return BenchPlatform(sim, platform, created["access_id"], created["secret"], device)
+    return platform
 
 
 def event_loop_run(coroutine):

@@ -46,7 +46,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.api_bench import RATE_LIMIT_LIFT, CpuMeter, DirectCard, RequestFactory, manage, sign_answer_check
+from bench.api_bench import (
+    RATE_LIMIT_LIFT,
+    CpuMeter,
+    DirectCard,
+    RequestFactory,
+    manage,
+    platform_start,
+    sign_answer_check,
+)
 from bench.gateway_bench import BENCH_PIN, BenchError, Simulator, card_stats, ms, percentile
 from bench.loadgen import LoadResult, _Conn, threaded_load
 from core.legacy_cipher import legacy_decrypt, legacy_encrypt, legacy_key_fold
@@ -92,21 +100,6 @@ def simulator_start(cleanup: contextlib.ExitStack, tmp: Path, *, latency_ms: flo
     cleanup.callback(sim.stop)
     sim.start()
     return sim
-
-
-def platform_start(cleanup: contextlib.ExitStack, env: dict, tmp: Path, *, name: str, args: tuple = ()):
-    from tests.live import Platform
-
-    platform = Platform(env, tmp, name=name, args=args)
-
-    def down(exc_type, exc, tb) -> None:
-        platform.stop()
-        if exc_type is not None and platform.log_path.exists():
-            print(f"--- {name} log (last lines) ---\n{platform.log[-3000:]}", file=sys.stderr)
-
-    cleanup.push(down)
-    platform.start(migrate=False)
-    return platform
 
 
 def access_id_create(env: dict, *extra: str) -> tuple[str, str]:

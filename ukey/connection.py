@@ -143,18 +143,7 @@ class CardConnection:
 
     async def send(self, method: str, args: dict[str, Any]) -> asyncio.Future:
         """Send one request; returns the future of its answer."""
-        if self.closed.is_set():
-            raise CardConnectionLost(self.close_reason or "connection closed")
-        self._next_id += 1
-        request_id = self._next_id
-        future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            await self.ws.send(protocol.build_request(method, request_id, args))
-        except ConnectionClosed as exc:
-            self._pending.pop(request_id, None)
-            raise CardConnectionLost(f"connection closed ({exc.__class__.__name__})") from None
-        return future
+        return self.send_nowait(method, args)
 
     def abort(self) -> None:
         """Drop the connection at once (after a timeout: no late answer may arrive)."""
