@@ -1,5 +1,7 @@
 import asyncio
+import os
 import signal
+from pathlib import Path
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -47,18 +49,19 @@ class Command(BaseCommand):
         if not settings.UKEY_FOLLOW_DEVICES:  # the cards of now, until a restart
             slugs = await sync_to_async(list)(CardDevice.objects.filter(
                 enabled=True, transport=CardDevice.TRANSPORT_URL).values_list("slug", flat=True))
-            host = GatewayHost(slugs)
+            host = GatewayHost(slugs, link_path=_link_path())
             await host.start()
             await self._serve(host)
             return
-        host = GatewayHost([])
+        host = GatewayHost([], link_path=_link_path())
+        await host.start()
         follower = asyncio.create_task(host.follow_devices())
         self.stdout.write("UKey gateways for every enabled card the platform dials (following changes); "
                           "Ctrl-C stops them")
         await self._serve(host, extra=follower)
 
     async def _run(self, slug: str, url: str) -> None:
-        host = GatewayHost([slug])
+        host = GatewayHost([slug], link_path=_link_path())
         await host.start()
         self.stdout.write(f"UKey gateway for card {slug} ({url}) running; Ctrl-C stops it")
         await self._serve(host)
@@ -80,3 +83,12 @@ class Command(BaseCommand):
         await host.stop()
         waiter.cancel()
         self.stdout.write("UKey gateway stopped")
+
+
+def _link_path() -> str:
+    """This process's card-link socket (ukey/link.py) in the private var/ directory, or "" (off,
+    or a path too long for a Unix socket)."""
+    if not settings.UKEY_LINK:
+        return ""
+    path = str(Path(settings.VAR_DIR) / f"ukey-link-{os.getpid()}.sock")
+    return path if len(path.encode()) < 100 else ""
