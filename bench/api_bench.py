@@ -322,6 +322,16 @@ class Run:
     cpu: CpuMeter
     samples: list[tuple[str, str, str]] = field(default_factory=list)  # (phase, data, signature)
     checked: int = 0
+    # The platform's CPU (cores) with no request at all (heartbeats, status, workers): taken
+    # off a window's CPU for `platform_net_cpu_ms_per_req`, the request's own cost.
+    idle_platform_cores: float | None = None
+
+    async def idle_measure(self, seconds: float = 2.0) -> float:
+        before = self.cpu.snapshot()
+        await asyncio.sleep(seconds)
+        used = CpuMeter.delta(before, self.cpu.snapshot())
+        self.idle_platform_cores = round(used["platform"] / seconds, 4)
+        return self.idle_platform_cores
 
     def offer(self, phase: str, data: str, signature: str, first: bool) -> None:
         if first or self.checked % VERIFY_EVERY == 0:
@@ -369,6 +379,9 @@ class Window:
             "card_busy_over_window": round(busy / wall, 4),
             **{f"{name}_cpu_cores": round(used / wall, 3) for name, used in cpu.items()},
             **per_request,
+            "platform_net_cpu_ms_per_req": round(1000 * (cpu["platform"] - self.run.idle_platform_cores * wall)
+                                                 / completed, 3)
+            if completed and self.run.idle_platform_cores is not None else None,
         }
 
 

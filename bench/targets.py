@@ -536,6 +536,35 @@ def scaleout_phase(args, report: dict, cleanup: contextlib.ExitStack) -> None:
                              duration=args.duration / 2, sims=sims, cpu=cpu, label="pool", rate_guess=240)
 
 
+def xml_phase(args, report: dict, cleanup: contextlib.ExitStack) -> None:
+    """bench/xml_bench.py with an RSA card and with an SM2 card (each its own platform)."""
+    out = report.setdefault("xml", {"load_at_start": load_average()})
+    for algorithm in ("rsa", "sm2"):
+        argv = [sys.executable, str(ROOT / "bench" / "xml_bench.py"), "--algorithm", algorithm, "--json",
+                "--duration", str(max(2.0, args.duration / 3)), "--zero-concurrency", "4",
+                "--zero-duration", str(max(3.0, args.duration / 2)), "--single-calls", str(args.single_calls // 2),
+                "--probe-hz", "0"]
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        try:
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise BenchError(f"xml_bench ({algorithm}) gave no figures:\n{done.stdout[-2000:]}{done.stderr[-2000:]}") from None
+        if figures.get("problems"):
+            report["problems"].extend(f"xml_bench ({algorithm}): {p}" for p in figures["problems"])
+        zero = figures["zero"][0]
+        memory = figures["platform_memory_mb"]
+        out[algorithm] = {
+            "single": {name: figures["single"][name] for name in ("sign", "xml", "xml-big")},
+            "zero_c4_cpu_ms_per_req": {name: zero[name]["platform_cpu_ms_per_req"] for name in ("sign", "xml", "xml-big")},
+            # without the platform's own idle CPU (its share grows as fewer requests are served)
+            "zero_c4_net_cpu_ms_per_req": {name: zero[name]["platform_net_cpu_ms_per_req"]
+                                           for name in ("sign", "xml", "xml-big")},
+            "idle_platform_cores": figures.get("idle_platform_cores"),
+            "zero_c4_req_per_s": {name: zero[name]["req_per_s"] for name in ("sign", "xml", "xml-big")},
+            "memory_mb": memory, "documents": figures["documents"], "load": load_average(),
+        }
+
+
 # --- judging and the report ----------------------------------------------------------------------
 
 
@@ -571,6 +600,20 @@ def judge(report: dict) -> list[tuple[str, float | None, str]]:
         rows.append(("pool_scaleout", ratio,
                      f"{pool['req_per_s']:.1f} vs {one['req_per_s']:.1f} req/s, {pool['errors'] + one['errors']} errors; "
                      f"cards busy {[c['busy_fraction'] for c in pool['cards']]}"))
+    x = report.get("xml", {})
+    if "rsa" in x:
+        r = x["rsa"]
+        rows.append(("xml_added_p50", r["single"]["xml"]["added_p50_ms"],
+                     f"/sign/xml p50 {r['single']['xml']['p50_ms']} vs /sign {r['single']['sign']['p50_ms']} ms; "
+                     f"p99 added {r['single']['xml']['added_p99_ms']} ms; 1 MiB: added p50 "
+                     f"{r['single']['xml-big']['added_p50_ms']} ms"))
+    if "sm2" in x and "rsa" in x:
+        rsa, sm2 = x["rsa"]["zero_c4_net_cpu_ms_per_req"]["xml"], x["sm2"]["zero_c4_net_cpu_ms_per_req"]["xml"]
+        big = x["rsa"]["memory_mb"]
+        rows.append(("xml_sm2_cost", round(sm2 / rsa, 3) if rsa else None,
+                     f"server CPU per /sign/xml (0 ms card, 4 clients, idle CPU taken off): SM2 {sm2} ms, RSA {rsa} "
+                     f"ms; 1 MiB documents "
+                     f"at 4 clients: peak RSS {big['peak_rss']} MB from {big['rss_at_start']} MB at start"))
     return rows
 
 
@@ -603,7 +646,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each window")
     parser.add_argument("--rounds", type=int, default=3, help="windows per side when two sides are compared")
     parser.add_argument("--single-calls", type=int, default=300, help="one client: calls each way")
-    parser.add_argument("--only", default="embedded", help="phases to run (comma-separated)")
+    parser.add_argument("--only", default="embedded,services,scaleout,xml",
+                        help="phases to run (comma-separated; default all: embedded,services,scaleout,xml)")
     parser.add_argument("--py-spy", metavar="DIR", help="record the platform (and its child processes) with py-spy "
                         "during its windows, GIL-holding samples (raw collapsed stacks, one file per window)")
     parser.add_argument("--json", action="store_true")
@@ -615,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "bench/targets.py", *(sys.argv[1:] if argv is None else argv)])
     report: dict = {"command": command, "load_at_start": load_average(), "problems": []}
     PROFILE["dir"] = args.py_spy
-    phases = {"embedded": embedded_phase, "services": services_phase, "scaleout": scaleout_phase}
+    phases = {"embedded": embedded_phase, "services": services_phase, "scaleout": scaleout_phase, "xml": xml_phase}
     try:
         with contextlib.ExitStack() as cleanup:
             for name in args.only.split(","):
