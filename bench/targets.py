@@ -247,6 +247,8 @@ def window_figures(result: LoadResult, marks: dict) -> dict:
         wall = result.window_s
         figures["cpu_cores"] = {name: round(value / wall, 3) for name, value in used.items()}
         figures["server_cpu_ms_per_req"] = round(1000 * used["platform"] / result.requests, 3) if result.requests else None
+        figures["server_kernel_ms_per_req"] = (round(1000 * used["platform_kernel"] / result.requests, 3)
+                                               if result.requests else None)
     return figures
 
 
@@ -344,12 +346,14 @@ def windows_sum(windows: list[dict]) -> dict:
     requests = sum(w["requests"] for w in windows)
     seconds = sum(w["requests"] / w["req_per_s"] for w in windows if w["req_per_s"])
     cpu = sum(w["server_cpu_ms_per_req"] * w["requests"] for w in windows if w.get("server_cpu_ms_per_req"))
+    kernel = sum(w["server_kernel_ms_per_req"] * w["requests"] for w in windows if w.get("server_kernel_ms_per_req"))
     return {
         "windows": len(windows), "requests": requests, "req_per_s": round(requests / seconds, 2) if seconds else 0.0,
         "per_window_req_per_s": [w["req_per_s"] for w in windows],
         "p50_ms_max": max(w["p50_ms"] for w in windows), "p99_ms_max": max(w["p99_ms"] for w in windows),
         "errors": sum(w["errors"] for w in windows), "error_samples": [e for w in windows for e in w["error_samples"]][:3],
         "server_cpu_ms_per_req": round(cpu / requests, 3) if requests else None,
+        "server_kernel_ms_per_req": round(kernel / requests, 3) if requests else None,
         "other_cpu_cores": [w["cpu_cores"]["other"] for w in windows],
         "cards": [w["cards"] for w in windows], "load": [w["load"] for w in windows],
     }

@@ -120,3 +120,27 @@ def test_a_client_that_hangs_up_before_the_answer_still_has_its_request_audited(
         time.sleep(0.2)  # the card is working on it
     event = poll(lambda: AuditEvent.objects.filter(data_sha256=data_digest(text)).first(), 10, "its audit event")
     assert (event.outcome, event.http_status, event.access_key) == ("OK", 200, access.key)
+
+
+def test_the_wal_checkpointer_copies_the_log_back_and_empties_it_on_stop(tmp_path):
+    import sqlite3
+
+    from core.sqlitewal import WalCheckpointer
+
+    path = tmp_path / "db.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # as the web process's connections run
+    writer.execute("CREATE TABLE t (v TEXT)")
+    for i in range(300):
+        writer.execute("INSERT INTO t VALUES (?)", (f"row {i} " + "x" * 500,))
+    wal = tmp_path / "db.sqlite3-wal"
+    assert wal.stat().st_size > 100_000  # nothing copied back by the writer itself
+    checkpointer = WalCheckpointer(str(path), interval=0.05)
+    checkpointer.start()
+    time.sleep(0.3)
+    writer.execute("INSERT INTO t VALUES ('while it runs')")  # never blocked by it
+    checkpointer.stop()
+    assert wal.stat().st_size == 0  # copied back and emptied (TRUNCATE on stop)
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone()[0] == 301
+    writer.close()
