@@ -21,7 +21,7 @@ import time
 
 from django.conf import settings
 from django.core.cache import caches
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from accessids.profiles import MAX_WINDOW_SECONDS
@@ -122,8 +122,8 @@ class DatabaseNonceStore(NonceStore):
         sql = (f"INSERT INTO {table} (access_key, nonce, created_at) VALUES (%s, %s, %s) "
                f"ON CONFLICT (access_key, nonce) DO UPDATE SET created_at = excluded.created_at "
                f"WHERE {table}.created_at < %s")
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
+        try:  # one statement: atomic on its own, no transaction around it
+            with connection.cursor() as cursor:
                 cursor.execute(sql, [access_key, nonce, _db_time(now), _db_time(cutoff)])
                 claimed = cursor.rowcount == 1
         except DatabaseError as exc:
