@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint install install-test services messages bench bench-gateway bench-api bench-cards clean
+.PHONY: run test lint install install-test install-bench services messages bench bench-targets bench-gateway bench-api bench-cards clean
 
 $(PY):
 	@echo "==> creating virtual environment in $(VENV)"
@@ -22,9 +22,17 @@ $(VENV)/.test-deps: requirements.txt requirements-test.txt | $(PY)
 	$(PIP) install --disable-pip-version-check -q -r requirements-test.txt
 	@touch $@ $(VENV)/.run-deps
 
+$(VENV)/.bench-deps: requirements.txt requirements-test.txt bench/requirements.txt | $(PY)
+	@echo "==> installing bench/requirements.txt"
+	$(PIP) install --disable-pip-version-check -q -r bench/requirements.txt
+	@touch $@ $(VENV)/.test-deps $(VENV)/.run-deps
+
 install: $(VENV)/.run-deps
 
 install-test: $(VENV)/.test-deps
+
+install-bench: $(VENV)/.bench-deps
+
 
 # runplatform --prepare binds the port first, then migrates and makes sure an admin exists:
 # a second `make run` whose port is busy fails at once and changes nothing.
@@ -55,7 +63,16 @@ test: install-test lint services
 	@echo "==> gateway tests against the embedded defaults (SQLite, in-memory channel layer)"
 	SIGNPLATFORM_TEST_BACKENDS=embedded $(PY) -m pytest -m "embedded and not services"
 
-bench: bench-gateway bench-api bench-cards
+# Every benchmark, each run even when one before it misses a goal; the exit status is 1 when any did.
+# bench-targets prints every target of issue 16 with its figure, PASS/FAIL and its comparison.
+bench: install-bench
+	@failed=0; for b in bench-targets bench-gateway bench-cards; do $(MAKE) --no-print-directory $$b || failed=1; done; \
+	exit $$failed
+
+# Issue 16's targets against the Flask sign-server stand-in, in one run (PostgreSQL and Redis
+# are started by the benchmark as the tests start them: make services installs them).
+bench-targets: install-bench services
+	$(PY) bench/targets.py
 
 bench-gateway: install
 	$(PY) bench/gateway_bench.py

@@ -127,8 +127,11 @@ class AppSecretService:
         """The secrets a request of this access ID may be signed with right now:
         the current one, and the previous one until its grace period ends."""
         info = cls.lookup(key)
-        if info is None:
-            return []
+        return [] if info is None else cls.valid_secrets_of(info, now=now)
+
+    @staticmethod
+    def valid_secrets_of(info: AccessIdAuthInfo, *, now: datetime.datetime | None = None) -> list[ValidSecret]:
+        """`valid_secrets` of an access ID already looked up (no second look-up)."""
         now = now or timezone.now()
         return [
             ValidSecret(version=version, secret=secret_decrypt(stored, purpose=SECRET_PURPOSE))

@@ -14,14 +14,17 @@ import re
 import time
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
+from django.http import HttpResponse
+from django.template.response import SimpleTemplateResponse
 from rest_framework import exceptions
 from rest_framework.views import APIView
 
 from accessids.services import access_id_mark_used
 from audit.models import AuditEvent
-from audit.services import audit_event_record
-from core.dbthread import db_sync_to_async
+from audit.services import audit_event_record, audit_events_record
+from core.dbthread import DbBatch, db_sync_to_async
 from core.errors import ApiError, error_response, invalid_request, not_found
 from core.networks import client_address
 from signing.pools import card_trace_audit
@@ -33,6 +36,64 @@ from .permissions import AccessIdRateThrottle, HasScope
 logger = logging.getLogger(__name__)
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _secret_use_mark(fields: dict[str, Any]) -> None:
+    if fields.get("access_id") and fields.get("secret_version"):
+        access_id_mark_used(access_pk=fields["access_id"], version=fields["secret_version"])
+
+
+def request_audit_write(fields: dict[str, Any]) -> None:
+    """A request's one audit event (`audit_event_record` fields), and which secret version
+    it used. Call inside a transaction."""
+    audit_event_record(**fields)
+    _secret_use_mark(fields)
+
+
+def _audit_flush(batch: list[dict[str, Any]]) -> list[Exception | None]:
+    """The events of many requests in one transaction (group commit, `audit_batch`). If that
+    fails, each event is written on its own, so one event that cannot be stored fails only
+    its own request."""
+    try:
+        with transaction.atomic():
+            audit_events_record(events=batch)
+            for fields in batch:
+                _secret_use_mark(fields)
+        return [None] * len(batch)
+    except Exception:
+        if len(batch) == 1:
+            raise
+        logger.warning("a batch of %d audit events could not be written; writing them one by one", len(batch))
+    results: list[Exception | None] = []
+    for fields in batch:
+        try:
+            with transaction.atomic():
+                request_audit_write(fields)
+            results.append(None)
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def rendered(response):
+    """A DRF response rendered here, handed on as a plain `HttpResponse`: Django renders a
+    template response (DRF's is one) through `sync_to_async`, a thread hop per request. Its
+    `data` and `exception` stay readable."""
+    if not isinstance(response, SimpleTemplateResponse):
+        return response
+    response.render()
+    plain = HttpResponse(response.content, status=response.status_code)
+    for name, value in response.headers.items():
+        plain.headers[name] = value
+    plain.cookies = response.cookies
+    plain.data = getattr(response, "data", None)
+    plain.exception = getattr(response, "exception", False)
+    return plain
+
+
+# The answers' audit events: each answer waits until its event is committed (durable), but
+# the events of concurrent requests share one transaction and one lock of the chain.
+audit_batch = DbBatch(_audit_flush, name="audit")
 
 
 class SignedAPIView(APIView):
@@ -70,18 +131,22 @@ class SignedAPIView(APIView):
         response = self.finalize_response(drf_request, response, *args, **kwargs)
         if not getattr(request, "audit_recorded", False):
             try:
-                await db_sync_to_async(self._audit_request)(request, response, started)
+                fields = self.audit_fields_for(request, status_code=response.status_code,
+                                               data=getattr(response, "data", None), started=started)
+                await audit_batch.submit(fields)
             except Exception:
                 logger.exception("the audit event of this request could not be written")
                 failure = ApiError("INTERNAL_ERROR", "the request could not be recorded in the audit log", status=500)
                 response = self.finalize_response(drf_request, error_response(failure, request.request_id))
-        return response
+        return rendered(response)
 
     def _initial_checked(self, request, *args, **kwargs) -> None:
         """DRF's checks, then proof that this request's audit event can be written: a
         request is refused before the card is called, never after (the event is written
         once the answer is known)."""
         self.initial(request, *args, **kwargs)
+        if settings.NONCE_STORE == "database" and getattr(request._request, "auth_scheme", None) is not None:
+            return  # the nonce was claimed by a write to the database itself
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
 
@@ -138,17 +203,9 @@ class SignedAPIView(APIView):
             django_request.audit_recorded = True
         return result
 
-    def _audit_request(self, request, response, started: float) -> None:
-        with transaction.atomic():
-            self._audit_write(request, status_code=response.status_code, data=getattr(response, "data", None),
-                              started=started)
-
     def _audit_write(self, request, *, status_code: int, data: Any, started: float) -> None:
         """The request's one audit event, and which secret version it used."""
-        fields = self.audit_fields_for(request, status_code=status_code, data=data, started=started)
-        audit_event_record(**fields)
-        if fields["access_id"] and fields["secret_version"]:
-            access_id_mark_used(access_pk=fields["access_id"], version=fields["secret_version"])
+        request_audit_write(self.audit_fields_for(request, status_code=status_code, data=data, started=started))
 
 
 class ApiNotFoundView(SignedAPIView):

@@ -21,7 +21,7 @@ import time
 
 from django.conf import settings
 from django.core.cache import caches
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from accessids.profiles import MAX_WINDOW_SECONDS
@@ -105,22 +105,32 @@ class RedisNonceStore(NonceStore):
         return int(result) == 1
 
 
+def _db_time(value: datetime.datetime):
+    """A datetime as the ORM would store it in `created_at` (the backend's own adaptation)."""
+    return UsedNonce._meta.get_field("created_at").get_db_prep_value(value, connection)
+
+
 class DatabaseNonceStore(NonceStore):
     PRUNE_PROBABILITY = 0.01
 
     def claim(self, access_key: str, nonce: str, timestamp_ms: int | None = None, *, ttl: int | None = None) -> bool:
         now = timezone.now()
         cutoff = now - datetime.timedelta(seconds=ttl or self.ttl)
-        try:
-            with transaction.atomic():
-                # An expired claim of the same nonce no longer counts.
-                UsedNonce.objects.filter(access_key=access_key, nonce=nonce, created_at__lt=cutoff).delete()
-                UsedNonce.objects.create(access_key=access_key, nonce=nonce, created_at=now)
-        except IntegrityError:
-            return False
+        table = connection.ops.quote_name(UsedNonce._meta.db_table)
+        # One statement: a new nonce is inserted, an expired claim of the same nonce is taken
+        # over, a live one is left alone (no row changed: a replay). PostgreSQL and SQLite alike.
+        sql = (f"INSERT INTO {table} (access_key, nonce, created_at) VALUES (%s, %s, %s) "
+               f"ON CONFLICT (access_key, nonce) DO UPDATE SET created_at = excluded.created_at "
+               f"WHERE {table}.created_at < %s")
+        try:  # one statement: atomic on its own, no transaction around it
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [access_key, nonce, _db_time(now), _db_time(cutoff)])
+                claimed = cursor.rowcount == 1
         except DatabaseError as exc:
             logger.error("nonce store unreachable: %s", type(exc).__name__)
             raise NonceStoreUnavailable(str(exc)) from None
+        if not claimed:
+            return False
         if random.random() < self.PRUNE_PROBABILITY:
             # Native claims live `self.ttl`; a profile's (namespace "profile:AK...") may live
             # up to twice the longest window a profile can have.

@@ -55,16 +55,30 @@ def rate_limit_count(*, access_key: str, limit: int) -> tuple[bool, float]:
     key = f"ratelimit:{access_key}:{window}"
     store = caches["nonces"]
     try:
-        store.add(key, 0, timeout=WINDOW_SECONDS * 2)
-        count = store.incr(key)
-    except ValueError:  # the key expired between add and incr
-        store.add(key, 1, timeout=WINDOW_SECONDS * 2)
-        count = 1
+        count = _count(store, key)
     except Exception as exc:  # fail closed, like the nonce store
         logger.error("rate limit store unreachable: %s", type(exc).__name__)
         raise ApiError("NONCE_STORE_UNAVAILABLE", "the rate limit store cannot be reached; retry later",
                        status=503, headers={"Retry-After": "5"}) from None
     return count <= limit, retry_after
+
+
+def _count(store, key: str) -> int:
+    """Add one to the window's counter and return it. Redis: one round trip (SET NX EX and
+    INCR in one transaction); the local-memory cache: add, then incr."""
+    get_client = getattr(getattr(store, "client", None), "get_client", None)
+    if get_client is not None:
+        full_key = store.make_key(key)
+        pipe = get_client(write=True).pipeline(transaction=True)
+        pipe.set(full_key, 0, ex=WINDOW_SECONDS * 2, nx=True)
+        pipe.incr(full_key)
+        return int(pipe.execute()[1])
+    try:
+        store.add(key, 0, timeout=WINDOW_SECONDS * 2)
+        return store.incr(key)
+    except ValueError:  # the key expired between add and incr
+        store.add(key, 1, timeout=WINDOW_SECONDS * 2)
+        return 1
 
 
 class AccessIdRateThrottle(BaseThrottle):

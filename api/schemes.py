@@ -218,7 +218,7 @@ class AuthScheme:
         text = self.message(request, presented, info.key, request_body(request))
         provided = self.normalised(presented.signature).encode()
         matched = None
-        for candidate in AppSecretService.valid_secrets(info.key):
+        for candidate in AppSecretService.valid_secrets_of(info):
             if hmac.compare_digest(self.sign(candidate.secret, text).encode(), provided) and matched is None:
                 matched = candidate.version
         if matched is None:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from .fields import StrictBooleanField, StrictCharField, StrictIntegerField, not_blank
 
 
-class SignRequestSerializer(serializers.Serializer):
+class RequestSerializer(serializers.Serializer):
+    """A request body's serializer whose fields are shallow copies of the declared ones: DRF
+    deep-copies them for every instance, which runs each field's __init__ again, on every
+    request. The declared fields are never bound or changed, so sharing what they hold
+    (validators, a child field) is safe."""
+
+    def get_fields(self):
+        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
+
+
+class SignRequestSerializer(RequestSerializer):
     data = StrictCharField(trim_whitespace=False, validators=[not_blank],
                            help_text="The text to sign (UTF-8), not empty or only white space.")
     no_hash = StrictBooleanField(
@@ -26,7 +38,7 @@ class SignResponseSerializer(serializers.Serializer):
     request_id = serializers.CharField()
 
 
-class RpcRequestSerializer(serializers.Serializer):
+class RpcRequestSerializer(RequestSerializer):
     _method = StrictCharField(help_text="A card method allowed for this access ID, e.g. cus-sec_SpcGetCertNo.")
     args = serializers.DictField(required=False, default=dict, help_text="The method's args; `passwd` is dropped.")
     device = StrictCharField(required=False, allow_blank=True)
@@ -80,7 +92,7 @@ class XmlTextField(StrictCharField):
         self.validators = [v for v in self.validators if not isinstance(v, ProhibitSurrogateCharactersValidator)]
 
 
-class SignXmlRequestSerializer(serializers.Serializer):
+class SignXmlRequestSerializer(RequestSerializer):
     xml = XmlTextField(help_text="A CEB message (root ceb:CEB<nnn>Message), unsigned.")
     filename = StrictCharField(
         required=False, allow_blank=True, help_text="Store the signed document under this name (.xml added)."
@@ -105,7 +117,7 @@ class SignXmlResponseSerializer(serializers.Serializer):
     request_id = serializers.CharField()
 
 
-class VerifyXmlRequestSerializer(serializers.Serializer):
+class VerifyXmlRequestSerializer(RequestSerializer):
     xml = XmlTextField(help_text="A signed CEB message, signed anywhere.")
 
 

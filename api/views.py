@@ -22,7 +22,7 @@ from core.errors import invalid_request, permission_denied, xml_input_error
 from signing.pools import CARD_HEADER, card_target_for, card_target_run
 from signing.services import (
     card_rpc,
-    card_signature_method_override,
+    card_signature_method_override_recent,
     ceb_xml_sign,
     certificate_get,
     data_sign,
@@ -229,7 +229,7 @@ class SignXmlView(SignedAPIView):
         filename = xml_filename_clean(values["filename"]) if values.get("filename", "").strip() else ""
         request.audit["data_sha256"] = data_digest(xml)
         async def sign(card: str):
-            override = await db_sync_to_async(card_signature_method_override)(device=card)
+            override = await card_signature_method_override_recent(device=card)
             return await ceb_xml_sign(xml=xml, device=card, owner=request.user.key, signature_method=override)
 
         result, device = await _on_card(request, values.get("device"), sign)

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from core.networks import client_address
 
-from .chain import ChainBroken, chain_append, chain_verify, checkpoint_mac
+from .chain import ChainBroken, chain_append, chain_append_many, chain_verify, checkpoint_mac
 from .models import AuditCheckpoint, AuditEvent
 
 _MAX_MESSAGE = 500
@@ -47,7 +47,7 @@ def storable_json(value: Any) -> Any:
     return value
 
 
-def audit_event_record(
+def audit_event_build(
     *,
     event_type: str,
     outcome: str = AuditEvent.OK,
@@ -68,9 +68,7 @@ def audit_event_record(
     message: str = "",
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Store one audit event, chained to the one before it (audit/chain.py). `access_id` is
-    an AccessId (or its pk); `access_key` the access ID string as claimed by a request (kept
-    even when no such access ID exists)."""
+    """One unsaved audit event (its fields made storable; see `audit_event_record`)."""
     access_pk = getattr(access_id, "pk", access_id)
     if access_id is not None and not access_key:
         access_key = getattr(access_id, "key", "")
@@ -108,7 +106,21 @@ def audit_event_record(
         altered["details"] = hashlib.sha256(repr(details).encode("utf-8", "surrogatepass")).hexdigest()
     if altered:  # what was escaped, and the SHA-256 of what the request really carried
         event.details = {**event.details, "escaped_sha256": altered}
-    return chain_append(event)
+    return event
+
+
+def audit_event_record(**fields: Any) -> AuditEvent:
+    """Store one audit event, chained to the one before it (audit/chain.py); the fields are
+    those of `audit_event_build`. `access_id` is an AccessId (or its pk); `access_key` the
+    access ID string as claimed by a request (kept even when no such access ID exists)."""
+    return chain_append(audit_event_build(**fields))
+
+
+def audit_events_record(*, events: list[dict[str, Any]]) -> list[AuditEvent]:
+    """Store several audit events (each a dict of `audit_event_build` fields), chained in
+    this order, with one lock of the chain and one insert: the group commit of concurrent
+    requests' events. Call inside the transaction they belong to."""
+    return chain_append_many([audit_event_build(**fields) for fields in events])
 
 
 @dataclass(frozen=True)

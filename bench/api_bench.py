@@ -95,8 +95,9 @@ def _process_tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process and its live descendants."""
+def cpu_seconds(pid: int | None, *, system_only: bool = False) -> float:
+    """User + system CPU seconds of a process and its live descendants (only the system
+    time, the kernel's work for it: sockets, files, with `system_only`)."""
     if pid is None:
         return 0.0
     total = 0.0
@@ -106,7 +107,7 @@ def cpu_seconds(pid: int | None) -> float:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+        total += (int(fields[12]) + (0 if system_only else int(fields[11]))) / CLK_TCK  # stime, utime
     return total
 
 
@@ -128,6 +129,7 @@ class CpuMeter:
     def snapshot(self) -> dict[str, float]:
         snap = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         snap["loadgen"] = time.process_time()
+        snap["platform_kernel"] = cpu_seconds(self.pids["platform"], system_only=True)
         snap["machine"] = machine_cpu_seconds()
         return snap
 
@@ -135,7 +137,9 @@ class CpuMeter:
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         used = {name: after[name] - before[name] for name in before}
         machine = used.pop("machine")
+        kernel = used.pop("platform_kernel", 0.0)  # part of "platform"
         used["other"] = max(0.0, machine - sum(used.values()))
+        used["platform_kernel"] = kernel
         return used
 
 
@@ -322,6 +326,16 @@ class Run:
     cpu: CpuMeter
     samples: list[tuple[str, str, str]] = field(default_factory=list)  # (phase, data, signature)
     checked: int = 0
+    # The platform's CPU (cores) with no request at all (heartbeats, status, workers): taken
+    # off a window's CPU for `platform_net_cpu_ms_per_req`, the request's own cost.
+    idle_platform_cores: float | None = None
+
+    async def idle_measure(self, seconds: float = 2.0) -> float:
+        before = self.cpu.snapshot()
+        await asyncio.sleep(seconds)
+        used = CpuMeter.delta(before, self.cpu.snapshot())
+        self.idle_platform_cores = round(used["platform"] / seconds, 4)
+        return self.idle_platform_cores
 
     def offer(self, phase: str, data: str, signature: str, first: bool) -> None:
         if first or self.checked % VERIFY_EVERY == 0:
@@ -369,6 +383,9 @@ class Window:
             "card_busy_over_window": round(busy / wall, 4),
             **{f"{name}_cpu_cores": round(used / wall, 3) for name, used in cpu.items()},
             **per_request,
+            "platform_net_cpu_ms_per_req": round(1000 * (cpu["platform"] - self.run.idle_platform_cores * wall)
+                                                 / completed, 3)
+            if completed and self.run.idle_platform_cores is not None else None,
         }
 
 
@@ -547,7 +564,7 @@ def py_spy_start(directory: str, label: str, pid: int, duration: float) -> subpr
     Path(directory).mkdir(parents=True, exist_ok=True)
     out = Path(directory) / f"{label}.txt"
     return subprocess.Popen(
-        [binary, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))), "--rate", "200",
+        [binary, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))), "--rate", "200", "--gil",
          "--nonblocking", "--format", "raw", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
@@ -793,7 +810,6 @@ def bench_platform_start(args: argparse.Namespace, cleanup: contextlib.ExitStack
     """In a temporary var dir: the simulator, the migrated database, an access ID without a
     useful rate limit, and `runplatform` with its card connected. Everything is stopped by
     `cleanup`; `after_stop(log_path)` runs once the platform has stopped (its log flushed)."""
-    from tests.live import Platform
 
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     cleanup.callback(lambda: print(f"temporary directory kept: {tmp}", file=sys.stderr) if args.keep_tmp
@@ -810,19 +826,29 @@ def bench_platform_start(args: argparse.Namespace, cleanup: contextlib.ExitStack
     created = json.loads(manage(env, "accessid", "create", "--name", "bench", "--json").strip().splitlines()[-1])
     manage(env, "shell", "-c", RATE_LIMIT_LIFT.format(key=created["access_id"], limit=10**9))
 
-    platform = Platform(env, tmp, name="platform")
+    platform = platform_start(cleanup, env, tmp, name="platform", after_stop=after_stop)
+    device = platform.wait_card(timeout=30)["devices"][0]
+    return BenchPlatform(sim, platform, created["access_id"], created["secret"], device)
+
+
+def platform_start(cleanup: contextlib.ExitStack, env: dict, tmp: Path, *, name: str, args: tuple = (),
+                   after_stop=None):
+    """`manage.py runplatform` (tests.live.Platform) with `env`, stopped by `cleanup` (its last
+    log lines printed when the run failed); `after_stop(log_path)` runs once it has stopped."""
+    from tests.live import Platform
+
+    platform = Platform(env, tmp, name=name, args=args)
     if after_stop is not None:
         cleanup.callback(after_stop, platform.log_path)
 
-    def platform_down(exc_type, exc, tb) -> None:
+    def down(exc_type, exc, tb) -> None:
         platform.stop()
         if exc_type is not None and platform.log_path.exists():
-            print(f"--- platform log (last lines) ---\n{platform.log[-3000:]}", file=sys.stderr)
+            print(f"--- {name} log (last lines) ---\n{platform.log[-3000:]}", file=sys.stderr)
 
-    cleanup.push(platform_down)
+    cleanup.push(down)
     platform.start(migrate=False)
-    device = platform.wait_card(timeout=30)["devices"][0]
-    return BenchPlatform(sim, platform, created["access_id"], created["secret"], device)
+    return platform
 
 
 def event_loop_run(coroutine):

@@ -394,6 +394,7 @@ def bench(args: argparse.Namespace, report: dict, cleanup: contextlib.ExitStack)
         if certificate.get("cert_no") != run.cert_no:
             raise BenchError(f"GET /api/v1/certificate says certNo {certificate.get('cert_no')}, "
                              f"the health check {run.cert_no}")
+        report["idle_platform_cores"] = await run.idle_measure()
         await measure(run, kinds, platform.proc.pid, report)
         return certificate["certificate_pem"]
 

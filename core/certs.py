@@ -20,6 +20,7 @@ import functools
 import secrets
 from dataclasses import dataclass
 
+from asn1crypto import algos as asn1_algos
 from asn1crypto import x509 as asn1_x509
 from Crypto.Hash import SHA1
 from Crypto.PublicKey import RSA
@@ -159,7 +160,22 @@ def _sm2(public_hex: str, private_hex: str | None = None) -> gm_sm2.CryptSM2:
 
 
 def sm2_sign(private_hex: str, public_hex: str, data: bytes) -> bytes:
-    """SM2-with-SM3 signature (default user id) as raw r||s, 64 bytes."""
+    """SM2-with-SM3 signature (default user id) as raw r||s, 64 bytes (Tongsuo's compiled
+    SM2 where available, ~0.2 ms; gmssl's pure Python takes ~18 ms)."""
+    if _ts_ec is not None:
+        der = _sm2_private_key(private_hex).sign(data, _ts_ec.ECDSA(_ts_hashes.SM3()))
+        pair = asn1_algos.DSASignature.load(der).native
+        return pair["r"].to_bytes(32, "big") + pair["s"].to_bytes(32, "big")
+    return sm2_sign_python(private_hex, public_hex, data)
+
+
+@functools.lru_cache(maxsize=16)
+def _sm2_private_key(private_hex: str):
+    return _ts_ec.derive_private_key(int(private_hex, 16), _ts_ec.SM2())
+
+
+def sm2_sign_python(private_hex: str, public_hex: str, data: bytes) -> bytes:
+    """`sm2_sign` in pure Python (gmssl)."""
     crypt = _sm2(public_hex, private_hex)
     while True:
         k = "%064x" % (secrets.randbelow(SM2_ORDER - 1) + 1)

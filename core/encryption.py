@@ -15,7 +15,8 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from Crypto.Cipher import AES
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 
 PREFIX = "gcm1"
@@ -75,18 +76,22 @@ def master_key_forget() -> None:
     _key_for.cache_clear()
 
 
+@lru_cache(maxsize=8)
 def key_id(key: bytes) -> str:
     return hashlib.sha256(b"signplatform-key-id" + key).hexdigest()[:8]
+
+
+@lru_cache(maxsize=8)
+def _aead(key: bytes) -> AESGCM:
+    return AESGCM(key)
 
 
 def secret_encrypt(plaintext: str, *, purpose: str, key: bytes | None = None) -> str:
     """Encrypt a secret for storage. Returns the stored form."""
     key = key or master_key()
     nonce = secrets.token_bytes(12)
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    cipher.update(purpose.encode())
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext.encode("utf-8"))
-    blob = base64.urlsafe_b64encode(nonce + ciphertext + tag).decode("ascii")
+    sealed = _aead(key).encrypt(nonce, plaintext.encode("utf-8"), purpose.encode())  # ciphertext + tag
+    blob = base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
     return f"{PREFIX}:{key_id(key)}:{blob}"
 
 
@@ -102,9 +107,9 @@ def secret_decrypt(stored: str, *, purpose: str, key: bytes | None = None) -> st
         raise MasterKeyError("stored secret has an unknown format")
     if kid != key_id(key):
         raise MasterKeyError(f"stored secret was encrypted under master key {kid}, not the configured one")
-    cipher = AES.new(key, AES.MODE_GCM, nonce=raw[:12])
-    cipher.update(purpose.encode())
-    try:
-        return cipher.decrypt_and_verify(raw[12:-16], raw[-16:]).decode("utf-8")
-    except ValueError:
+    if len(raw) < 28:
+        raise MasterKeyError("stored secret is malformed")
+    try:  # OpenSSL's AES-GCM: every signed request decrypts its secret
+        return _aead(key).decrypt(raw[:12], raw[12:], purpose.encode()).decode("utf-8")
+    except InvalidTag:
         raise MasterKeyError("stored secret failed authentication") from None

@@ -4,9 +4,11 @@ a card (over the channel layer, to the card's gateway)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
+import weakref
 from typing import Any
 
 from channels.exceptions import ChannelFull
@@ -18,11 +20,15 @@ from core.encryption import MasterKeyError, secret_decrypt, secret_encrypt
 from core.logging import request_id_var
 from ukey import messages
 from ukey.client import UKeyResponse, UKeyTimeout, UKeyUnavailable, card_call
+from ukey.link import LinkClient
 from ukey.status import DeviceStatus
 
 logger = logging.getLogger(__name__)
 
 STATUS_TTL = 60
+# The card gateways running in this process, by device slug (signing.gateway_host keeps it):
+# a call for one of them is handed to it directly, not over the channel layer.
+local_gateways: dict[str, Any] = {}
 # The time (time.time()) by which the current request's card work must be done, when a card
 # pool runs it (a retry on another card gets only what is left); None: each call its own.
 card_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("card_deadline", default=None)
@@ -100,16 +106,35 @@ async def ukey_call(
             raise UKeyTimeout(f"the request's time for the card ({settings.UKEY_CALL_TIMEOUT:.0f}s) is used up",
                               device=slug)
         timeout = min(timeout, left)
+    gateway = local_gateways.get(slug)
+    status = gateway.status if gateway is not None else device_status_get(slug, strict=True)
+    link = None
+    if gateway is None and status is not None and status.link and settings.UKEY_LINK:
+        link = _link_client(status.link)
     return await card_call(
         get_channel_layer(),
         method,
         args,
         device=slug,
-        status=device_status_get(slug, strict=True),
+        status=status,
         timeout=timeout,
         raise_card_errors=raise_card_errors,
         fallback_pin=fallback_pin,
         pin_seal=fallback_pin_seal,
         request_id=request_id_var.get(),
         queue_full=(ChannelFull,),
+        gateway=gateway,
+        link=link,
     )
+
+
+_links: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> {socket path: LinkClient}
+
+
+def _link_client(path: str) -> LinkClient:
+    """This process's connection to a gateway process's card link (one per event loop)."""
+    clients = _links.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(path)
+    if client is None:
+        client = clients[path] = LinkClient(path)
+    return client

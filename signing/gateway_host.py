@@ -20,15 +20,17 @@ from core import certs
 from core.logging import redaction_register
 from ukey import messages
 from ukey.gateway import CardEvent, CardGateway, CertificateFacts, DeviceConfig, GatewayHooks
+from ukey.link import LinkServer
+from ukey.messages import reply_message
 
-from .cards import device_status_publish, fallback_pin_unseal
+from .cards import device_status_publish, fallback_pin_unseal, local_gateways
 from .models import CardDevice
 from .services import card_device_pin
 
 logger = logging.getLogger("signing.gateway_host")
 
-# The gateways running in this process, by device slug.
-running_gateways: dict[str, CardGateway] = {}
+# The gateways running in this process, by device slug (callers here hand them requests directly).
+running_gateways: dict[str, CardGateway] = local_gateways
 
 
 @database_sync_to_async
@@ -94,11 +96,13 @@ class GatewayHost:
     RECEIVE_RETRY_MIN = 0.1
     RECEIVE_RETRY_MAX = 2.0
 
-    def __init__(self, slugs: list[str], *, connect=None, configure=None) -> None:
+    def __init__(self, slugs: list[str], *, connect=None, configure=None, link_path: str = "") -> None:
         """`connect` (an async callable) opens each card connection instead of dialling the
         device's URL; `configure(config)` may adjust the loaded DeviceConfig (the agent host
-        gives both)."""
+        gives both). `link_path`: a Unix socket on which the other processes of this host hand
+        these gateways their requests (ukey/link.py; the `ukey_gateway` process)."""
         self.slugs = slugs
+        self.link = LinkServer(link_path, self._link_serve) if link_path else None
         self.layer = get_channel_layer()
         self.gateways: dict[str, CardGateway] = {}
         self._listeners: dict[str, asyncio.Task] = {}
@@ -106,8 +110,26 @@ class GatewayHost:
         self._configure = configure
 
     async def start(self) -> None:
+        if self.link is not None:
+            try:
+                await self.link.start()
+                logger.info("card link on %s", self.link.path)
+            except OSError as exc:
+                logger.warning("no card link (%s): callers use the channel layer", exc)
+                self.link = None
         for slug in self.slugs:
             await self.add(slug)
+
+    async def _link_serve(self, device: str, message: dict, reply_future: asyncio.Future) -> None:
+        """A request that came over the card link: to the card's gateway, as from the layer."""
+        gateway = self.gateways.get(device)
+        if gateway is None:
+            reply_future.set_result(reply_message(
+                message, device=device, cert_no="", algorithm="",
+                payload={"ok": False, "code": messages.UKEY_UNAVAILABLE, "result": None,
+                         "message": f"no gateway for card {device} runs in this process"}))
+            return
+        await gateway.submit(message, reply_future=reply_future)
 
     async def add(self, slug: str) -> None:
         """Start serving one more card."""
@@ -115,6 +137,8 @@ class GatewayHost:
         if self._configure is not None:
             config = self._configure(config)
         gateway = CardGateway(config, self.layer, gateway_hooks(), connect=self._connect)
+        if self.link is not None:
+            gateway.status.link = self.link.path
         gateway.start()
         self.gateways[slug] = running_gateways[slug] = gateway
         self._listeners[slug] = asyncio.create_task(self._listen(slug, gateway), name=f"ukey-listener-{slug}")
@@ -215,3 +239,5 @@ class GatewayHost:
             await asyncio.wait(list(self._listeners.values()), timeout=2)
         self._listeners.clear()
         self.gateways.clear()
+        if self.link is not None:
+            await self.link.close()

@@ -18,15 +18,24 @@ from django.urls import path
 
 from signing.agent_host import AgentConsumer
 
+from .api_handler import ApiASGIHandler, lean_path
 from .lifespan import LifespanGateway
 
 logger = logging.getLogger("signplatform.asgi")
 
-http_app = django_asgi_app
+full_app = django_asgi_app
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-    http_app = ASGIStaticFilesHandler(django_asgi_app)
+    full_app = ASGIStaticFilesHandler(django_asgi_app)
+api_app = ApiASGIHandler()
+
+
+async def http_app(scope, receive, send):
+    """The paths machines call go to the lean API handler, everything else to Django's."""
+    app = api_app if lean_path(scope["path"]) else full_app
+    await app(scope, receive, send)
+
 
 # Card agents dial in here (ukey/agentproto.py).
 websocket_urlpatterns = [path("agent/v1", AgentConsumer.as_asgi())]

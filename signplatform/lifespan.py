@@ -14,6 +14,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from api.nonces import redis_persistence_warnings
+from core.sqlitewal import wal_checkpointer_for_default_database
 from declarations.worker import DeclarationWorker
 from declarations.worker import embedded_worker_wanted as declaration_worker_wanted
 from signing.gateway_host import GatewayHost
@@ -37,6 +38,7 @@ class LifespanGateway:
         self.follower = None
         self.webhooks = None
         self.declarations = None
+        self.checkpointer = None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "lifespan":
@@ -57,6 +59,10 @@ class LifespanGateway:
                 return
 
     async def startup(self) -> None:
+        # With SQLite, its log is copied back by a thread of this process, not by a request.
+        self.checkpointer = wal_checkpointer_for_default_database()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if settings.NONCE_STORE == "redis":
             for warning in await asyncio.to_thread(redis_persistence_warnings):
                 logger.warning(warning)
@@ -92,3 +98,6 @@ class LifespanGateway:
         if self.webhooks is not None:  # undelivered notifications stay in the outbox for the next start
             await self.webhooks.stop()
             self.webhooks = None
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.stop)
+            self.checkpointer = None

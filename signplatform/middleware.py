@@ -8,6 +8,8 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
 
 from core.errors import chinese_var, prefers_chinese
 from core.logging import request_id_var
@@ -105,3 +107,40 @@ class ApiHostMiddleware(_Middleware):
             request.META["HTTP_HOST"] = next(
                 (h for h in settings.ALLOWED_HOSTS if "*" not in h and not h.startswith(".")), "localhost")
         return None
+
+
+class _InlineMixinMiddleware(_Middleware):
+    """One of Django's `MiddlewareMixin` middlewares whose hooks do no I/O, called inline in
+    async mode (Django would run each hook through `sync_to_async`, a thread hop)."""
+
+    wrapped: type
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        self.inner = self.wrapped(get_response)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
+        return self.inner(request)
+
+    async def __acall__(self, request):
+        response = self.inner.process_request(request)
+        if response is None:
+            response = await self.get_response(request)
+        return self.inner.process_response(request, response)
+
+
+class InlineSecurityMiddleware(_InlineMixinMiddleware):
+    """Django's SecurityMiddleware (HTTPS redirect, HSTS, nosniff, referrer and opener policies)."""
+
+    wrapped = SecurityMiddleware
+
+
+class InlineXFrameOptionsMiddleware(_InlineMixinMiddleware):
+    """Django's XFrameOptionsMiddleware (X-Frame-Options)."""
+
+    wrapped = XFrameOptionsMiddleware
+
+    async def __acall__(self, request):
+        return self.inner.process_response(request, await self.get_response(request))

@@ -163,6 +163,15 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
+# The paths machines call (signplatform/api_handler.py): no sessions, CSRF, user authentication
+# or messages there (every request is authenticated by its signature), and no thread hops.
+API_MIDDLEWARE = [
+    "signplatform.middleware.RequestIdMiddleware",
+    "signplatform.middleware.ApiHostMiddleware",
+    "signplatform.middleware.InlineSecurityMiddleware",
+    "signplatform.middleware.InlineXFrameOptionsMiddleware",
+]
+
 ROOT_URLCONF = "signplatform.urls"
 ASGI_APPLICATION = "signplatform.asgi.application"
 
@@ -393,6 +402,10 @@ UKEY_MAX_FRAME_BYTES = env_int("UKEY_MAX_FRAME_BYTES", 64 * 1024 * 1024)
 # "embedded": the gateway runs inside the web process (default without Redis).
 # "external": `manage.py ukey_gateway --device SLUG` processes own the cards (needs Redis).
 UKEY_GATEWAY_MODE = env("UKEY_GATEWAY_MODE", "external" if REDIS_URL else "embedded")
+# The card link (ukey/link.py): a `ukey_gateway` process also takes the card requests of the
+# web processes on its host over a Unix socket in var/ (a fraction of the channel layer's cost);
+# off: every request crosses the channel layer.
+UKEY_LINK = env_bool("UKEY_LINK", True)
 
 UKEY_SIMULATOR_PORT = env_int("UKEY_SIMULATOR_PORT", 61232)
 UKEY_SIMULATOR_ALGORITHM = env("UKEY_SIMULATOR_ALGORITHM", "rsa")

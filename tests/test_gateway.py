@@ -1,4 +1,5 @@
-"""The UKey gateway against the real simulator process, through the channel layer."""
+"""The UKey gateway against the real simulator process: called from its own process
+(directly), over the channel layer, and over the card link from another process."""
 
 import asyncio
 import contextlib
@@ -252,9 +253,9 @@ async def test_graceful_shutdown_finishes_in_flight_operations(simulator_factory
 
 
 @contextlib.contextmanager
-def gateway_process(slug, log_path):
+def gateway_process(slug, log_path, *, link: bool = True):
     """`manage.py ukey_gateway --device SLUG` with full debug logging into log_path."""
-    env = dict(os.environ, DATABASE_URL=test_database_url(), LOG_LEVEL="DEBUG")
+    env = dict(os.environ, DATABASE_URL=test_database_url(), LOG_LEVEL="DEBUG", UKEY_LINK="1" if link else "0")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "ukey_gateway", "--device", slug],
@@ -273,15 +274,33 @@ def _needs_redis():
         pytest.skip("cross-process runs in the PostgreSQL + Redis pass of `make test`")
 
 
+class _BrokenLayer:
+    """A channel layer that cannot send: a call that needs it fails."""
+
+    async def new_channel(self):
+        return "broken!reply"
+
+    async def send(self, channel, message):
+        raise ConnectionError("the channel layer is down")
+
+
 @pytest.mark.services
-async def test_gateway_in_its_own_process_serves_this_process_over_redis(simulator_factory, device_factory, tmp_path):
+@pytest.mark.parametrize("link", [True, False], ids=["card-link", "channel-layer"])
+async def test_gateway_in_its_own_process_serves_this_process_over_redis(simulator_factory, device_factory, tmp_path,
+                                                                         monkeypatch, link):
     _needs_redis()
     sim = simulator_factory(latency_ms=5)
     device = await device_factory(sim)
     log_path = tmp_path / "gateway.log"
-    with gateway_process(device.slug, log_path) as proc:
+    with gateway_process(device.slug, log_path, link=link) as proc:
         await wait_for(lambda: (s := device_status_get(device.slug)) and s.connected and s.cert_no,
                        timeout=20, what="gateway process connected")
+        socket_path = device_status_get(device.slug).link
+        if link:  # this process's calls never touch the channel layer; the socket is the user's alone
+            assert socket_path and oct(os.stat(socket_path).st_mode & 0o777) == "0o600"
+            monkeypatch.setattr("signing.cards.get_channel_layer", _BrokenLayer)
+        else:
+            assert socket_path == ""
         cert = await card_certificate(device.slug)
         payloads = [f"cross-process {i}" for i in range(50)]
         responses = await asyncio.gather(*(ukey_call(SIGN, {"inData": p}, device=device.slug) for p in payloads))
@@ -297,8 +316,69 @@ async def test_gateway_in_its_own_process_serves_this_process_over_redis(simulat
         await asyncio.get_running_loop().run_in_executor(None, proc.wait, 20)
     assert proc.returncode == 0
     assert "UKey gateway stopped" in log_path.read_text()
+    assert not socket_path or not os.path.exists(socket_path)
     with pytest.raises(UKeyUnavailable):
         await ukey_call(SIGN, {"inData": "after stop"}, device=device.slug)
+
+
+@pytest.mark.services
+async def test_a_card_link_that_cannot_be_opened_falls_back_to_the_channel_layer(simulator_factory, device_factory,
+                                                                                 tmp_path, monkeypatch):
+    _needs_redis()
+    sim = simulator_factory()
+    device = await device_factory(sim)
+    with gateway_process(device.slug, tmp_path / "gateway.log"):
+        await wait_for(lambda: (s := device_status_get(device.slug)) and s.connected and s.cert_no,
+                       timeout=20, what="gateway process connected")
+        # The status names a socket this process cannot open (the gateway on another host, say).
+        status = device_status_get(device.slug)
+        status.link = str(tmp_path / "nobody-listens.sock")
+        monkeypatch.setattr("signing.cards.device_status_get", lambda slug, strict=False: status)
+        cert = await card_certificate(device.slug)
+        response = await ukey_call(SIGN, {"inData": "over the layer"}, device=device.slug)
+        assert certs.signature_verify(cert, b"over the layer", response.result.data[0])
+
+
+@pytest.mark.services
+async def test_a_card_link_lost_mid_call_fails_that_call_and_the_next_one_connects_again(simulator_factory,
+                                                                                        device_factory, tmp_path):
+    _needs_redis()
+    sim = simulator_factory()
+    device = await device_factory(sim)
+    with gateway_process(device.slug, tmp_path / "one.log") as proc:
+        await wait_for(lambda: (s := device_status_get(device.slug)) and s.connected and s.cert_no,
+                       timeout=20, what="gateway process connected")
+        await ukey_call(SIGN, {"inData": "warm"}, device=device.slug)  # the link is open
+        await sim.control("sim_setFaults", {"faults": [{"kind": "noanswer", "count": 1}]})
+        waiting = asyncio.create_task(ukey_call(SIGN, {"inData": "never answered"}, device=device.slug))
+        await asyncio.sleep(0.5)  # sent over the link, waiting at the card
+        proc.send_signal(signal.SIGKILL)  # the process and its end of the link are gone
+        started = time.monotonic()
+        with pytest.raises(UKeyUnavailable):
+            await waiting
+        assert time.monotonic() - started < 3
+    with gateway_process(device.slug, tmp_path / "two.log"):
+        await wait_for(lambda: (s := device_status_get(device.slug)) and s.connected and s.cert_no and s.link
+                       and not s.link.endswith(f"-{proc.pid}.sock"), timeout=20, what="a new gateway process")
+        cert = await card_certificate(device.slug)
+        response = await ukey_call(SIGN, {"inData": "again"}, device=device.slug)
+        assert certs.signature_verify(cert, b"again", response.result.data[0])
+
+
+async def test_the_channel_layer_still_reaches_a_gateway_of_this_process(simulator_factory, device_factory):
+    """Callers of other processes reach an embedded gateway (an agent's card in a web process)
+    over the layer; this process's own calls skip it."""
+    from channels.layers import get_channel_layer
+
+    from ukey.client import card_call
+
+    sim = simulator_factory()
+    device = await device_factory(sim)
+    async with running_gateway(device):
+        cert = await card_certificate(device.slug)
+        response = await card_call(get_channel_layer(), SIGN, {"inData": "over the layer"}, device=device.slug,
+                                   status=device_status_get(device.slug), timeout=10)
+        assert certs.signature_verify(cert, b"over the layer", response.result.data[0])
 
 
 @pytest.mark.services

@@ -210,3 +210,20 @@ async def test_bare_response_mode(simulator_factory):
     finally:
         await ws.close()
     assert frame.kind == "bare" and frame.result.ok and len(frame.result.data[0]) == 8
+
+
+def test_compiled_and_pure_python_sm2_signatures_verify_with_each_other(tmp_path):
+    """The simulator signs SM2 through Tongsuo (compiled); gmssl's pure-Python SM2 is the
+    independent check, both ways round, over text with non-ASCII characters."""
+    from ukey.simulator import SimulatedCard
+
+    card = SimulatedCard("sm2", tmp_path)
+    assert certs._ts_ec is not None  # the compiled path is the one in use here
+    for i in range(5):
+        data = f"报关单 {i} {'x' * i}".encode()
+        compiled = certs.sm2_sign(card._sm2_private, card._sm2_public, data)
+        python = certs.sm2_sign_python(card._sm2_private, card._sm2_public, data)
+        assert len(compiled) == len(python) == 64 and compiled != python  # a random k each time
+        assert certs.sm2_verify(card._sm2_public, data, compiled)  # gmssl accepts Tongsuo's
+        assert certs.signature_verify(card.cert, data, base64.b64encode(python).decode())  # and the reverse
+        assert not certs.sm2_verify(card._sm2_public, data + b"!", compiled)

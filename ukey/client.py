@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import messages
+from .link import LinkClient, LinkNotConnected, LinkUnavailable
 from .protocol import CARD_NOT_DONE_ERRORS, CardResult
 from .status import DeviceStatus
 
@@ -67,6 +68,59 @@ def failed_without_answer(error: UKeyError) -> bool:
 _ERRORS = {cls.code: cls for cls in (UKeyCardError, UKeyTimeout, UKeyUnavailable)}
 
 
+async def _layer_call(layer, method: str, args: dict[str, Any] | None, *, device: str, deadline: float,
+                      request_id: str, sealed_pin: str | None, timeout: float,
+                      queue_full: tuple[type[BaseException], ...]) -> dict[str, Any]:
+    """The request over the channel layer to the card's gateway; its reply message."""
+    try:
+        reply_channel = await layer.new_channel()
+        message = messages.request_message(
+            request=uuid.uuid4().hex, reply=reply_channel, method=method, args=args or {}, deadline=deadline,
+            request_id=request_id, sealed_pin=sealed_pin,
+        )
+        await layer.send(messages.device_channel(device), message)
+    except queue_full:
+        raise UKeyUnavailable(f"card {device} queue is full", device=device, retry_after=1) from None
+    except Exception as exc:  # the layer itself (Redis) is down: nothing was sent
+        raise UKeyUnavailable(f"card {device} cannot be reached: the channel layer failed ({exc.__class__.__name__})",
+                              device=device, retry_after=2) from None
+    try:
+        return await asyncio.wait_for(layer.receive(reply_channel), timeout=max(0.1, deadline - time.time()) + 1.0)
+    except asyncio.TimeoutError:
+        raise UKeyTimeout(f"card {device} did not answer {method} within {timeout:.1f}s", device=device) from None
+    except Exception as exc:
+        raise UKeyUnavailable(f"card {device}: the channel layer failed while waiting for the answer "
+                              f"({exc.__class__.__name__})", device=device, retry_after=2) from None
+
+
+async def _local_call(gateway, method: str, args: dict[str, Any] | None, *, device: str, deadline: float,
+                      request_id: str, sealed_pin: str | None, timeout: float) -> dict[str, Any]:
+    """The request handed to the card's gateway in this process; its reply message."""
+    message = messages.request_message(request=uuid.uuid4().hex, reply="", method=method, args=args or {},
+                                       deadline=deadline, request_id=request_id, sealed_pin=sealed_pin)
+    future = asyncio.get_running_loop().create_future()
+    await gateway.submit(message, reply_future=future)
+    try:
+        return await asyncio.wait_for(future, timeout=max(0.1, deadline - time.time()) + 1.0)
+    except asyncio.TimeoutError:
+        raise UKeyTimeout(f"card {device} did not answer {method} within {timeout:.1f}s", device=device) from None
+
+
+async def _link_call(link: LinkClient, method: str, args: dict[str, Any] | None, *, device: str, deadline: float,
+                     request_id: str, sealed_pin: str | None, timeout: float) -> dict[str, Any]:
+    """The request over the card link to the process that runs the card's gateway."""
+    message = messages.request_message(request=uuid.uuid4().hex, reply="", method=method, args=args or {},
+                                       deadline=deadline, request_id=request_id, sealed_pin=sealed_pin)
+    try:
+        return await link.call(device, message, timeout=max(0.1, deadline - time.time()) + 1.0)
+    except asyncio.TimeoutError:
+        raise UKeyTimeout(f"card {device} did not answer {method} within {timeout:.1f}s", device=device) from None
+    except LinkNotConnected:
+        raise
+    except LinkUnavailable as exc:
+        raise UKeyUnavailable(f"card {device}: {exc}", device=device, retry_after=2) from None
+
+
 @dataclass(frozen=True)
 class UKeyResponse:
     device: str
@@ -91,9 +145,15 @@ async def card_call(
     pin_seal: Callable[[str], str] | None = None,
     request_id: str = "",
     queue_full: tuple[type[BaseException], ...] = (),
+    gateway: Any = None,
+    link: LinkClient | None = None,
 ) -> UKeyResponse:
     """Run one card method on `device`, whose last published status is `status`.
-    `fallback_pin` (a PIN the client sent) crosses the layer sealed by `pin_seal`.
+    `fallback_pin` (a PIN the client sent) crosses the layer sealed by `pin_seal`. With
+    `gateway` (the card's `CardGateway`, running in this process) the request is handed to it
+    directly instead of crossing the channel layer: the same queue, the same reply; with `link`
+    (ukey/link.py, to the process that runs it) it crosses that socket, or the channel layer
+    when the socket cannot be opened.
 
     Raises UKeyUnavailable at once when the card's gateway is down, the card is not
     connected or its queue is full (`layer.send` raised one of `queue_full`); UKeyTimeout
@@ -114,26 +174,19 @@ async def card_call(
             raise ValueError("a fallback PIN needs pin_seal: it never crosses the layer in clear")
         sealed_pin = pin_seal(fallback_pin)
     deadline = time.time() + timeout
-    try:
-        reply_channel = await layer.new_channel()
-        message = messages.request_message(
-            request=uuid.uuid4().hex, reply=reply_channel, method=method, args=args or {}, deadline=deadline,
-            request_id=request_id, sealed_pin=sealed_pin,
-        )
-        await layer.send(messages.device_channel(device), message)
-    except queue_full:
-        raise UKeyUnavailable(f"card {device} queue is full", device=device, retry_after=1) from None
-    except Exception as exc:  # the layer itself (Redis) is down: nothing was sent
-        raise UKeyUnavailable(f"card {device} cannot be reached: the channel layer failed ({exc.__class__.__name__})",
-                              device=device, retry_after=2) from None
-    try:
-        reply = await asyncio.wait_for(layer.receive(reply_channel), timeout=max(0.1, deadline - time.time()) + 1.0)
-    except asyncio.TimeoutError:
-        raise UKeyTimeout(f"card {device} did not answer {method} within {timeout:.1f}s", device=device) from None
-    except Exception as exc:
-        raise UKeyUnavailable(f"card {device}: the channel layer failed while waiting for the answer "
-                              f"({exc.__class__.__name__})", device=device, retry_after=2) from None
-
+    if gateway is not None:
+        reply = await _local_call(gateway, method, args, device=device, deadline=deadline, request_id=request_id,
+                                  sealed_pin=sealed_pin, timeout=timeout)
+    elif link is not None:
+        try:
+            reply = await _link_call(link, method, args, device=device, deadline=deadline, request_id=request_id,
+                                     sealed_pin=sealed_pin, timeout=timeout)
+        except LinkNotConnected:
+            reply = await _layer_call(layer, method, args, device=device, deadline=deadline, request_id=request_id,
+                                      sealed_pin=sealed_pin, timeout=timeout, queue_full=queue_full)
+    else:
+        reply = await _layer_call(layer, method, args, device=device, deadline=deadline, request_id=request_id,
+                                  sealed_pin=sealed_pin, timeout=timeout, queue_full=queue_full)
     if reply.get("result") is None:
         error_cls = _ERRORS.get(reply.get("code"), UKeyUnavailable)
         raise error_cls(

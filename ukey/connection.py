@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from . import protocol
 
@@ -17,6 +19,21 @@ logger = logging.getLogger("ukey.connection")
 
 class CardConnectionLost(Exception):
     pass
+
+
+class _FrameHookConnection(ClientConnection):
+    """A client connection that hands each complete text frame to `frame_hook` in the
+    transport's callback, as it arrives, instead of queueing it for a reader task (one
+    event-loop iteration, and whatever else runs in it, sooner)."""
+
+    frame_hook: Callable[[bytes], None] | None = None
+
+    def process_event(self, event) -> None:
+        hook = self.frame_hook
+        if hook is not None and isinstance(event, Frame) and event.opcode is Opcode.TEXT and event.fin:
+            hook(bytes(event.data))
+            return
+        super().process_event(event)
 
 
 class CardConnection:
@@ -33,6 +50,11 @@ class CardConnection:
         self._pending: dict[int, asyncio.Future] = {}  # insertion order = send order
         self.closed = asyncio.Event()
         self.close_reason = ""
+        # Called with the future of a request whose answer just arrived, before its result is
+        # set (the gateway sends the next request from there).
+        self.on_answer: Callable[[asyncio.Future], None] | None = None
+        if isinstance(ws, _FrameHookConnection):
+            ws.frame_hook = self._frame
         self._reader = asyncio.create_task(self._read(), name=f"ukey-reader-{slug}")
 
     @classmethod
@@ -45,6 +67,7 @@ class CardConnection:
             ping_interval=None,  # the protocol defines no heartbeat; the gateway probes instead
             close_timeout=2,
             compression=None,
+            create_connection=_FrameHookConnection,
         )
         try:
             first = await asyncio.wait_for(ws.recv(), timeout=connect_timeout)
@@ -60,25 +83,34 @@ class CardConnection:
     def outstanding(self) -> int:
         return len(self._pending)
 
+    def _frame(self, message: str | bytes) -> None:
+        """One frame from the control: the answer of the request it matches."""
+        try:
+            frame = protocol.parse_frame(message)
+        except protocol.FrameError:
+            logger.warning("card %s sent a frame that is not a JSON object; dropped", self.slug)
+            return
+        if frame.kind == "response" and frame.id in self._pending:
+            future = self._pending.pop(frame.id)
+        elif frame.kind == "bare" and self._pending:
+            future = self._pending.pop(next(iter(self._pending)))
+        else:
+            if frame.kind != "handshake":
+                logger.info("card %s: dropped a %s frame with _id %s that matches no request",
+                            self.slug, frame.kind, frame.id)
+            return
+        if self.on_answer is not None:
+            try:
+                self.on_answer(future)
+            except Exception:  # the answer must still reach its caller
+                logger.exception("card %s: the answer hook failed", self.slug)
+        if not future.done():
+            future.set_result(frame.result)
+
     async def _read(self) -> None:
         try:
-            async for message in self.ws:
-                try:
-                    frame = protocol.parse_frame(message)
-                except protocol.FrameError:
-                    logger.warning("card %s sent a frame that is not a JSON object; dropped", self.slug)
-                    continue
-                if frame.kind == "response" and frame.id in self._pending:
-                    future = self._pending.pop(frame.id)
-                elif frame.kind == "bare" and self._pending:
-                    future = self._pending.pop(next(iter(self._pending)))
-                else:
-                    if frame.kind != "handshake":
-                        logger.info("card %s: dropped a %s frame with _id %s that matches no request",
-                                    self.slug, frame.kind, frame.id)
-                    continue
-                if not future.done():
-                    future.set_result(frame.result)
+            async for message in self.ws:  # frames the hook did not take (fragmented ones)
+                self._frame(message)
             self.close_reason = "the control closed the connection"
         except ConnectionClosed as exc:
             self.close_reason = f"connection closed ({exc.__class__.__name__})"
@@ -92,20 +124,26 @@ class CardConnection:
                 if not future.done():
                     future.set_exception(CardConnectionLost(self.close_reason))
 
-    async def send(self, method: str, args: dict[str, Any]) -> asyncio.Future:
-        """Send one request; returns the future of its answer."""
-        if self.closed.is_set():
+    def send_nowait(self, method: str, args: dict[str, Any]) -> asyncio.Future:
+        """Send one request now, from synchronous code (the frame is handed to the socket
+        before this returns); returns the future of its answer."""
+        if self.closed.is_set() or self.ws.protocol.state is not State.OPEN:
             raise CardConnectionLost(self.close_reason or "connection closed")
         self._next_id += 1
         request_id = self._next_id
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await self.ws.send(protocol.build_request(method, request_id, args))
-        except ConnectionClosed as exc:
+            self.ws.protocol.send_text(protocol.build_request(method, request_id, args).encode("utf-8"))
+            self.ws.send_data()
+        except Exception as exc:
             self._pending.pop(request_id, None)
-            raise CardConnectionLost(f"connection closed ({exc.__class__.__name__})") from None
+            raise CardConnectionLost(f"connection failed ({exc.__class__.__name__})") from None
         return future
+
+    async def send(self, method: str, args: dict[str, Any]) -> asyncio.Future:
+        """Send one request; returns the future of its answer."""
+        return self.send_nowait(method, args)
 
     def abort(self) -> None:
         """Drop the connection at once (after a timeout: no late answer may arrive)."""

@@ -20,6 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -123,10 +124,57 @@ _CONNECTED = object()
 class _Job:
     message: dict[str, Any]
     default_timeout: float
+    reply_future: asyncio.Future | None = None  # a caller in this process (no channel layer)
 
     @property
     def deadline(self) -> float:
         return float(self.message.get("deadline") or (time.time() + self.default_timeout))
+
+
+class _Slots:
+    """The pipeline's slots (requests at the control at once). A slot is held by the future
+    of the request using it and freed when that request is answered (`done`), failed or
+    never sent (`release`); a freed slot goes to the oldest waiter, or is first offered to
+    `handoff`, which may send the waiter's job itself at once (`acquire` then returns True)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.holders: set[asyncio.Future] = set()
+
+    async def acquire(self) -> bool:
+        """Wait for a slot. True: the waiter's job was sent by `handoff` (its slot with it)."""
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is False:
+                self.release()  # given a slot, then cancelled before using it
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+
+    def hold(self, future: asyncio.Future) -> None:
+        self.holders.add(future)
+
+    def done(self, future: asyncio.Future, *, handoff: Callable[[], bool] | None = None) -> None:
+        """The request of `future` is over: free its slot (once)."""
+        if future in self.holders:
+            self.holders.discard(future)
+            self.release(handoff=handoff)
+
+    def release(self, *, handoff: Callable[[], bool] | None = None) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(bool(handoff and handoff()))
+                return
+        self.free += 1
 
 
 class CardGateway:
@@ -147,7 +195,7 @@ class CardGateway:
         self._conn: CardConnection | None = None
         self._stopping = False
         self._outstanding = 0
-        self._slots = asyncio.Semaphore(max(1, config.pipeline_depth))
+        self._slots = _Slots(max(1, config.pipeline_depth))
         self._answer_tasks: set[asyncio.Task] = set()
         self._holding: _Job | None = None  # taken from the queue, waiting for a pipeline slot
         self._reset_requested = asyncio.Event()
@@ -215,9 +263,10 @@ class CardGateway:
         logger.info("card %s: gateway stopped (%s)", self.config.slug, reason)
 
     # --- requests ------------------------------------------------------------------
-    async def submit(self, message: dict[str, Any]) -> None:
-        """Take one request from the channel layer; never blocks on the card."""
-        job = _Job(message, self.config.call_timeout)
+    async def submit(self, message: dict[str, Any], *, reply_future: asyncio.Future | None = None) -> None:
+        """Take one request from the channel layer (or, with `reply_future`, from a caller in
+        this process, who gets the reply message there); never blocks on the card."""
+        job = _Job(message, self.config.call_timeout, reply_future)
         if self._stopping:
             await self._reply_error(job, UKEY_UNAVAILABLE, "the gateway is shutting down")
         elif self._conn is None and not self._reset_requested.is_set() and not self._reconnect_window():
@@ -273,58 +322,125 @@ class CardGateway:
 
     async def _dispatch(self, job: _Job) -> None:
         """Send one job to the card once a pipeline slot is free; its answer is awaited
-        (and replied to) in a task of its own so the next request can go out meanwhile."""
+        (and replied to) in a task of its own so the next request can go out meanwhile. When
+        the slot is freed by an answer, the job is sent by `_handoff` in that same callback."""
         self._holding = job
-        await self._slots.acquire()
-        self._holding = None
+        sent = await self._slots.acquire()  # cancelled: shutdown answers the held job
+        if self._holding is job:
+            self._holding = None
+        if sent:
+            return
+        self._take(job)
+        try:
+            if self._conn is None or self._reset_requested.is_set():
+                await self._wait_reconnect(job.deadline)
+        except BaseException:
+            self._slots.release()
+            self._outstanding -= 1
+            raise
+        self._start(job, self._conn)
+
+    def _take(self, job: _Job) -> None:
         # Waiting for a slot still counts as queued; from here on it is the card's, and counts
         # as in flight until its reply is sent (shutdown waits for that, not just the card).
         self._depth -= 1
         self._outstanding += 1
         self.status.queue_depth = self._depth
-        released = False
-        try:
-            if self._conn is None or self._reset_requested.is_set():
-                await self._wait_reconnect(job.deadline)
-            method = str(job.message.get("method") or "")
-            remaining = job.deadline - time.time()
-            if remaining <= 0:
-                await self._reply_error(job, UKEY_TIMEOUT, "the request waited in the card queue past its deadline")
-                return
-            conn = self._conn
-            if conn is None:
-                await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
-                return
-            args = dict(job.message.get("args") or {})
-            args.pop("passwd", None)
-            if method in protocol.PIN_METHODS and self.config.pin:
-                args["passwd"] = self.config.pin
-            elif method in protocol.PIN_METHODS and job.message.get("fallback_pin"):
-                # Legacy clients that send their own PIN; it crossed the channel layer sealed.
-                try:
-                    if self.hooks.unseal_pin is None:
-                        raise ValueError("this gateway cannot unseal a client's PIN")
-                    args["passwd"] = self.hooks.unseal_pin(job.message["fallback_pin"])
-                except ValueError:
-                    await self._reply_error(job, UKEY_ERROR, "the client's card PIN could not be read (master key mismatch)")
-                    return
-            # A request queued behind others at the control gets their time too.
-            timeout = min(self.config.request_timeout * (conn.outstanding + 1), remaining)
-            started = time.monotonic()
+
+    def _handoff(self) -> bool:
+        """A slot was freed by an answer: send the job waiting for it at once, in the same
+        callback, when nothing needs waiting for (the card idles for one socket round trip,
+        not for the event loop's other work). False: the waiter takes the slot itself."""
+        job, conn = self._holding, self._conn
+        if job is None or conn is None or self._reset_requested.is_set() or self._stopping \
+                or not hasattr(conn, "send_nowait"):
+            return False
+        self._holding = None
+        self._take(job)
+        self._start(job, conn)
+        return True
+
+    def _start(self, job: _Job, conn: CardConnection | None) -> None:
+        """Send a job that holds a pipeline slot (and counts as outstanding) to the card; any
+        failure is answered to its caller (in a task) and frees the slot."""
+        method = str(job.message.get("method") or "")
+        remaining = job.deadline - time.time()
+        if remaining <= 0:
+            self._fail(job, UKEY_TIMEOUT, "the request waited in the card queue past its deadline")
+            return
+        if conn is None:
+            self._fail(job, UKEY_UNAVAILABLE,
+                       f"card {self.config.slug} is not connected: {self.status.last_error or 'connecting'}")
+            return
+        args = dict(job.message.get("args") or {})
+        args.pop("passwd", None)
+        if method in protocol.PIN_METHODS and self.config.pin:
+            args["passwd"] = self.config.pin
+        elif method in protocol.PIN_METHODS and job.message.get("fallback_pin"):
+            # Legacy clients that send their own PIN; it crossed the channel layer sealed.
             try:
-                future = await conn.send(method, args)
-            except CardConnectionLost as exc:
-                self._record_error(f"{method}: {exc}")
-                await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost: {exc}")
+                if self.hooks.unseal_pin is None:
+                    raise ValueError("this gateway cannot unseal a client's PIN")
+                args["passwd"] = self.hooks.unseal_pin(job.message["fallback_pin"])
+            except ValueError:
+                self._fail(job, UKEY_ERROR, "the client's card PIN could not be read (master key mismatch)")
                 return
-            released = True
-            task = asyncio.create_task(self._answer(job, conn, method, future, timeout, started))
-            self._answer_tasks.add(task)
-            task.add_done_callback(self._answer_tasks.discard)
-        finally:
-            if not released:  # answered (with an error) here, or cancelled
+        # A request queued behind others at the control gets their time too.
+        timeout = min(self.config.request_timeout * (conn.outstanding + 1), remaining)
+        started = time.monotonic()
+        send_nowait = getattr(conn, "send_nowait", None)
+        if send_nowait is None:  # a connection that can only send asynchronously (an agent's link)
+            self._track(self._send_then_answer(job, conn, method, args, timeout, started))
+            return
+        try:
+            future = send_nowait(method, args)
+        except CardConnectionLost as exc:
+            self._record_error(f"{method}: {exc}")
+            self._fail(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost: {exc}")
+            return
+        self._slots.hold(future)
+        self._track(self._answer(job, conn, method, future, timeout, started))
+
+    def _track(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._answer_tasks.add(task)
+        task.add_done_callback(self._answer_tasks.discard)
+
+    def _fail(self, job: _Job, code: str, message: str) -> None:
+        """A job that holds a slot and will not reach the card: free the slot, answer the error."""
+        self._slots.release()
+
+        async def reply() -> None:
+            try:
+                await self._reply_error(job, code, message)
+            finally:
                 self._outstanding -= 1
-                self._slots.release()
+
+        self._track(reply())
+
+    async def _send_then_answer(self, job: _Job, conn, method: str, args: dict[str, Any], timeout: float,
+                                started: float) -> None:
+        try:
+            future = await conn.send(method, args)
+        except CardConnectionLost as exc:
+            self._record_error(f"{method}: {exc}")
+            self._slots.release()
+            try:
+                await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost: {exc}")
+            finally:
+                self._outstanding -= 1
+            return
+        except BaseException:
+            self._slots.release()
+            self._outstanding -= 1
+            raise
+        self._slots.hold(future)
+        await self._answer(job, conn, method, future, timeout, started)
+
+    def _answered(self, future: asyncio.Future) -> None:
+        """The connection matched an answer to `future` (called before its result is set):
+        its slot is free, and goes straight to the next job."""
+        self._slots.done(future, handoff=self._handoff)
 
     async def _answer(self, job: _Job, conn: CardConnection, method: str, future: asyncio.Future,
                       timeout: float, started: float) -> None:
@@ -340,18 +456,16 @@ class CardGateway:
         except asyncio.TimeoutError:
             # Answer once the reset connection is back, so the caller's next request finds
             # the card connected (bounded by the connect timeout).
-            self._slots.release()
+            self._answered(future)
             await self._wait_connected()
             await self._reply_error(job, UKEY_TIMEOUT, f"card {self.config.slug} did not answer {method} within {timeout:.1f}s")
             return
         except CardConnectionLost as exc:
-            self._slots.release()
+            self._answered(future)
             await self._reply_error(job, UKEY_UNAVAILABLE, f"card {self.config.slug} connection lost during {method}: {exc}")
             return
-        except BaseException:
-            self._slots.release()
-            raise
-        self._slots.release()
+        finally:
+            self._answered(future)  # no-op when the connection already freed the slot
         await self._reply(
             job,
             {
@@ -397,22 +511,22 @@ class CardGateway:
 
     async def _card_call(self, method: str, args: dict[str, Any], timeout: float) -> protocol.CardResult:
         """One card operation for the gateway itself (probe, card facts)."""
-        async with self._slot():
+        await self._slots.acquire()  # nothing is held: never handed off
+        future = None
+        try:
             if self._reset_requested.is_set():
                 await self._wait_connected()
             conn = self._conn
             if conn is None:
                 raise CardConnectionLost("not connected")
             future = await conn.send(method, args)
+            self._slots.hold(future)
             return await self._await_result(conn, method, future, timeout, report=False)
-
-    @contextlib.asynccontextmanager
-    async def _slot(self):
-        await self._slots.acquire()
-        try:
-            yield
         finally:
-            self._slots.release()
+            if future is None:
+                self._slots.release()
+            else:
+                self._answered(future)
 
     def _reconnect_window(self) -> float:
         """Seconds left in which a request may wait for the reconnect (0: fail fast)."""
@@ -509,6 +623,8 @@ class CardGateway:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            if hasattr(conn, "on_answer"):
+                conn.on_answer = self._answered  # the next request goes out as an answer comes in
             self._conn = conn
             self.status.connected = True
             self.status.connected_since = time.time()
@@ -605,10 +721,14 @@ class CardGateway:
 
     async def _reply(self, job: _Job, payload: dict[str, Any]) -> None:
         reply_to = job.message.get("reply")
-        if not reply_to:
+        if not reply_to and job.reply_future is None:
             return
         reply = reply_message(job.message, device=self.config.slug, cert_no=self.status.cert_no,
                               algorithm=self.status.algorithm, payload=payload)
+        if job.reply_future is not None:
+            if not job.reply_future.done():  # the caller may have given up (timeout)
+                job.reply_future.set_result(reply)
+            return
         try:
             await self.layer.send(reply_to, reply)
         except Exception:  # a caller that went away must not stop the gateway

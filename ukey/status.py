@@ -33,6 +33,8 @@ class DeviceStatus:
     reconnect_attempts: int = 0
     connections: int = 0
     card_errors: int = 0
+    # The Unix socket of the process that runs the gateway (ukey/link.py); "" when it has none.
+    link: str = ""
     heartbeat_at: float = 0.0
     down_since: float | None = None  # the connection dropped then (None: connected, or never was)
     accepting_until: float | None = None  # requests may wait for the reconnect until then

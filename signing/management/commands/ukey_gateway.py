@@ -1,9 +1,12 @@
 import asyncio
+import os
+from pathlib import Path
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from core.eventloop import event_loop_run
 from signagent.system import stop_signals_install
 from signing.gateway_host import GatewayHost
 from signing.models import CardDevice
@@ -28,7 +31,7 @@ class Command(BaseCommand):
             )
         if options["all"]:
             card_device_sync_default()
-            asyncio.run(self._run_all())
+            event_loop_run(self._run_all())
             return
         slug = options["device"]
         if slug == settings.UKEY_DEFAULT_DEVICE:
@@ -40,24 +43,25 @@ class Command(BaseCommand):
             raise CommandError(f"card device {slug!r} is disabled")
         if device.is_agent:
             raise CommandError(f"card device {slug!r} is served by its card agent (the web process it connects to)")
-        asyncio.run(self._run(slug, device.url))
+        event_loop_run(self._run(slug, device.url))
 
     async def _run_all(self) -> None:
         if not settings.UKEY_FOLLOW_DEVICES:  # the cards of now, until a restart
             slugs = await sync_to_async(list)(CardDevice.objects.filter(
                 enabled=True, transport=CardDevice.TRANSPORT_URL).values_list("slug", flat=True))
-            host = GatewayHost(slugs)
+            host = GatewayHost(slugs, link_path=_link_path())
             await host.start()
             await self._serve(host)
             return
-        host = GatewayHost([])
+        host = GatewayHost([], link_path=_link_path())
+        await host.start()
         follower = asyncio.create_task(host.follow_devices())
         self.stdout.write("UKey gateways for every enabled card the platform dials (following changes); "
                           "Ctrl-C stops them")
         await self._serve(host, extra=follower)
 
     async def _run(self, slug: str, url: str) -> None:
-        host = GatewayHost([slug])
+        host = GatewayHost([slug], link_path=_link_path())
         await host.start()
         self.stdout.write(f"UKey gateway for card {slug} ({url}) running; Ctrl-C stops it")
         await self._serve(host)
@@ -78,3 +82,12 @@ class Command(BaseCommand):
         await host.stop()
         waiter.cancel()
         self.stdout.write("UKey gateway stopped")
+
+
+def _link_path() -> str:
+    """This process's card-link socket (ukey/link.py) in the private var/ directory, or "" (off,
+    or a path too long for a Unix socket)."""
+    if not settings.UKEY_LINK:
+        return ""
+    path = str(Path(settings.VAR_DIR) / f"ukey-link-{os.getpid()}.sock")
+    return path if len(path.encode()) < 100 else ""

@@ -1,0 +1,146 @@
+"""The lean request path of the paths machines call (signplatform/api_handler.py) and the
+group commit of the answers' audit events (core/dbthread.py DbBatch): what an API answer
+carries, what stays on Django's full handler, a client that hangs up is still audited, and
+concurrent items are written together with each failure its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from accessids.services import access_id_create
+from audit.models import AuditEvent
+from audit.services import data_digest
+from core.dbthread import DbBatch
+from signclient import sign_headers
+from signplatform.api_handler import lean_path
+from tests.conftest import SimulatorProcess, test_database_url
+from tests.live import Platform, http, only_card_row, poll, services_env
+from tests.test_api import call
+
+
+def test_the_lean_handler_serves_the_machine_paths_and_nothing_for_people():
+    for path in ("/api/v1/sign", "/api/v1/xml-documents/3", "/api/v1/nothing", "/getCode", "/xml-files/add", "/rpc",
+                 "/api/customs179"):
+        assert lean_path(path), path
+    for path in ("/admin/", "/api/v1/docs/", "/api/v1/schema/", "/api/v1/health", "/health", "/", "/metrics",
+                 "/static/admin/css/base.css"):
+        assert not lean_path(path), path
+
+
+async def test_concurrent_items_are_written_in_batches_and_each_failure_is_its_own():
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def flush(items: list[int]) -> list:
+        batches.append(items)
+        release.wait(5)  # the first batch is slow: everything submitted meanwhile gathers
+        return [ValueError(f"item {i} refused") if i == 7 else i * 10 for i in items]
+
+    batch = DbBatch(flush, name="test")
+    first = asyncio.create_task(batch.submit(0))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(batch.submit(i)) for i in range(1, 20)]
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    assert batches == [[0], list(range(1, 20))]  # one write for the first, one for all that came meanwhile
+    for i, result in enumerate(results):
+        if i == 7:
+            assert isinstance(result, ValueError) and str(result) == "item 7 refused"
+        else:
+            assert result == i * 10
+
+
+async def test_a_failing_batch_fails_each_of_its_items():
+    def flush(items):
+        raise RuntimeError("the database is down")
+
+    batch = DbBatch(flush, name="test")
+    results = await asyncio.gather(*(batch.submit(i) for i in range(3)), return_exceptions=True)
+    assert [str(r) for r in results] == ["the database is down"] * 3
+    assert await DbBatch(lambda items: list(items), name="test").submit(5) == 5  # and nothing is left stuck
+
+
+# --- through a real server -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(django_db_setup, django_db_blocker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("request-path")
+    sim = SimulatorProcess(algorithm="rsa", key_dir=str(tmp / "keys")).start()
+    with django_db_blocker.unblock():
+        only_card_row("request-path")
+        env = services_env(test_database_url(), tmp / "var", UKEY_URL=sim.url, UKEY_PIN=sim.pin,
+                           UKEY_DEFAULT_DEVICE="request-path", UKEY_PROBE_INTERVAL="3600")
+        platform = Platform(env, tmp).start()
+    platform.wait_card()
+    yield sim, platform
+    platform.stop()
+    sim.stop()
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_an_api_answer_has_the_security_headers_and_a_length_and_sets_no_cookie(live):
+    _, platform = live
+    access, secret = access_id_create(name="ERP")
+    status, headers, body = call(platform, "POST", "/api/v1/sign", {"data": "headers"}, access=access, secret=secret)
+    assert status == 200 and body["signature"]
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] and headers["X-Request-ID"] == body["request_id"]
+    assert int(headers["Content-Length"]) == len(json.dumps(body, separators=(",", ":")).encode())
+    assert "Transfer-Encoding" not in headers and "Set-Cookie" not in headers and "Cookie" not in headers.get("Vary", "")
+    status, headers, _ = call(platform, "POST", "/api/v1/sign", {"data": "x"})  # refused: the same headers
+    assert status == 401 and headers["X-Content-Type-Options"] == "nosniff" and headers["Content-Length"]
+    # Pages for people keep Django's full chain: the API documentation has its CSP.
+    status, headers, _ = http("GET", platform.base + "/api/v1/docs/")
+    assert status == 200 and "script-src 'self'" in headers["Content-Security-Policy"]
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_client_that_hangs_up_before_the_answer_still_has_its_request_audited(live):
+    sim, platform = live
+    access, secret = access_id_create(name="ERP")
+    asyncio.run(sim.control("sim_setFaults", {"faults": [{"kind": "slow", "count": 1, "slow_ms": 600}]}))
+    text = f"hung up {time.time()}"
+    body = json.dumps({"data": text}).encode()
+    headers = sign_headers("POST", platform.base + "/api/v1/sign", body, access.key, secret)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    raw = (f"POST /api/v1/sign HTTP/1.1\r\nHost: 127.0.0.1:{platform.port}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\n{head}\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", platform.port)) as client:
+        client.sendall(raw)
+        time.sleep(0.2)  # the card is working on it
+    event = poll(lambda: AuditEvent.objects.filter(data_sha256=data_digest(text)).first(), 10, "its audit event")
+    assert (event.outcome, event.http_status, event.access_key) == ("OK", 200, access.key)
+
+
+def test_the_wal_checkpointer_copies_the_log_back_and_empties_it_on_stop(tmp_path):
+    import sqlite3
+
+    from core.sqlitewal import WalCheckpointer
+
+    path = tmp_path / "db.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # as the web process's connections run
+    writer.execute("CREATE TABLE t (v TEXT)")
+    for i in range(300):
+        writer.execute("INSERT INTO t VALUES (?)", (f"row {i} " + "x" * 500,))
+    wal = tmp_path / "db.sqlite3-wal"
+    assert wal.stat().st_size > 100_000  # nothing copied back by the writer itself
+    checkpointer = WalCheckpointer(str(path), interval=0.05)
+    checkpointer.start()
+    time.sleep(0.3)
+    writer.execute("INSERT INTO t VALUES ('while it runs')")  # never blocked by it
+    checkpointer.stop()
+    assert wal.stat().st_size == 0  # copied back and emptied (TRUNCATE on stop)
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone()[0] == 301
+    writer.close()
