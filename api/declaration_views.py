@@ -145,7 +145,15 @@ def _request_read(raw: bytes) -> dict:
 class DeclarationListView(SignedAPIView):
     required_scopes = ("declare",)
 
-    @extend_schema(request=DeclarationRequestSerializer, responses={201: DeclarationDetailSerializer, **ERRORS})
+    @extend_schema(
+        request=DeclarationRequestSerializer, responses={201: DeclarationDetailSerializer, **ERRORS},
+        description=(
+            "Build a CEB message (CEB311, 303, 621, 623, 411 or 511) from `data` (JSON: the header and its items), "
+            "or take a ready `xml`; the platform fills the guid, the company's registration (copCode, dxpId, ...) "
+            "and the send time, signs it with the card and, unless `submit` is false, queues it for the customs "
+            "exchange server (sent once, by the declaration worker). 201 with the declaration, its signed "
+            "document and its timeline. Scope `declare`; docs/declarations.md."),
+    )
     async def post(self, request):
         body = _request_read(request._request.body)
         access = request.user.access
@@ -177,6 +185,9 @@ class DeclarationListView(SignedAPIView):
 
     @extend_schema(
         operation_id="declarations_list",
+        description=(
+            "Your own declarations, newest first, filtered by status, message type, a reference (order, copNo, "
+            "invtNo, payment or waybill number) or guid; paged (`page`, `page_size`). Scope `declare`."),
         parameters=[
             OpenApiParameter("status", str, enum=[s for s, _ in Declaration.STATUSES]),
             OpenApiParameter("message_type", str, enum=list(MESSAGES)),
@@ -217,7 +228,12 @@ class DeclarationListView(SignedAPIView):
 class DeclarationDetailView(SignedAPIView):
     required_scopes = ("declare",)
 
-    @extend_schema(operation_id="declarations_retrieve", responses={200: DeclarationDetailSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="declarations_retrieve", responses={200: DeclarationDetailSerializer, **ERRORS},
+        description=(
+            "One of your declarations with its submission (attempts, outcome), the customs receipts received and "
+            "its timeline; someone else's answers 404. Scope `declare`."),
+    )
     async def get(self, request, pk: int):
         def read():
             declaration = None if pk > MAX_ID else \
