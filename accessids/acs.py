@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from audit.models import AuditEvent
 from audit.services import COMMAND, ChangeContext
@@ -52,7 +53,8 @@ def key_fingerprint(key: str) -> str:
 def _party(access_id: AccessId) -> AcsParty:
     party = AcsParty.objects.select_for_update().filter(access_id=access_id).first()
     if party is None:
-        raise AccessIdError(f"{access_id.key} has no access system settings yet: set its sender code first")
+        raise AccessIdError(_("%(key)s has no access system settings yet: set its sender code first")
+                            % {"key": access_id.key})
     return party
 
 
@@ -63,12 +65,12 @@ def acs_settings_set(*, access_id: AccessId, context: ChangeContext = COMMAND, *
     is refused unless `open_confirmed` says the administrator wants it so."""
     unknown = sorted(set(changes) - set(SETTINGS))
     if unknown:
-        raise AccessIdError(f"unknown setting(s) {', '.join(unknown)}")
+        raise AccessIdError(_("unknown setting(s) %(unknown)s") % {"unknown": ", ".join(unknown)})
     party = AcsParty.objects.select_for_update().filter(access_id=access_id).first()
     created = party is None
     if created:
         if not (changes.get("sender_code") or "").strip():
-            raise AccessIdError("a new access system party needs its sender code (Ccode)")
+            raise AccessIdError(_("a new access system party needs its sender code (Ccode)"))
         party = AcsParty(access_id=access_id)
     before = {name: getattr(party, name) for name in SETTINGS}
     _party_changed(party.sender_code)
@@ -76,17 +78,19 @@ def acs_settings_set(*, access_id: AccessId, context: ChangeContext = COMMAND, *
         if value is not None:
             setattr(party, name, value.strip() if isinstance(value, str) else value)
     if party.encryption not in acs_crypto.MODES:
-        raise AccessIdError(f"encryption {party.encryption!r}: choose from {', '.join(acs_crypto.MODES)}")
+        raise AccessIdError(_("encryption %(mode)s: choose from %(known)s")
+                            % {"mode": repr(party.encryption), "known": ", ".join(acs_crypto.MODES)})
     if party.signature not in (AcsParty.MD5, AcsParty.NONE_SIGNATURE):
-        raise AccessIdError("signature: md5 or none")
+        raise AccessIdError(_("signature: md5 or none"))
     if not party.sender_code or len(party.sender_code) > 32 or not party.sender_code.isprintable():
-        raise AccessIdError("the sender code is 1-32 printable characters")
+        raise AccessIdError(_("the sender code is 1-32 printable characters"))
     holder = AcsParty.objects.filter(sender_code=party.sender_code).exclude(pk=party.pk).first()
     if holder is not None:
-        raise AccessIdError(f"the sender code {party.sender_code} already belongs to {holder.access_id.key}")
+        raise AccessIdError(_("the sender code %(code)s already belongs to %(key)s")
+                            % {"code": party.sender_code, "key": holder.access_id.key})
     if party.fully_open and not party.open_confirmed:
-        raise AccessIdError("no token, no signature and no encryption: anyone knowing the sender code could sign; "
-                            "confirm that this party is fully open (--open) or keep one of them")
+        raise AccessIdError(_("no token, no signature and no encryption: anyone knowing the sender code could sign; "
+                              "confirm that this party is fully open (--open) or keep one of them"))
     party.save()
     _party_changed(party.sender_code)
     changed = sorted(name for name in SETTINGS if getattr(party, name) != before[name])
@@ -107,9 +111,9 @@ def _key_check(party: AcsParty, key: str) -> None:
         except acs_crypto.AcsCryptoError as exc:
             raise AccessIdError(str(exc)) from None
     elif len(key) < 16:
-        raise AccessIdError("the key (the signature's SecretKey) is at least 16 characters")
+        raise AccessIdError(_("the key (the signature's SecretKey) is at least 16 characters"))
     if key != key.strip() or not key.isprintable():
-        raise AccessIdError("the key must be printable, without spaces at either end")
+        raise AccessIdError(_("the key must be printable, without spaces at either end"))
 
 
 @transaction.atomic
@@ -135,10 +139,10 @@ def acs_key_use_new(*, access_id: AccessId, grace: datetime.timedelta = datetime
     """"Use new key": the pending key becomes current; the old current one stays valid for
     `grace` (none: at once invalid)."""
     if grace < datetime.timedelta(0) or grace > MAX_GRACE:
-        raise AccessIdError("the grace period is between 0 and 7 days")
+        raise AccessIdError(_("the grace period is between 0 and 7 days"))
     party = _party(access_id)
     if not party.pending_key_encrypted:
-        raise AccessIdError("there is no pending key: set one first")
+        raise AccessIdError(_("there is no pending key: set one first"))
     now = timezone.now()
     had_key = bool(party.key_encrypted)
     if had_key and grace > datetime.timedelta(0):
@@ -214,17 +218,20 @@ def certificate_check(pem: str | bytes) -> x509.Certificate:
         certificate = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
                        else x509.load_der_x509_certificate(data))
     except ValueError:
-        raise AccessIdError("not an X.509 certificate (PEM or DER)") from None
+        raise AccessIdError(_("not an X.509 certificate (PEM or DER)")) from None
     public = certificate.public_key()
     if not isinstance(public, rsa.RSAPublicKey):
-        raise AccessIdError("the certificate's key is not RSA")
+        raise AccessIdError(_("the certificate's key is not RSA"))
     if public.key_size not in ACCEPTED_RSA_BITS:
-        raise AccessIdError(f"an RSA key of {public.key_size} bits; accepted: {', '.join(map(str, ACCEPTED_RSA_BITS))}")
+        raise AccessIdError(_("an RSA key of %(bits)s bits; accepted: %(accepted)s")
+                            % {"bits": public.key_size, "accepted": ", ".join(map(str, ACCEPTED_RSA_BITS))})
     now = timezone.now()
     if certificate.not_valid_after_utc <= now:
-        raise AccessIdError(f"the certificate expired on {certificate.not_valid_after_utc:%Y-%m-%d}")
+        raise AccessIdError(_("the certificate expired on %(date)s")
+                            % {"date": f"{certificate.not_valid_after_utc:%Y-%m-%d}"})
     if certificate.not_valid_before_utc > now:
-        raise AccessIdError(f"the certificate is valid only from {certificate.not_valid_before_utc:%Y-%m-%d}")
+        raise AccessIdError(_("the certificate is valid only from %(date)s")
+                            % {"date": f"{certificate.not_valid_before_utc:%Y-%m-%d}"})
     return certificate
 
 
@@ -439,7 +446,7 @@ def acs_token_check(*, info: AcsPartyInfo, token: str) -> datetime.datetime:
         "party_id", "key_version", "created_at", "expires_at").first()
     if row is None or row[0] != info.pk:  # unknown, or another party's: told apart for nobody
         raise AcsTokenError("TOKEN_INVALID", "the token is not valid for this sender; get a new one")
-    _, key_version, created_at, expires_at = row
+    _party_pk, key_version, created_at, expires_at = row
     now = timezone.now()
     if expires_at <= now:
         raise AcsTokenError("TOKEN_EXPIRED", "the token expired; get a new one")
@@ -464,7 +471,7 @@ def acs_party_describe(party: AcsParty | None) -> dict[str, Any]:
     """What the admin shows of a party: its keys by fingerprint, its certificates, and what
     is missing or weak in its settings (never a key itself)."""
     if party is None:
-        return {"warnings": ["Set the sender code and the security settings first."]}
+        return {"warnings": [_("Set the sender code and the security settings first.")]}
     now = timezone.now()
 
     def fingerprint(encrypted: str) -> str:
@@ -485,29 +492,30 @@ def acs_party_describe(party: AcsParty | None) -> dict[str, Any]:
     warnings = []
     mode = party.encryption
     if party.fully_open:
-        warnings.append("Fully open: no token, no signature and no encryption. Anyone who knows the sender code "
-                        "can sign with the card.")
+        warnings.append(_("Fully open: no token, no signature and no encryption. Anyone who knows the sender code "
+                          "can sign with the card."))
     if mode in (acs_crypto.DES_MODE, acs_crypto.RSA_DES):
-        warnings.append("DES is weak (a 56-bit key): offered only for old parties that cannot change.")
+        warnings.append(_("DES is weak (a 56-bit key): offered only for old parties that cannot change."))
     if mode == acs_crypto.RSA_MODE:
-        warnings.append("RSA 1024-bit is weak: offered only for old clients.")
+        warnings.append(_("RSA 1024-bit is weak: offered only for old clients."))
     if party.signature == AcsParty.NONE_SIGNATURE:
-        warnings.append("No signature: whoever can encrypt for this party (or anyone, without encryption) can call.")
+        warnings.append(_("No signature: whoever can encrypt for this party (or anyone, without encryption) can "
+                          "call."))
     if mode == acs_crypto.NONE and party.token_required:
-        warnings.append("Without encryption the token is handed out in clear to anyone who asks for it: it proves "
-                        "nothing on its own; the MD5 signature is what identifies the party.")
+        warnings.append(_("Without encryption the token is handed out in clear to anyone who asks for it: it proves "
+                          "nothing on its own; the MD5 signature is what identifies the party."))
     if mode in (acs_crypto.AES_MODE, acs_crypto.DES_MODE) and not party.key_encrypted:
-        warnings.append("No key is in use yet: set a key, give it to the party, then press “Use new key”.")
+        warnings.append(_("No key is in use yet: set a key, give it to the party, then press “Use new key”."))
     if mode in acs_crypto.RSA_MODES:
         if not party.certificate_pem:
-            warnings.append("The platform has no certificate for this party yet: generate one and give it to the "
-                            "party (it encrypts its requests with it).")
+            warnings.append(_("The platform has no certificate for this party yet: generate one and give it to the "
+                              "party (it encrypts its requests with it)."))
         if not party.party_certificate_pem:
-            warnings.append("The party's encryption certificate is missing: upload it (answers are encrypted with "
-                            "it).")
+            warnings.append(_("The party's encryption certificate is missing: upload it (answers are encrypted with "
+                              "it)."))
         facts = state["party_certificate"]
         if facts and facts["not_after"] <= now:
-            warnings.append("The party's encryption certificate has expired: upload its new one.")
+            warnings.append(_("The party's encryption certificate has expired: upload its new one."))
     state["warnings"] = warnings
     return state
 

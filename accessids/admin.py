@@ -23,6 +23,8 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext, override, pgettext
 
 from audit.display import access_id_history_context
 from audit.services import admin_change_context
@@ -78,11 +80,11 @@ def _badge(color: str, text: str):
 
 
 class StatusFilter(admin.SimpleListFilter):
-    title = "status"
+    title = gettext_lazy("status")
     parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        return [("enabled", "Enabled"), ("disabled", "Disabled"), ("expired", "Expired")]
+        return [("enabled", _("Enabled")), ("disabled", _("Disabled")), ("expired", _("Expired"))]
 
     def queryset(self, request, queryset):
         now = timezone.now()
@@ -97,7 +99,7 @@ class StatusFilter(admin.SimpleListFilter):
 
 
 class ScopeFilter(admin.SimpleListFilter):
-    title = "scope"
+    title = gettext_lazy("scope")
     parameter_name = "scope"
 
     def lookups(self, request, model_admin):
@@ -115,8 +117,8 @@ class AppSecretInline(ReadOnlyAdminMixin, admin.TabularInline):
     """The secret versions of an access ID: read-only, with their last use."""
 
     model = AppSecret
-    verbose_name = "App Secret version"
-    verbose_name_plural = "App Secret versions (last use per version)"
+    verbose_name = gettext_lazy("App Secret version")
+    verbose_name_plural = gettext_lazy("App Secret versions (last use per version)")
     fields = ["version", "fingerprint", "state_display", "valid_until", "last_used_at", "created_at", "revoked_at"]
     readonly_fields = fields
     extra = 0
@@ -124,10 +126,10 @@ class AppSecretInline(ReadOnlyAdminMixin, admin.TabularInline):
     can_delete = False
     show_change_link = False
 
-    @admin.display(description="state")
+    @admin.display(description=gettext_lazy("state"))
     def state_display(self, obj):
         if obj.state == AppSecret.PREVIOUS and obj.valid_until and obj.valid_until <= timezone.now():
-            return _badge(STATE_COLORS[AppSecret.REVOKED], "previous (grace period over)")
+            return _badge(STATE_COLORS[AppSecret.REVOKED], _("previous (grace period over)"))
         return _badge(STATE_COLORS.get(obj.state, "#000"), obj.get_state_display())
 
     # Seen by whoever may see the access ID; never added, changed or deleted (ReadOnlyAdminMixin).
@@ -169,24 +171,24 @@ class AccessIdAdmin(admin.ModelAdmin):
             main = ["key", *main, "status_display"]
         fieldsets = [
             (None, {"fields": main}),
-            ("What it may do", {"fields": ["scopes", "allowed_methods", "devices", "pools"]}),
-            ("Limits", {"fields": ["allowed_networks", "rate_limit_per_minute", "expires_at"]}),
+            (_("What it may do"), {"fields": ["scopes", "allowed_methods", "devices", "pools"]}),
+            (_("Limits"), {"fields": ["allowed_networks", "rate_limit_per_minute", "expires_at"]}),
         ]
         legacy = ["legacy_aes_key"] if obj is None else ["legacy_key_display", "legacy_aes_key"]
         if obj is not None and obj.has_legacy_key:
             legacy.append("legacy_aes_key_remove")
-        fieldsets.append(("Legacy sign-server API", {"fields": legacy, "classes": ["collapse"] if obj is None else []}))
+        fieldsets.append((_("Legacy sign-server API"), {"fields": legacy, "classes": ["collapse"] if obj is None else []}))
         fieldsets.append((
-            "Client profiles (for client systems of the bridges this platform replaces)",
+            _("Client profiles (for client systems of the bridges this platform replaces)"),
             {"fields": AccessIdForm.profile_field_names() if self.has_change_permission(request, obj)
              else ["profiles_display"],
-             "description": "Each profile lets the clients of one older signing service call the platform by "
-                            "changing only their base URL, with this access ID's App Secret. All are off until "
-                            "turned on here; weak profiles say why.",
+             "description": _("Each profile lets the clients of one older signing service call the platform by "
+                              "changing only their base URL, with this access ID's App Secret. All are off until "
+                              "turned on here; weak profiles say why."),
              "classes": ["collapse"] if obj is None else []},
         ))
         if obj is not None:
-            fieldsets.append(("Use", {"fields": ["current_fingerprint", "last_used_at", "last_secret_version",
+            fieldsets.append((pgettext("fieldset", "Use"), {"fields": ["current_fingerprint", "last_used_at", "last_secret_version",
                                                  "created_at", "updated_at"]}))
         if obj is not None and not self.has_change_permission(request, obj):
             fieldsets = [
@@ -216,79 +218,92 @@ class AccessIdAdmin(admin.ModelAdmin):
 
     # --- display columns ------------------------------------------------------------
 
-    @admin.display(description="status", ordering="enabled")
+    @admin.display(description=gettext_lazy("status"), ordering="enabled")
     def status_display(self, obj):
-        return _badge(STATUS_COLORS.get(obj.status, "#000"), obj.status)
+        return _badge(STATUS_COLORS.get(obj.status, "#000"), obj.status_label)
 
-    @admin.display(description="scopes")
+    @admin.display(description=gettext_lazy("scopes"))
     def scopes_display(self, obj):
         if not obj.scopes:
-            return "none"
+            return _("none")
         return format_html_join(", ", '<span title="{}">{}</span>',
                                 ((SCOPE_LABELS.get(s, s), s) for s in obj.scopes))
 
-    @admin.display(description="card methods allowed through RPC")
+    @admin.display(description=gettext_lazy("card methods allowed through RPC"))
     def allowed_methods_display(self, obj):
-        return format_html_join(mark_safe("<br>"), "{}", ((m,) for m in obj.allowed_methods)) or "none"
+        return format_html_join(mark_safe("<br>"), "{}", ((m,) for m in obj.allowed_methods)) or _("none")
 
-    @admin.display(description="allowed client networks")
+    @admin.display(description=gettext_lazy("allowed client networks"))
     def allowed_networks_display(self, obj):
-        return format_html_join(mark_safe("<br>"), "{}", ((n,) for n in obj.allowed_networks)) or "any address"
+        return format_html_join(mark_safe("<br>"), "{}", ((n,) for n in obj.allowed_networks)) or _("any address")
 
-    @admin.display(description="last request", ordering="last_used_at")
+    @admin.display(description=gettext_lazy("last request"), ordering="last_used_at")
     def last_use_display(self, obj):
         if obj.last_used_at is None:
-            return "never"
+            return _("never")
         when = datetime_display(obj.last_used_at)
         if obj.last_secret_version is None:
             return when
-        return format_html('{} <span class="secret-version" title="signed with secret version {}">v{}</span>',
-                           when, obj.last_secret_version, obj.last_secret_version)
+        return format_html('{} <span class="secret-version" title="{}">v{}</span>', when,
+                           _("signed with secret version %(version)s") % {"version": obj.last_secret_version},
+                           obj.last_secret_version)
 
-    @admin.display(description="card devices")
+    @admin.display(description=gettext_lazy("card devices"))
     def devices_display(self, obj):
         names = [str(d) for d in obj.devices.order_by("slug")]
-        return ", ".join(names) if names else "the default card"
+        return ", ".join(names) if names else _("the default card")
 
-    @admin.display(description="card pools")
+    @admin.display(description=gettext_lazy("card pools"))
     def pools_display(self, obj):
-        return ", ".join(str(p) for p in obj.pools.order_by("slug")) or "none"
+        return ", ".join(str(p) for p in obj.pools.order_by("slug")) or _("none")
 
-    @admin.display(description="client profiles")
+    @admin.display(description=gettext_lazy("client profiles"))
     def profiles_display(self, obj):
         rows = {p.name: p for p in obj.profiles.all()} if obj and obj.pk else {}
         enabled = [rows[name] for name in PROFILE_KINDS if name in rows and rows[name].enabled]
         if not enabled:
-            return "none (native API only)"
-        return format_html_join(
-            mark_safe("<br>"), "{} (±{} s{}){}",
-            ((p.name, p.window, ", default access ID" if p.is_default else "",
-              format_html(' <span style="color:#9a6700">weak: {}</span>', p.kind.weak_reason) if p.kind.weak else "")
-             for p in enabled),
-        )
+            return _("none (native API only)")
+        return format_html_join(mark_safe("<br>"), "{}{}", ((self._profile_line(p), self._profile_weak(p))
+                                                            for p in enabled))
 
-    @admin.display(description="profiles")
+    @staticmethod
+    def _profile_line(profile) -> str:
+        values = {"profile": profile.name, "seconds": profile.window}
+        if profile.is_default:
+            return _("%(profile)s (±%(seconds)s s, default access ID)") % values
+        return _("%(profile)s (±%(seconds)s s)") % values
+
+    @staticmethod
+    def _profile_weak(profile):
+        if not profile.kind.weak:
+            return ""
+        return format_html(' <span style="color:#9a6700">{}</span>',
+                           _("weak: %(reason)s") % {"reason": profile.kind.weak_reason})
+
+    @admin.display(description=gettext_lazy("profiles"))
     def profiles_column(self, obj):
         names = [p.name for p in obj.profiles.all() if p.enabled]
         return ", ".join(names) or "—"
 
-    @admin.display(description="legacy AES key")
+    @admin.display(description=gettext_lazy("legacy AES key"))
     def legacy_key_display(self, obj):
         if not obj.has_legacy_key:
-            return "not set (the old sign-server API is not open to this access ID)"
-        return format_html('set <code title="keyed fingerprint">{}</code>', obj.legacy_key_fingerprint[:12])
+            return _("not set (the old sign-server API is not open to this access ID)")
+        return format_html('{} <code title="{}">{}</code>', pgettext("legacy AES key", "set"),
+                           _("keyed fingerprint"), obj.legacy_key_fingerprint[:12])
 
-    @admin.display(description="legacy key", boolean=True)
+    @admin.display(description=gettext_lazy("legacy key"), boolean=True)
     def legacy_key_column(self, obj):
         return obj.has_legacy_key
 
-    @admin.display(description="current secret")
+    @admin.display(description=gettext_lazy("current secret"))
     def current_fingerprint(self, obj):
         current = self._current_secret(obj)
         if current is None:
-            return "none"
-        return format_html('<code title="fingerprint of secret version {}">{}</code> (v{})',
-                           current.version, current.fingerprint, current.version)
+            return _("none")
+        return format_html('<code title="{}">{}</code> (v{})',
+                           _("fingerprint of secret version %(version)s") % {"version": current.version},
+                           current.fingerprint, current.version)
 
     @staticmethod
     def _current_secret(obj):
@@ -341,7 +356,8 @@ class AccessIdAdmin(admin.ModelAdmin):
         token = getattr(obj, "_reveal_token", None)
         if not token:
             return super().response_add(request, obj, post_url_continue)
-        messages.success(request, f"The access ID {obj.key} for “{obj.name}” was created.")
+        messages.success(request, _("The access ID %(key)s for “%(name)s” was created.")
+                         % {"key": obj.key, "name": obj.name})
         return HttpResponseRedirect(self._reveal_url(obj, token))
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
@@ -371,15 +387,18 @@ class AccessIdAdmin(admin.ModelAdmin):
                 count += 1
         return count
 
-    @admin.action(description="Disable the selected access IDs", permissions=["change"])
+    @admin.action(description=gettext_lazy("Disable the selected access IDs"), permissions=["change"])
     def disable_selected(self, request, queryset):
         count = self._set_enabled(request, queryset, False)
-        self.message_user(request, f"{count} access ID(s) disabled: their requests are refused from now on.")
+        self.message_user(request, ngettext(
+            "%(count)d access ID disabled: its requests are refused from now on.",
+            "%(count)d access IDs disabled: their requests are refused from now on.", count) % {"count": count})
 
-    @admin.action(description="Enable the selected access IDs", permissions=["change"])
+    @admin.action(description=gettext_lazy("Enable the selected access IDs"), permissions=["change"])
     def enable_selected(self, request, queryset):
         count = self._set_enabled(request, queryset, True)
-        self.message_user(request, f"{count} access ID(s) enabled.")
+        self.message_user(request, ngettext("%(count)d access ID enabled.", "%(count)d access IDs enabled.", count)
+                          % {"count": count})
 
     # --- extra pages: rotate, revoke, reveal, enable/disable ---------------------------------
 
@@ -441,13 +460,14 @@ class AccessIdAdmin(admin.ModelAdmin):
                                                  context=admin_change_context(request))
                 del _secret  # shown once, from the reveal ticket
                 token = app_secret_reveal_ticket(secret=row, user=request.user)
-                grace_label = dict(GRACE_LABELS)[grace_key]
+                with override("en"):  # the log entry is a record: in English, like the audit events
+                    grace_label = str(dict(GRACE_LABELS)[grace_key])
                 self.log_change(request, obj, f"Rotated the App Secret to version {row.version} "
                                               f"(old secret grace: {grace_label})")
             return HttpResponseRedirect(self._reveal_url(obj, token))
         current = obj.secrets.filter(state=AppSecret.CURRENT).first()
         previous = list(obj.secrets.filter(state=AppSecret.PREVIOUS))
-        response = self._page(request, "rotate.html", obj, "Rotate the App Secret", form=form,
+        response = self._page(request, "rotate.html", obj, _("Rotate the App Secret"), form=form,
                               current_secret=current, previous_secrets=previous)
         add_never_cache_headers(response)
         return response
@@ -464,15 +484,15 @@ class AccessIdAdmin(admin.ModelAdmin):
                     versions = ", ".join(f"v{s.version}" for s in previous)
                     self.log_change(request, obj, f"Revoked the previous App Secret ({versions})")
             if count:
-                messages.success(request, "The previous secret was revoked: requests signed with it are refused "
-                                          "from now on.")
+                messages.success(request, _("The previous secret was revoked: requests signed with it are refused "
+                                            "from now on."))
             else:
-                messages.info(request, "There was no previous secret to revoke.")
+                messages.info(request, _("There was no previous secret to revoke."))
             return HttpResponseRedirect(self._url("change", obj.pk))
         if not previous:
-            messages.info(request, "There is no previous secret to revoke.")
+            messages.info(request, _("There is no previous secret to revoke."))
             return HttpResponseRedirect(self._url("change", obj.pk))
-        return self._page(request, "revoke_previous.html", obj, "Revoke the previous App Secret",
+        return self._page(request, "revoke_previous.html", obj, _("Revoke the previous App Secret"),
                           previous_secrets=previous)
 
     def reveal_view(self, request, object_id, token):
@@ -482,12 +502,12 @@ class AccessIdAdmin(admin.ModelAdmin):
         obj = self._object_or_404(request, object_id)
         revealed = app_secret_reveal(access_id=obj, token=token, user=user)
         if revealed is None:
-            response = self._page(request, "reveal.html", obj, "App Secret already shown", secret=None)
+            response = self._page(request, "reveal.html", obj, _("App Secret already shown"), secret=None)
             response.status_code = 410
         else:
             row, secret = revealed
             previous = list(obj.secrets.filter(state=AppSecret.PREVIOUS).exclude(pk=row.pk))
-            response = self._page(request, "reveal.html", obj, "New App Secret", secret=secret, secret_row=row,
+            response = self._page(request, "reveal.html", obj, _("New App Secret"), secret=secret, secret_row=row,
                                   previous_secrets=previous)
         add_never_cache_headers(response)  # includes no-store
         response["Referrer-Policy"] = "no-referrer"
@@ -502,7 +522,8 @@ class AccessIdAdmin(admin.ModelAdmin):
         with transaction.atomic():
             count = self._set_enabled(request, [obj], enabled)
         if count:
-            messages.success(request, f"{obj.key} is now {'enabled' if enabled else 'disabled'}.")
+            messages.success(request, (_("%(key)s is now enabled.") if enabled else _("%(key)s is now disabled."))
+                             % {"key": obj.key})
         return HttpResponseRedirect(self._url("change", obj.pk))
 
     # --- the access system party: settings, keys, certificates (docs/client-profiles.md, acs) ---
@@ -532,15 +553,15 @@ class AccessIdAdmin(admin.ModelAdmin):
                     form = forms["settings_form"] = AcsSettingsForm(request.POST)
                     if form.is_valid():
                         acs_settings_set(access_id=obj, context=context, **form.cleaned_data)
-                        messages.success(request, "The access system settings were saved.")
+                        messages.success(request, _("The access system settings were saved."))
                         return HttpResponseRedirect(self._url("acs", obj.pk))
                 elif action == "key-set":
                     form = forms["key_form"] = AcsKeySetForm(request.POST)
                     if form.is_valid():
                         typed = form.cleaned_data["key"]
                         key = acs_key_set(access_id=obj, key=typed, context=context)
-                        messages.success(request, "The new key is pending: it is used once you press “Use new "
-                                                  "key” (after the party has it).")
+                        messages.success(request, _("The new key is pending: it is used once you press “Use new "
+                                                    "key” (after the party has it)."))
                         if typed:
                             return HttpResponseRedirect(self._url("acs", obj.pk))
                         revealed_key = key  # generated: shown on this page only, once
@@ -549,29 +570,30 @@ class AccessIdAdmin(admin.ModelAdmin):
                     if form.is_valid():
                         grace = GRACE_CHOICES[form.cleaned_data["grace"]]
                         party = acs_key_use_new(access_id=obj, grace=grace, context=context)
-                        messages.success(request, f"Key version {party.key_version} is in use now.")
+                        messages.success(request, _("Key version %(version)s is in use now.")
+                                         % {"version": party.key_version})
                         return HttpResponseRedirect(self._url("acs", obj.pk))
                 elif action == "cert-generate":
                     if party is not None and party.certificate_pem and not request.POST.get("replace"):
-                        raise AccessIdError("This party already has a certificate: tick “replace it” to make a new "
-                                            "one (the party must then use the new certificate at once).")
+                        raise AccessIdError(_("This party already has a certificate: tick “replace it” to make a "
+                                              "new one (the party must then use the new certificate at once)."))
                     pem = acs_cert_generate(access_id=obj, context=context)
                     return self._pem_download(pem, obj)
                 elif action == "cert-upload":
                     form = forms["upload_form"] = AcsCertificateUploadForm(request.POST, request.FILES)
                     if form.is_valid():
                         party = acs_cert_upload(access_id=obj, pem=form.cleaned_data["certificate"], context=context)
-                        messages.success(request, f"The encryption certificate {party.party_certificate_subject} "
-                                                  f"was stored.")
+                        messages.success(request, _("The encryption certificate %(subject)s was stored.")
+                                         % {"subject": party.party_certificate_subject})
                         return HttpResponseRedirect(self._url("acs", obj.pk))
                 else:
-                    raise AccessIdError("Unknown action.")
+                    raise AccessIdError(_("Unknown action."))
             except AccessIdError as exc:
-                messages.error(request, f"Nothing was changed: {exc}")
+                messages.error(request, _("Nothing was changed: %(error)s") % {"error": exc})
             party = AcsParty.objects.filter(access_id=obj).first()
         profile = obj.profiles.filter(name=ACS).first()
         response = self._page(
-            request, "acs.html", obj, "Access system (acs)", party=party, state=acs_party_describe(party),
+            request, "acs.html", obj, _("Access system (acs)"), party=party, state=acs_party_describe(party),
             can_change=can_change, can_keys=can_keys, revealed_key=revealed_key,
             profile_enabled=bool(profile and profile.enabled), weak_reason=PROFILE_KINDS[ACS].weak_reason,
             accepted_bits=", ".join(map(str, ACCEPTED_RSA_BITS)), **forms,

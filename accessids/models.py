@@ -4,6 +4,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from signing.models import CardDevice, CardPool
 
@@ -18,28 +19,30 @@ SCOPES = ("sign", "sign_xml", "verify_xml", "sign_179", "rpc", "xml_read", "xml_
 ON_PURPOSE_SCOPES = ("rpc", "xml_read_all")
 DEFAULT_SCOPES = tuple(scope for scope in SCOPES if scope not in ON_PURPOSE_SCOPES)
 DEFAULT_RPC_METHODS: tuple[str, ...] = ()
+# AccessId.status (a code, compared in code and templates) as people read it.
+STATUS_LABELS = {"enabled": _("enabled"), "disabled": _("disabled"), "expired": _("expired")}
 
 
 class AccessId(models.Model):
     """One client system's identity for the signing API."""
 
-    key = models.CharField("access ID", max_length=40, unique=True, editable=False)
+    key = models.CharField(_("access ID"), max_length=40, unique=True, editable=False)
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     enabled = models.BooleanField(default=True)
-    expires_at = models.DateTimeField(null=True, blank=True, help_text="Leave empty for no expiry.")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text=_("Leave empty for no expiry."))
     allowed_networks = models.JSONField(
-        default=list, blank=True, help_text="Client addresses allowed, as CIDR (e.g. 10.0.0.0/8). Empty: any."
+        default=list, blank=True, help_text=_("Client addresses allowed, as CIDR (e.g. 10.0.0.0/8). Empty: any.")
     )
     scopes = models.JSONField(default=list, blank=True)
     allowed_methods = models.JSONField(
-        default=list, blank=True, help_text="Card methods allowed through /api/v1/rpc (needs the rpc scope)."
+        default=list, blank=True, help_text=_("Card methods allowed through /api/v1/rpc (needs the rpc scope).")
     )
     rate_limit_per_minute = models.PositiveIntegerField(default=600, validators=[MinValueValidator(1)])
-    devices = models.ManyToManyField(CardDevice, blank=True, help_text="Cards it may use. Empty: the default card.")
+    devices = models.ManyToManyField(CardDevice, blank=True, help_text=_("Cards it may use. Empty: the default card."))
     pools = models.ManyToManyField(
         CardPool, blank=True,
-        help_text="Card pools it may use (and so every card in them); its requests go to the first pool by default.",
+        help_text=_("Card pools it may use (and so every card in them); its requests go to the first pool by default."),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -52,7 +55,7 @@ class AccessId(models.Model):
 
     class Meta:
         ordering = ["name"]
-        verbose_name = "access ID"
+        verbose_name = _("access ID")
         permissions = [("rotate_accessid", "Can rotate and revoke access ID secrets")]
         # The database's backstop (the services also fold full-width letters and non-ASCII case).
         constraints = [models.UniqueConstraint(Lower("name"), name="accessid_name_unique_ci")]
@@ -74,19 +77,24 @@ class AccessId(models.Model):
             return "disabled"
         return "expired" if self.is_expired else "enabled"
 
+    @property
+    def status_label(self) -> str:
+        """The status as people read it (in the language of the page)."""
+        return STATUS_LABELS[self.status]
+
 
 class AppSecret(models.Model):
     """One version of an access ID's App Secret, stored encrypted."""
 
     CURRENT, PREVIOUS, REVOKED = "current", "previous", "revoked"
-    STATES = [(CURRENT, "current"), (PREVIOUS, "previous (grace period)"), (REVOKED, "revoked")]
+    STATES = [(CURRENT, _("current")), (PREVIOUS, _("previous (grace period)")), (REVOKED, _("revoked"))]
 
     access_id = models.ForeignKey(AccessId, on_delete=models.CASCADE, related_name="secrets")
     version = models.PositiveIntegerField()
     secret_encrypted = models.TextField(editable=False)
     fingerprint = models.CharField(max_length=16, editable=False)
     state = models.CharField(max_length=10, choices=STATES, default=CURRENT)
-    valid_until = models.DateTimeField(null=True, blank=True, help_text="End of the grace period (previous secret).")
+    valid_until = models.DateTimeField(null=True, blank=True, help_text=_("End of the grace period (previous secret)."))
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -115,22 +123,22 @@ class AccessIdProfile(models.Model):
     requests that carry no access ID, for the profiles that allow that)."""
 
     access_id = models.ForeignKey(AccessId, on_delete=models.CASCADE, related_name="profiles")
-    name = models.CharField("profile", max_length=20, choices=PROFILE_CHOICES)
+    name = models.CharField(_("profile"), max_length=20, choices=PROFILE_CHOICES)
     enabled = models.BooleanField(default=False)
     window_seconds = models.PositiveIntegerField(
-        "time window (s)", null=True, blank=True,
+        _("time window (s)"), null=True, blank=True,
         validators=[MinValueValidator(1), MaxValueValidator(MAX_WINDOW_SECONDS)],
-        help_text="How far a request's timestamp may be from the server's clock. Empty: the profile's default.",
+        help_text=_("How far a request's timestamp may be from the server's clock. Empty: the profile's default."),
     )
     is_default = models.BooleanField(
-        "default access ID", default=False,
-        help_text="Requests of this profile that name no access ID are this access ID's (x-signature, cp-md5).",
+        _("default access ID"), default=False,
+        help_text=_("Requests of this profile that name no access ID are this access ID's (x-signature, cp-md5)."),
     )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["access_id", "name"]
-        verbose_name = "client profile"
+        verbose_name = _("client profile")
         constraints = [
             models.UniqueConstraint(fields=["access_id", "name"], name="access_profile_unique"),
             models.UniqueConstraint(fields=["name"], condition=models.Q(is_default=True),
@@ -155,18 +163,18 @@ class AcsParty(models.Model):
     encrypted, its symmetric keys, the platform's RSA key pair for it and its own certificate."""
 
     NONE_SIGNATURE, MD5 = "none", "md5"
-    SIGNATURES = [(MD5, "MD5"), (NONE_SIGNATURE, "none")]
-    ENCRYPTIONS = [("none", "none"), ("aes", "AES"), ("des", "DES (weak)"), ("rsa", "RSA (1024-bit)"),
-                   ("rsa2", "RSA2 (2048-bit)"), ("rsa+aes", "RSA + AES"), ("rsa+des", "RSA + DES (weak)")]
+    SIGNATURES = [(MD5, "MD5"), (NONE_SIGNATURE, _("none"))]
+    ENCRYPTIONS = [("none", _("none")), ("aes", "AES"), ("des", _("DES (weak)")), ("rsa", _("RSA (1024-bit)")),
+                   ("rsa2", _("RSA2 (2048-bit)")), ("rsa+aes", "RSA + AES"), ("rsa+des", _("RSA + DES (weak)"))]
 
     access_id = models.OneToOneField(AccessId, on_delete=models.CASCADE, related_name="acs")
-    sender_code = models.CharField("sender code (Ccode)", max_length=32, unique=True)
+    sender_code = models.CharField(_("sender code (Ccode)"), max_length=32, unique=True)
     token_required = models.BooleanField(default=True)
     signature = models.CharField(max_length=8, choices=SIGNATURES, default=MD5)
     encryption = models.CharField(max_length=8, choices=ENCRYPTIONS, default="aes")
     open_confirmed = models.BooleanField(
-        "fully open allowed", default=False,
-        help_text="No token, no signature and no encryption: anyone who knows the sender code can sign.",
+        _("fully open allowed"), default=False,
+        help_text=_("No token, no signature and no encryption: anyone who knows the sender code can sign."),
     )
     # Symmetric keys (AES/DES modes, and the SecretKey of the MD5 signature): current, pending
     # ("set key", not yet in use) and the previous one during its grace period.
@@ -186,7 +194,7 @@ class AcsParty(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        verbose_name = "access system party"
+        verbose_name = _("access system party")
 
     def __str__(self) -> str:
         return f"{self.sender_code} ({self.encryption})"
@@ -208,7 +216,7 @@ class AcsToken(models.Model):
     expires_at = models.DateTimeField(db_index=True)
 
     class Meta:
-        verbose_name = "access system token"
+        verbose_name = _("access system token")
 
     def __str__(self) -> str:
         return f"token {self.token_sha256[:12]} of {self.party_id}"

@@ -55,9 +55,9 @@ def grace_parse(text: str) -> datetime.timedelta:
     try:
         grace = duration_parse(text, units="smhd", default_unit="s")
     except ValueError:
-        raise AccessIdError(f"grace {text!r} is not like 0, 1h, 24h or 7d") from None
+        raise AccessIdError(_("grace %(grace)s is not like 0, 1h, 24h or 7d") % {"grace": repr(text)}) from None
     if grace > MAX_GRACE:
-        raise AccessIdError(f"grace {text!r} is longer than 7 days")
+        raise AccessIdError(_("grace %(grace)s is longer than 7 days") % {"grace": repr(text)})
     return grace
 
 
@@ -68,7 +68,8 @@ def scopes_parse(text: str | None) -> list[str]:
     scopes = [s.strip() for s in text.split(",") if s.strip()]
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
-        raise AccessIdError(f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(SCOPES)}")
+        raise AccessIdError(_("unknown scope(s) %(unknown)s; choose from %(known)s")
+                            % {"unknown": ", ".join(unknown), "known": ", ".join(SCOPES)})
     return list(dict.fromkeys(scopes))
 
 
@@ -159,11 +160,12 @@ def access_id_set_legacy_key(*, access_id: AccessId, legacy_key: str, context: C
     access = AccessId.objects.select_for_update().get(pk=access_id.pk)
     if legacy_key:
         if legacy_key != legacy_key.strip():
-            raise AccessIdError("the legacy AES key must not start or end with spaces")
+            raise AccessIdError(_("the legacy AES key must not start or end with spaces"))
         fingerprint = legacy_key_fingerprint(legacy_key_fold(legacy_key))
         holder = AccessId.objects.filter(legacy_key_fingerprint=fingerprint).exclude(pk=access.pk).first()
         if holder is not None:
-            raise AccessIdError(f"this legacy AES key already belongs to access ID {holder.key}; keys must differ")
+            raise AccessIdError(_("this legacy AES key already belongs to access ID %(key)s; keys must differ")
+                                % {"key": holder.key})
         access.legacy_aes_key_encrypted = secret_encrypt(legacy_key, purpose=LEGACY_KEY_PURPOSE)
         access.legacy_key_fingerprint = fingerprint
     else:
@@ -210,7 +212,7 @@ def app_secret_rotate(
     """Issue a new current secret. The old current one stays valid for `grace` (none: revoked
     now); an older previous secret is revoked at once. Returns the new secret in clear."""
     if grace < datetime.timedelta(0) or grace > MAX_GRACE:
-        raise AccessIdError("the grace period must be between 0 and 7 days")
+        raise AccessIdError(_("the grace period must be between 0 and 7 days"))
     access = AccessId.objects.select_for_update().get(pk=access_id.pk)
     now = timezone.now()
     revoked = list(access.secrets.filter(state=AppSecret.PREVIOUS).values_list("version", flat=True))
@@ -335,15 +337,18 @@ def access_id_profile_set(
     from whichever access ID held it). One audit event per change, in its transaction."""
     kind = PROFILE_KINDS.get(name)
     if kind is None:
-        raise AccessIdError(f"unknown profile {name!r}; choose from {', '.join(PROFILE_KINDS)}")
+        raise AccessIdError(_("unknown profile %(name)s; choose from %(known)s")
+                            % {"name": repr(name), "known": ", ".join(PROFILE_KINDS)})
     if window_seconds is not _UNSET and window_seconds is not None and not 1 <= window_seconds <= MAX_WINDOW_SECONDS:
-        raise AccessIdError(f"the time window must be between 1 and {MAX_WINDOW_SECONDS} seconds")
+        raise AccessIdError(_("the time window must be between 1 and %(max)s seconds") % {"max": MAX_WINDOW_SECONDS})
     if window_seconds is not _UNSET and window_seconds is not None and not kind.has_window:
-        raise AccessIdError(f"the {name} profile has no time window (its requests carry no timestamp)")
+        raise AccessIdError(_("the %(name)s profile has no time window (its requests carry no timestamp)")
+                            % {"name": name})
     if default and not kind.has_default:
-        raise AccessIdError(f"the {name} profile always names its access ID: it has no default access ID")
+        raise AccessIdError(_("the %(name)s profile always names its access ID: it has no default access ID")
+                            % {"name": name})
     access = AccessId.objects.select_for_update().get(pk=access_id.pk)
-    profile, _ = AccessIdProfile.objects.get_or_create(access_id=access, name=name)
+    profile, _created = AccessIdProfile.objects.get_or_create(access_id=access, name=name)
     before = {"enabled": profile.enabled, "window_seconds": profile.window_seconds, "default": profile.is_default}
     if enabled is not None:
         profile.enabled = enabled
