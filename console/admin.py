@@ -30,6 +30,8 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from audit.display import FAILED_OUTCOMES, outcome_badge
 from audit.models import AuditEvent
@@ -88,7 +90,7 @@ def _parse_moment(value: str, *, end: bool) -> datetime.datetime:
             return moment if timezone.is_aware(moment) else timezone.make_aware(moment, tz)
         day = datetime.date.fromisoformat(value)
     except ValueError:
-        raise IncorrectLookupParameters(f"not a date: {value!r}") from None
+        raise IncorrectLookupParameters(_("not a date: %(value)s") % {"value": repr(value)}) from None
     if end:
         day += datetime.timedelta(days=1)
     return timezone.make_aware(datetime.datetime.combine(day, datetime.time.min), tz)
@@ -98,7 +100,7 @@ class CreatedRangeFilter(admin.ListFilter):
     """From / to: two date inputs (a date and time are accepted too, e.g. from the dashboard's
     links). `to` includes its whole day."""
 
-    title = "date range"
+    title = gettext_lazy("date range")
     template = "admin/audit/date_range_filter.html"
     FROM, TO = "created_from", "created_to"
 
@@ -150,18 +152,18 @@ class ValueFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         choices = list(self.choices_for(request, model_admin))
         value = self.value()
-        if value and value not in {str(v) for v, _ in choices}:
+        if value and value not in {str(v) for v, _label in choices}:
             choices.append((value, value))
         return choices
 
 
 class OutcomeFilter(ValueFilter):
-    title = "outcome"
+    title = gettext_lazy("outcome")
     parameter_name = "outcome"
     FAILED = FAILED_OUTCOMES
 
     def choices_for(self, request, model_admin):
-        return [(self.FAILED, "Any failure"), *((v, v) for v in _distinct_values("outcome"))]
+        return [(self.FAILED, _("Any failure")), *((v, v) for v in _distinct_values("outcome"))]
 
     def queryset(self, request, queryset):
         value = self.value()
@@ -176,7 +178,7 @@ class AccessKeyFilter(ValueFilter):
     """By the access ID as claimed (the indexed `access_key`): also finds refused requests
     that named it before it was identified, and unknown IDs given in the URL."""
 
-    title = "access ID"
+    title = gettext_lazy("access ID")
     parameter_name = "access"
 
     def choices_for(self, request, model_admin):
@@ -190,7 +192,7 @@ class AccessKeyFilter(ValueFilter):
 
 
 class DeviceFilter(ValueFilter):
-    title = "card device"
+    title = gettext_lazy("card device")
     parameter_name = "device"
 
     def choices_for(self, request, model_admin):
@@ -206,7 +208,7 @@ class DeviceFilter(ValueFilter):
 class ProfileFilter(ValueFilter):
     """By the client profile a request came through (native, gys, x-signature, cp-md5, ...)."""
 
-    title = "client profile"
+    title = gettext_lazy("client profile")
     parameter_name = "profile"
 
     def choices_for(self, request, model_admin):
@@ -219,7 +221,7 @@ class ProfileFilter(ValueFilter):
 
 
 class EndpointFilter(ValueFilter):
-    title = "endpoint"
+    title = gettext_lazy("endpoint")
     parameter_name = "endpoint"
 
     def choices_for(self, request, model_admin):
@@ -299,9 +301,9 @@ def csv_rows(queryset: QuerySet) -> Iterator[bytes]:
     writer = csv.writer(_Echo())
 
     def rows() -> Iterator[bytes]:
-        yield b"\xef\xbb\xbf" + writer.writerow([header for header, _ in columns]).encode("utf-8")
+        yield b"\xef\xbb\xbf" + writer.writerow([header for header, _column in columns]).encode("utf-8")
         piece: list[str] = []
-        for values in queryset.values_list(*(column for _, column in columns)).iterator(chunk_size=EXPORT_CHUNK):
+        for values in queryset.values_list(*(column for _header, column in columns)).iterator(chunk_size=EXPORT_CHUNK):
             piece.append(writer.writerow([_cell(v) for v in values]))
             if len(piece) >= EXPORT_FLUSH:
                 yield "".join(piece).encode("utf-8")
@@ -354,8 +356,6 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                    EndpointFilter]
     date_hierarchy = "created_at"
     search_fields = ["request_id", "cert_no", "data_sha256"]  # matched by get_search_results below
-    search_help_text = (f"A request ID, a certNo or the SHA-256 of signed data: the whole value, or its first "
-                        f"{SEARCH_PREFIX_MIN} or more characters.")
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 50
@@ -366,29 +366,34 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     change_list_template = "admin/audit/auditevent/change_list.html"
     change_form_template = "admin/audit/auditevent/change_form.html"
 
+    @property
+    def search_help_text(self) -> str:
+        return _("A request ID, a certNo or the SHA-256 of signed data: the whole value, or its first %(count)s or "
+                 "more characters.") % {"count": SEARCH_PREFIX_MIN}
+
     # --- the list -----------------------------------------------------------------------------
 
-    @admin.display(description="time", ordering="created_at")
+    @admin.display(description=gettext_lazy("time"), ordering="created_at")
     def time_display(self, obj: AuditEvent) -> str:
         return datetime_display(obj.created_at)
 
-    @admin.display(description="event type")
+    @admin.display(description=gettext_lazy("event type"))
     def event_type_display(self, obj: AuditEvent):
         return format_html('<span title="{}">{}</span>', obj.event_type, obj.get_event_type_display())
 
-    @admin.display(description="outcome")
+    @admin.display(description=gettext_lazy("outcome"))
     def outcome_display(self, obj: AuditEvent):
         return outcome_badge(obj.outcome, obj.http_status, breakable=True)
 
-    @admin.display(description="access ID")
+    @admin.display(description=gettext_lazy("access ID"))
     def access_display(self, obj: AuditEvent):
         if not obj.access_key:
             return "—"
         if obj.access_id_id and obj.access_id:
             return format_html('{} <code class="audit-key">{}</code>', obj.access_id.name, obj.access_key)
-        return format_html('<code class="audit-key" title="unknown access ID">{}</code>', obj.access_key)
+        return format_html('<code class="audit-key" title="{}">{}</code>', _("unknown access ID"), obj.access_key)
 
-    @admin.display(description="duration")
+    @admin.display(description=gettext_lazy("duration"))
     def duration_display(self, obj: AuditEvent) -> str:
         return "" if obj.duration_ms is None else f"{obj.duration_ms:.1f} ms"
 
@@ -417,22 +422,22 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         fieldsets = [
             (None, {"fields": ["time_full", "event_type_display", "outcome_display", "http_status_display",
                                "message"]}),
-            ("Who", {"fields": ["access_link", "actor_name", "source", "profile", "client_ip_display"]}),
-            ("Request", {"fields": ["request_link", "endpoint", "duration_display", "secret_version"]}),
-            ("Card and signature", {"fields": ["device", "cert_no", "data_sha256", "document_link"]}),
-            ("Details", {"fields": ["details_pretty", "id"]}),
+            (_("Who"), {"fields": ["access_link", "actor_name", "source", "profile", "client_ip_display"]}),
+            (_("Request"), {"fields": ["request_link", "endpoint", "duration_display", "secret_version"]}),
+            (_("Card and signature"), {"fields": ["device", "cert_no", "data_sha256", "document_link"]}),
+            (_("Details"), {"fields": ["details_pretty", "id"]}),
         ]
         chain = chain_fields()
         if chain:
-            fieldsets.append(("Hash chain", {
+            fieldsets.append((_("Hash chain"), {
                 "fields": chain,
-                "description": "Each event's hash covers its content and the previous event's hash "
-                               "(python manage.py audit_verify checks the chain).",
+                "description": _("Each event's hash covers its content and the previous event's hash "
+                                 "(python manage.py audit_verify checks the chain)."),
             }))
         return fieldsets
 
     def get_readonly_fields(self, request, obj=None):
-        return [field for _, options in self.get_fieldsets(request, obj) for field in options["fields"]]
+        return [field for _name, options in self.get_fieldsets(request, obj) for field in options["fields"]]
 
     def get_object(self, request, object_id, from_field=None):
         obj = super().get_object(request, object_id, from_field)
@@ -444,20 +449,20 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 "xmlstore.change_xmldocument")
         return obj
 
-    @admin.display(description="time")
+    @admin.display(description=gettext_lazy("time"))
     def time_full(self, obj: AuditEvent) -> str:
         when = timezone.localtime(obj.created_at)
         return f"{datetime_display(when)}.{when.microsecond // 1000:03d} ({when.tzname()}, UTC{when:%z})"
 
-    @admin.display(description="HTTP status")
+    @admin.display(description=gettext_lazy("HTTP status"))
     def http_status_display(self, obj: AuditEvent):
         return "—" if obj.http_status is None else obj.http_status
 
-    @admin.display(description="client address")
+    @admin.display(description=gettext_lazy("client address"))
     def client_ip_display(self, obj: AuditEvent):
         return obj.client_ip or "—"
 
-    @admin.display(description="access ID")
+    @admin.display(description=gettext_lazy("access ID"))
     def access_link(self, obj: AuditEvent):
         if obj.access_id_id and obj.access_id:
             access = obj.access_id
@@ -467,18 +472,18 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                                    access.key)
             return format_html("{} <code>{}</code>", access.name, access.key)
         if obj.access_key:
-            return format_html("<code>{}</code> (claimed; no such access ID)", obj.access_key)
+            return format_html("<code>{}</code> ({})", obj.access_key, _("claimed; no such access ID"))
         return "—"
 
-    @admin.display(description="request ID")
+    @admin.display(description=gettext_lazy("request ID"))
     def request_link(self, obj: AuditEvent):
         if not obj.request_id:
             return "—"
         url = reverse("admin:audit_auditevent_changelist") + "?" + urlencode({"q": obj.request_id})
-        return format_html('<code>{}</code> (<a id="event-request-events" href="{}">every event of this request</a>)',
-                           obj.request_id, url)
+        return format_html('<code>{}</code> (<a id="event-request-events" href="{}">{}</a>)',
+                           obj.request_id, url, _("every event of this request"))
 
-    @admin.display(description="XML document")
+    @admin.display(description=gettext_lazy("XML document"))
     def document_link(self, obj: AuditEvent):
         details = obj.details if isinstance(obj.details, dict) else {}
         try:
@@ -487,17 +492,17 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             return "—"
         from xmlstore.models import XmlDocument
 
-        label = details.get("path") or f"document {document_id}"
+        label = details.get("path") or _("document %(id)s") % {"id": document_id}
         if not XmlDocument.objects.filter(pk=document_id).exists():
-            return format_html("{} (id {}, no longer stored)", label, document_id)
+            return format_html("{} ({})", label, _("id %(id)s, no longer stored") % {"id": document_id})
         if getattr(obj, "_can_view_document", False):
             url = reverse("admin:xmlstore_xmldocument_change", args=[document_id])
             version = details.get("version")
-            return format_html('<a id="event-document-link" href="{}">{}</a>{}', url, label,
-                               f" (version {version})" if version else "")
+            link = format_html('<a id="event-document-link" href="{}">{}</a>', url, label)
+            return format_html("{} ({})", link, _("version %(version)s") % {"version": version}) if version else link
         return format_html("{} (id {})", label, document_id)
 
-    @admin.display(description="details")
+    @admin.display(description=gettext_lazy("details"))
     def details_pretty(self, obj: AuditEvent):
         if not obj.details:
             return "—"
@@ -505,7 +510,7 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return format_html('<pre class="audit-json" id="event-details">{}</pre>', text)
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
-        context["title"] = "Audit event"
+        context["title"] = _("Audit event")
         if obj is not None:  # in local time (the model's str() is UTC)
             context["subtitle"] = event_label(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
@@ -537,7 +542,7 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         try:
             queryset = self.get_changelist_instance(request).queryset
         except IncorrectLookupParameters as exc:
-            return HttpResponseBadRequest(f"Invalid filter: {exc}")
+            return HttpResponseBadRequest(_("Invalid filter: %(error)s") % {"error": exc})
         pieces = csv_rows(queryset)
         content = AsyncPieces(pieces) if isinstance(request, ASGIRequest) else pieces
         response = StreamingHttpResponse(content, content_type="text/csv; charset=utf-8")

@@ -21,8 +21,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
+from django.utils.dates import WEEKDAYS_ABBR
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from accessids.profiles import AUDIT_PROFILES
 from audit import selectors as audit_selectors
@@ -54,6 +57,11 @@ def nice_ceiling(value: float, ticks: int = 4) -> tuple[float, float]:
     return step * math.ceil(value / step), step
 
 
+def _strftime(moment: datetime.datetime, fmt: str) -> str:
+    """strftime, with `%a` (the weekday) in the active language rather than the C locale's."""
+    return moment.strftime(fmt.replace("%a", str(WEEKDAYS_ABBR[moment.weekday()]).replace("%", "%%")))
+
+
 def stacked_bars_svg(buckets: list[Bucket], *, chart_id: str, title: str, label: str = "%H:00",
                      label_every: int = 1, tooltip: str = "%Y-%m-%d %H:%M", width: int = 720,
                      height: int = 220) -> SafeString:
@@ -83,8 +91,9 @@ def stacked_bars_svg(buckets: list[Bucket], *, chart_id: str, title: str, label:
     for i, bucket in enumerate(buckets):
         x = left + i * slot + (slot - bar_w) / 2
         local = timezone.localtime(bucket.start)
-        text = (f"{local.strftime(tooltip)}: {bucket.total} request{'s' if bucket.total != 1 else ''}, "
-                f"{bucket.failed} failed")
+        text = ngettext("%(when)s: %(count)s request, %(failed)s failed",
+                        "%(when)s: %(count)s requests, %(failed)s failed", bucket.total) % {
+            "when": _strftime(local, tooltip), "count": bucket.total, "failed": bucket.failed}
         parts.append(format_html('<g class="bar" data-start="{}" data-ok="{}" data-failed="{}"><title>{}</title>',
                                  bucket.start.isoformat(), bucket.ok, bucket.failed, text))
         ok_h, failed_h = bucket.ok * scale, bucket.failed * scale
@@ -99,11 +108,11 @@ def stacked_bars_svg(buckets: list[Bucket], *, chart_id: str, title: str, label:
         parts.append(mark_safe("</g>"))
         if i % label_every == 0 or i == len(buckets) - 1:
             parts.append(format_html('<text x="{}" y="{}" text-anchor="middle" font-size="11" fill="{}">{}</text>',
-                                     f"{x + bar_w / 2:.1f}", height - bottom + 16, TEXT_COLOR, local.strftime(label)))
+                                     f"{x + bar_w / 2:.1f}", height - bottom + 16, TEXT_COLOR, _strftime(local, label)))
     if not peak:
         parts.append(format_html('<text class="chart-empty" x="{}" y="{}" text-anchor="middle" font-size="13" '
-                                 'fill="{}">No API requests in this period</text>', left + plot_w / 2,
-                                 top + plot_h / 2, TEXT_COLOR))
+                                 'fill="{}">{}</text>', left + plot_w / 2, top + plot_h / 2, TEXT_COLOR,
+                                 _("No API requests in this period")))
     parts.append(mark_safe("</svg>"))
     return mark_safe("".join(parts))  # every part was escaped by format_html
 
@@ -159,9 +168,9 @@ def _decorate(data: dict[str, Any], request: HttpRequest) -> dict[str, Any]:
     for card in data["cards"]:
         card["events_url"] = _events_url(device=card["slug"], created_from=day_ago)
     data["hourly_svg"] = stacked_bars_svg(data["hourly"], chart_id="chart-hourly", label_every=3,
-                                          title="API requests per hour, last 24 hours")
+                                          title=_("API requests per hour, last 24 hours"))
     data["daily_svg"] = stacked_bars_svg(data["daily"], chart_id="chart-daily", label="%a %m-%d",
-                                         tooltip="%Y-%m-%d (%a)", title="API requests per day, last 7 days")
+                                         tooltip="%Y-%m-%d (%a)", title=_("API requests per day, last 7 days"))
     data["failures_url"] = _events_url(outcome=FAILED_OUTCOMES, event_type__exact=AuditEvent.API_REQUEST,
                                        created_from=day_ago)
     for window in data["success"].values():
@@ -211,7 +220,7 @@ def _fragments(data: dict[str, Any], request: HttpRequest) -> dict[str, str]:
     html = {name: render_to_string(template, {"d": data}, request=request) for name, template in FRAGMENTS.items()}
     html["hourly_chart"] = str(data["hourly_svg"])
     html["daily_chart"] = str(data["daily_svg"])
-    html["generated"] = f"Figures of {datetime_display(data['now'])}"
+    html["generated"] = _("Figures of %(time)s") % {"time": datetime_display(data["now"])}
     return html
 
 
@@ -262,7 +271,7 @@ def dashboard_page(request: HttpRequest, *, admin_context: dict[str, Any]) -> Te
     data = dashboard_context(request)
     context = {
         **admin_context,
-        "title": "Operations dashboard",
+        "title": _("Operations dashboard"),
         "d": data,
         "data_url": reverse("admin:audit_auditevent_dashboard_data")
         + (f"?{urlencode({'profile': data['profile']})}" if data["profile"] else ""),

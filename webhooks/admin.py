@@ -20,6 +20,8 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 
 from audit.models import AuditEvent
 from audit.services import admin_change_context
@@ -34,11 +36,11 @@ STATUS_COLORS = {
     Webhook.RETRYING: "#9a6700",
 }
 EVENT_LABELS = {
-    AuditEvent.CARD_DISCONNECTED: "card connection lost",
-    AuditEvent.CARD_ERROR: "card operation failed",
-    AuditEvent.CARD_PROBE_FAILED: "card health probe failed",
-    AuditEvent.API_REQUEST: "API request (audit feed)",
-    WebhookDelivery.TEST: "test event",
+    AuditEvent.CARD_DISCONNECTED: gettext_lazy("card connection lost"),
+    AuditEvent.CARD_ERROR: gettext_lazy("card operation failed"),
+    AuditEvent.CARD_PROBE_FAILED: gettext_lazy("card health probe failed"),
+    AuditEvent.API_REQUEST: gettext_lazy("API request (audit feed)"),
+    WebhookDelivery.TEST: gettext_lazy("test event"),
 }
 
 
@@ -61,13 +63,10 @@ def _when(value) -> str:
 
 class WebhookForm(forms.ModelForm):
     secret = forms.CharField(
-        label="Secret",
+        label=gettext_lazy("Secret"),
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text=f"The key the receiver checks each notification's X-Signature with (at least "
-                  f"{services.SECRET_MIN_LENGTH} characters; give it to the receiver's administrators). "
-                  "Stored encrypted and never shown again. Leave empty to keep the current secret.",
     )
 
     class Meta:
@@ -78,12 +77,18 @@ class WebhookForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        length = {"count": services.SECRET_MIN_LENGTH}
         if self.instance.pk is None:
             self.fields["secret"].required = True
-            self.fields["secret"].help_text = self.fields["secret"].help_text.replace(
-                " Leave empty to keep the current secret.", "")
+            self.fields["secret"].help_text = _(
+                "The key the receiver checks each notification's X-Signature with (at least %(count)s characters; "
+                "give it to the receiver's administrators). Stored encrypted and never shown again.") % length
         else:
-            self.fields["secret"].label = "New secret"
+            self.fields["secret"].label = _("New secret")
+            self.fields["secret"].help_text = _(
+                "The key the receiver checks each notification's X-Signature with (at least %(count)s characters; "
+                "give it to the receiver's administrators). Stored encrypted and never shown again. Leave empty to "
+                "keep the current secret.") % length
         # A form posted without the format (a client of the form from before it existed)
         # keeps the webhook's format, native for a new one; neither counts as a change.
         if "acs_party" in self.fields:  # only access IDs that have access system settings
@@ -104,7 +109,7 @@ class WebhookForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
         if not any(cleaned.get(name) for name in ("card_failures", "audit_feed", "declaration_receipts")):
-            self.add_error(None, "Choose what to send: card failures, the audit feed, declaration receipts.")
+            self.add_error(None, _("Choose what to send: card failures, the audit feed, declaration receipts."))
         return cleaned
 
 
@@ -122,12 +127,12 @@ class WebhookAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         fieldsets = [
             (None, {"fields": ["name", "url"] if obj is None else ["key", "name", "url"]}),
-            ("What to send", {"fields": ["card_failures", "audit_feed", "declaration_receipts", "payload_format", "acs_party",
+            (_("What to send"), {"fields": ["card_failures", "audit_feed", "declaration_receipts", "payload_format", "acs_party",
                                          "enabled"]}),
-            ("Signing", {"fields": ["secret"] if obj is None else ["secret_display", "secret", "receiver_help"]}),
+            (_("Signing"), {"fields": ["secret"] if obj is None else ["secret_display", "secret", "receiver_help"]}),
         ]
         if obj is not None:
-            fieldsets.append(("Last delivery", {"fields": ["last_delivery_display", "last_delivery_error",
+            fieldsets.append((_("Last delivery"), {"fields": ["last_delivery_display", "last_delivery_error",
                                                            "deliveries_link", "created_at", "updated_at"]}))
         return fieldsets
 
@@ -160,7 +165,7 @@ class WebhookAdmin(admin.ModelAdmin):
     def delete_model(self, request, obj):
         services.webhook_delete(webhook=obj, context=admin_change_context(request))
 
-    @admin.action(description="Send a test event", permissions=["change"])
+    @admin.action(description=gettext_lazy("Send a test event"), permissions=["change"])
     def send_test_event(self, request, queryset):
         sent, skipped = [], []
         for webhook in queryset:
@@ -170,23 +175,28 @@ class WebhookAdmin(admin.ModelAdmin):
             services.webhook_send_test(webhook=webhook, context=admin_change_context(request))
             sent.append(webhook.name)
         if sent:
-            self.message_user(request, f"Test event queued for {', '.join(sent)}: it is sent within a few "
-                                       "seconds, see Webhook deliveries for the receiver's answer.", messages.SUCCESS)
+            self.message_user(request, _("Test event queued for %(names)s: it is sent within a few seconds, see "
+                                         "Webhook deliveries for the receiver's answer.") % {"names": ", ".join(sent)},
+                              messages.SUCCESS)
         if skipped:
-            self.message_user(request, f"Not sent to disabled webhooks: {', '.join(skipped)}.", messages.WARNING)
+            self.message_user(request, _("Not sent to disabled webhooks: %(names)s.") % {"names": ", ".join(skipped)},
+                              messages.WARNING)
 
-    @admin.action(description="Enable selected webhooks", permissions=["change"])
+    @admin.action(description=gettext_lazy("Enable selected webhooks"), permissions=["change"])
     def enable_selected(self, request, queryset):
         changed = sum(services.webhook_set_enabled(webhook=w, enabled=True, context=admin_change_context(request))
                       for w in queryset)
-        self.message_user(request, f"{changed} webhook(s) enabled.", messages.SUCCESS)
+        self.message_user(request, ngettext("%(count)s webhook enabled.", "%(count)s webhooks enabled.", changed)
+                          % {"count": changed}, messages.SUCCESS)
 
-    @admin.action(description="Disable selected webhooks (pending notifications wait)", permissions=["change"])
+    @admin.action(description=gettext_lazy("Disable selected webhooks (pending notifications wait)"), permissions=["change"])
     def disable_selected(self, request, queryset):
         changed = sum(services.webhook_set_enabled(webhook=w, enabled=False, context=admin_change_context(request))
                       for w in queryset)
-        self.message_user(request, f"{changed} webhook(s) disabled; their pending notifications are kept and "
-                                   "sent when they are enabled again.", messages.SUCCESS)
+        self.message_user(request, ngettext(
+            "%(count)s webhook disabled; its pending notifications are kept and sent when it is enabled again.",
+            "%(count)s webhooks disabled; their pending notifications are kept and sent when they are enabled again.",
+            changed) % {"count": changed}, messages.SUCCESS)
 
     def get_urls(self):
         return [
@@ -205,73 +215,73 @@ class WebhookAdmin(admin.ModelAdmin):
             raise PermissionDenied
         change_url = reverse("admin:webhooks_webhook_change", args=[webhook.pk])
         if not webhook.enabled:
-            self.message_user(request, "This webhook is disabled: enable it first.", messages.WARNING)
+            self.message_user(request, _("This webhook is disabled: enable it first."), messages.WARNING)
             return HttpResponseRedirect(change_url)
         delivery = services.webhook_send_test(webhook=webhook, context=admin_change_context(request))
         delivery_url = reverse("admin:webhooks_webhookdelivery_change", args=[delivery.pk])
         self.message_user(request, format_html(
-            'Test event queued: it is sent within a few seconds. <a href="{}">See the delivery</a> for the '
-            "receiver's answer.", delivery_url), messages.SUCCESS)
+            _('Test event queued: it is sent within a few seconds. <a href="{url}">See the delivery</a> for the '
+              "receiver's answer."), url=delivery_url), messages.SUCCESS)
         return HttpResponseRedirect(change_url)
 
     # --- display ---------------------------------------------------------------------------------
 
-    @admin.display(description="receiver URL", ordering="url")
+    @admin.display(description=gettext_lazy("receiver URL"), ordering="url")
     def url_display(self, obj):
-        return format_html('<code title="webhook ID {}">{}</code>', obj.key, obj.url)
+        return format_html('<code title="{}">{}</code>', _("webhook ID %(key)s") % {"key": obj.key}, obj.url)
 
-    @admin.display(description="status", ordering="enabled")
+    @admin.display(description=gettext_lazy("status"), ordering="enabled")
     def enabled_display(self, obj):
-        return _badge("#1a7f37", "enabled") if obj.enabled else _badge("#6e7781", "disabled")
+        return _badge("#1a7f37", _("enabled")) if obj.enabled else _badge("#6e7781", _("disabled"))
 
-    @admin.display(description="sends")
+    @admin.display(description=gettext_lazy("sends"))
     def sends_display(self, obj):
-        what = [label for label, on in (("card failures", obj.card_failures), ("audit feed", obj.audit_feed),
-                                        ("declaration receipts", obj.declaration_receipts)) if on]
-        return ", ".join(what) or "nothing"
+        what = [label for label, on in ((_("card failures"), obj.card_failures), (_("audit feed"), obj.audit_feed),
+                                        (_("declaration receipts"), obj.declaration_receipts)) if on]
+        return ", ".join(what) or _("nothing")
 
-    @admin.display(description="format", ordering="payload_format")
+    @admin.display(description=gettext_lazy("format"), ordering="payload_format")
     def format_display(self, obj):
         if obj.payload_format in (CP_MD5, ACS):
-            return format_html('<span title="its MD5 signature is weak">{} {}</span>',
-                               obj.payload_format, _badge("#9a6700", "weak"))
+            return format_html('<span title="{}">{} {}</span>', _("its MD5 signature is weak"),
+                               obj.payload_format, _badge("#9a6700", _("weak")))
         return obj.payload_format
 
-    @admin.display(description="last delivery", ordering="last_delivery_at")
+    @admin.display(description=gettext_lazy("last delivery"), ordering="last_delivery_at")
     def last_delivery_display(self, obj):
         if not obj.last_delivery_at:
-            return "none yet"
+            return _("none yet")
         label = dict(Webhook.LAST_STATUSES).get(obj.last_delivery_status, obj.last_delivery_status)
         http = f" (HTTP {obj.last_delivery_http_status})" if obj.last_delivery_http_status else ""
         return format_html('{}<br><span title="{}">{}{}</span>', _when(obj.last_delivery_at),
                            obj.last_delivery_error, _badge(STATUS_COLORS.get(obj.last_delivery_status, "#000"), label),
                            http)
 
-    @admin.display(description="notifications")
+    @admin.display(description=gettext_lazy("notifications"))
     def deliveries_link(self, obj):
         base = reverse("admin:webhooks_webhookdelivery_changelist")
-        return format_html('<a href="{}?{}">all</a> · <a href="{}?{}">failed</a> · <a href="{}?{}">pending</a>',
-                           base, urlencode({"webhook__id__exact": obj.pk}),
-                           base, urlencode({"webhook__id__exact": obj.pk, "status__exact": "failed"}),
-                           base, urlencode({"webhook__id__exact": obj.pk, "status__exact": "pending"}))
+        return format_html('<a href="{}?{}">{}</a> · <a href="{}?{}">{}</a> · <a href="{}?{}">{}</a>',
+                           base, urlencode({"webhook__id__exact": obj.pk}), _("all"),
+                           base, urlencode({"webhook__id__exact": obj.pk, "status__exact": "failed"}), _("failed"),
+                           base, urlencode({"webhook__id__exact": obj.pk, "status__exact": "pending"}), _("pending"))
 
-    @admin.display(description="current secret")
+    @admin.display(description=gettext_lazy("current secret"))
     def secret_display(self, obj):
-        return "set (stored encrypted, not shown)" if obj.has_secret else "not set"
+        return _("set (stored encrypted, not shown)") if obj.has_secret else _("not set")
 
-    @admin.display(description="how the receiver checks a notification")
+    @admin.display(description=gettext_lazy("how the receiver checks a notification"))
     def receiver_help(self, obj):
         if obj.payload_format == ACS:
-            return format_html(
+            return format_html(_(
                 "acs format: each notification is a POST of the access system's envelope "
                 "<code>{{\"Head\": {{\"Sign\", \"Ccode\", \"Status\", \"Message\"}}, \"Data\"}}</code>, "
-                "Data being the native notification JSON encrypted as the party {} encrypts (with its current key, "
-                "or its uploaded certificate) and Head.Sign the MD5 signature made with the party's current key "
+                "Data being the native notification JSON encrypted as the party {party} encrypts (with its current "
+                "key, or its uploaded certificate) and Head.Sign the MD5 signature made with the party's current key "
                 "(docs/client-profiles.md, acs). The webhook's secret is not used in this format. "
-                "<code>X-Delivery-Id</code> is the same for every attempt; any answer other than 2xx is retried.",
-                obj.acs_party)
+                "<code>X-Delivery-Id</code> is the same for every attempt; any answer other than 2xx is retried."),
+                party=obj.acs_party)
         if obj.payload_format == CP_MD5:
-            return format_html(
+            return format_html(_(
                 "cp-md5 format: the chinaport-proxy's notifications (<code>ukey_malfunction</code> for card "
                 "failures, <code>api_audit</code> for the audit feed, without request or response bodies), each a "
                 "POST of JSON with <code>X-Timestamp</code> (Unix milliseconds) and <code>X-Signature</code> = "
@@ -280,21 +290,21 @@ class WebhookAdmin(admin.ModelAdmin):
                 "<strong>MD5 is weak</strong>: use this format only for receivers that cannot change, on a private "
                 "network. <code>X-Delivery-Id</code> is the same for every attempt of one notification: the "
                 "receiver uses it to ignore repeats. Any answer other than 2xx is retried. "
-                "(Webhook ID {}, not sent in this format.)", obj.key)
-        return format_html(
-            "Each notification is a POST of JSON with the headers <code>X-Access-Id: {}</code>, "
+                "(Webhook ID {key}, not sent in this format.)"), key=obj.key)
+        return format_html(_(
+            "Each notification is a POST of JSON with the headers <code>X-Access-Id: {key}</code>, "
             "<code>X-Timestamp</code>, <code>X-Nonce</code> and <code>X-Signature</code>, signed exactly like the "
             "platform's API requests (HMAC-SHA256 with this secret over <code>HMAC-SHA256\\nPOST\\n&lt;path&gt;\\n"
             "&lt;query&gt;\\n&lt;X-Access-Id&gt;\\n&lt;X-Timestamp&gt;\\n&lt;X-Nonce&gt;\\n&lt;SHA-256 of the body&gt;"
             "</code>). <code>X-Delivery-Id</code> is the same for every attempt of one notification: the receiver "
-            "uses it to ignore repeats. Any answer other than 2xx is retried.", obj.key)
+            "uses it to ignore repeats. Any answer other than 2xx is retried."), key=obj.key)
 
 
 # --- deliveries ----------------------------------------------------------------------------------
 
 
 class EventFilter(admin.SimpleListFilter):
-    title = "event"
+    title = gettext_lazy("event")
     parameter_name = "event"
 
     def lookups(self, request, model_admin):
@@ -313,16 +323,16 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_filter = ["status", EventFilter, "webhook"]
     list_select_related = ["webhook"]
     search_fields = ["id", "audit_event_id"]  # handled by get_search_results (exact matches)
-    search_help_text = "A delivery ID (X-Delivery-Id) or an audit event number."
+    search_help_text = gettext_lazy("A delivery ID (X-Delivery-Id) or an audit event number.")
     show_full_result_count = False
     actions = ["retry_now"]
     change_form_template = "admin/webhooks/webhookdelivery/change_form.html"
     fieldsets = [
-        ("Notification", {"fields": ["id", "webhook_link", "event_display", "payload_format", "audit_event_link",
+        (gettext_lazy("Notification"), {"fields": ["id", "webhook_link", "event_display", "payload_format", "audit_event_link",
                                      "created_at"]}),
-        ("Sending", {"fields": ["status_display", "attempts", "last_attempt_at", "next_attempt_display",
+        (gettext_lazy("Sending"), {"fields": ["status_display", "attempts", "last_attempt_at", "next_attempt_display",
                                 "last_http_status", "last_error", "delivered_at"]}),
-        ("Body sent (JSON)", {"fields": ["payload_display"]}),
+        (gettext_lazy("Body sent (JSON)"), {"fields": ["payload_display"]}),
     ]
     readonly_fields = ["id", "webhook_link", "event_display", "payload_format", "audit_event_link", "created_at",
                        "status_display", "attempts", "last_attempt_at", "next_attempt_display", "last_http_status",
@@ -366,17 +376,20 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             return False
         return True
 
-    @admin.action(description="Retry now", permissions=["change"])
+    @admin.action(description=gettext_lazy("Retry now"), permissions=["change"])
     def retry_now(self, request, queryset):
         retried = 0
         for delivery in queryset.exclude(status=WebhookDelivery.DELIVERED):
             retried += self._retry(request, delivery)
         skipped = queryset.filter(status=WebhookDelivery.DELIVERED).count()
         if retried:
-            self.message_user(request, f"{retried} notification(s) will be sent again within a few seconds "
-                                       "(one more attempt for failed ones).", messages.SUCCESS)
+            self.message_user(request, ngettext(
+                "%(count)s notification will be sent again within a few seconds (one more attempt if it failed).",
+                "%(count)s notifications will be sent again within a few seconds (one more attempt for failed ones).",
+                retried) % {"count": retried}, messages.SUCCESS)
         if skipped:
-            self.message_user(request, f"{skipped} already delivered: not sent again.", messages.WARNING)
+            self.message_user(request, _("%(count)s already delivered: not sent again.") % {"count": skipped},
+                              messages.WARNING)
 
     def get_urls(self):
         return [
@@ -394,53 +407,53 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request, delivery):
             raise PermissionDenied
         if self._retry(request, delivery):
-            self.message_user(request, "The notification will be sent again within a few seconds.", messages.SUCCESS)
+            self.message_user(request, _("The notification will be sent again within a few seconds."), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:webhooks_webhookdelivery_change", args=[delivery.pk]))
 
     # --- display -----------------------------------------------------------------------------------
 
-    @admin.display(description="created", ordering="created_at")
+    @admin.display(description=gettext_lazy("created"), ordering="created_at")
     def created_display(self, obj):
         return _when(obj.created_at)
 
-    @admin.display(description="webhook", ordering="webhook__name")
+    @admin.display(description=gettext_lazy("webhook"), ordering="webhook__name")
     def webhook_name(self, obj):
         return obj.webhook.name
 
-    @admin.display(description="event", ordering="event_type")
+    @admin.display(description=gettext_lazy("event"), ordering="event_type")
     def event_display(self, obj):
         label = EVENT_LABELS.get(obj.event_type)
         return format_html('<span title="{}">{}</span>', label or "", obj.event_type)
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_display(self, obj):
         badge = _badge(STATUS_COLORS.get(obj.status, "#000"), obj.get_status_display())
         if obj.last_http_status is None:
             return badge
-        return format_html('{}<br><span title="the receiver\'s last answer">HTTP {}</span>', badge,
+        return format_html('{}<br><span title="{}">HTTP {}</span>', badge, _("the receiver's last answer"),
                            obj.last_http_status)
 
-    @admin.display(description="next attempt", ordering="next_attempt_at")
+    @admin.display(description=gettext_lazy("next attempt"), ordering="next_attempt_at")
     def next_attempt_display(self, obj):
         if obj.status != WebhookDelivery.PENDING:
             return "—"
         if obj.next_attempt_at <= timezone.now():
-            return "due now"
+            return _("due now")
         return _when(obj.next_attempt_at)
 
-    @admin.display(description="last error")
+    @admin.display(description=gettext_lazy("last error"))
     def last_error_short(self, obj):
         if not obj.last_error:
             return ""
         text = obj.last_error if len(obj.last_error) <= 60 else obj.last_error[:59] + "…"
         return format_html('<span title="{}">{}</span>', obj.last_error, text)
 
-    @admin.display(description="webhook")
+    @admin.display(description=gettext_lazy("webhook"))
     def webhook_link(self, obj):
         url = reverse("admin:webhooks_webhook_change", args=[obj.webhook_id])
         return format_html('<a href="{}">{}</a> → <code>{}</code>', url, obj.webhook, obj.webhook.url)
 
-    @admin.display(description="audit event")
+    @admin.display(description=gettext_lazy("audit event"))
     def audit_event_link(self, obj):
         if obj.audit_event_id is None:
             return ""
@@ -450,7 +463,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             return obj.audit_event_id
         return format_html('<a href="{}">#{}</a>', url, obj.audit_event_id)
 
-    @admin.display(description="body")
+    @admin.display(description=gettext_lazy("body"))
     def payload_display(self, obj):
         text = json.dumps(obj.payload, ensure_ascii=False, indent=2, sort_keys=True)
         return format_html('<pre class="webhook-payload" style="white-space:pre-wrap;margin:0">{}</pre>', text)

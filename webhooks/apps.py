@@ -1,11 +1,12 @@
 from django.apps import AppConfig
 from django.db.models.signals import post_delete, post_migrate, post_save
+from django.utils.translation import gettext_lazy as _
 
 
 class WebhooksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "webhooks"
-    verbose_name = "Webhooks (notifications to other systems)"
+    verbose_name = _("Webhooks (notifications to other systems)")
 
     def ready(self):
         from audit.models import AuditEvent

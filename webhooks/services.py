@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Min
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from accessids.acs import AcsPartyInfo, acs_party_of
 from audit.models import AuditEvent
@@ -193,9 +194,9 @@ def wake_local_workers() -> None:
 
 def secret_check(secret: str) -> str:
     if len(secret) < SECRET_MIN_LENGTH:
-        raise WebhookError(f"the secret must be at least {SECRET_MIN_LENGTH} characters long")
+        raise WebhookError(_("the secret must be at least %(count)s characters long") % {"count": SECRET_MIN_LENGTH})
     if secret != secret.strip():
-        raise WebhookError("the secret must not start or end with spaces")
+        raise WebhookError(_("the secret must not start or end with spaces"))
     return secret
 
 
@@ -315,9 +316,9 @@ def delivery_retry_now(*, delivery: WebhookDelivery, context: ChangeContext = CO
     attempt fails too), a pending one stops waiting for its backoff."""
     delivery = WebhookDelivery.objects.select_for_update().get(pk=delivery.pk)
     if delivery.status == WebhookDelivery.DELIVERED:
-        raise WebhookError("this notification was already delivered")
+        raise WebhookError(_("this notification was already delivered"))
     if delivery_in_flight(delivery):
-        raise WebhookError("this notification is being sent right now; look again in a few seconds")
+        raise WebhookError(_("this notification is being sent right now; look again in a few seconds"))
     previous = delivery.status
     delivery.status = WebhookDelivery.PENDING
     delivery.next_attempt_at = timezone.now()

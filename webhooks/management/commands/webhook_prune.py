@@ -6,17 +6,19 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from core.durations import age_parse
 from webhooks.models import WebhookDelivery
 
 
 class Command(BaseCommand):
-    help = "Remove delivered and failed webhook deliveries older than the given age (pending ones stay)."
+    help = gettext_lazy("Remove delivered and failed webhook deliveries older than the given age (pending ones stay).")
 
     def add_arguments(self, parser):
-        parser.add_argument("--older-than", required=True, help="e.g. 30d (days), 4w (weeks), 12h (hours)")
-        parser.add_argument("--batch", type=int, default=5000)
+        parser.add_argument("--older-than", required=True, help=gettext_lazy("e.g. 30d (days), 4w (weeks), 12h (hours)"))
+        parser.add_argument("--batch", type=int, default=5000, help=gettext_lazy("deliveries removed per query"))
 
     def handle(self, *args, **options):
         try:
@@ -32,7 +34,8 @@ class Command(BaseCommand):
             if not ids:
                 break
             removed += WebhookDelivery.objects.filter(pk__in=ids).delete()[0]
-            self.stdout.write(f"  {removed} removed…")
+            self.stdout.write(_("  %(count)s removed…") % {"count": removed})
         self.stdout.write(self.style.SUCCESS(
-            f"Removed {removed} finished webhook deliveries created before {cutoff:%Y-%m-%d %H:%M}."
+            _("Removed %(count)s finished webhook deliveries created before %(cutoff)s.")
+            % {"count": removed, "cutoff": f"{cutoff:%Y-%m-%d %H:%M}"}
         ))

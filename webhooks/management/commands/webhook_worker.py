@@ -3,13 +3,15 @@ import asyncio
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import connections
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from signagent.system import stop_signals_install
 from webhooks.models import Webhook
 
 
 class Command(BaseCommand):
-    help = (
+    help = gettext_lazy(
         "Send webhook notifications (card failures, the audit feed) in their own process. The web "
         "process already does this unless it runs with `runplatform --web-only`; with PostgreSQL any "
         "number of these may run together, with SQLite run only one."
@@ -17,7 +19,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--concurrency", type=int, default=None,
-                            help="notifications in flight at once (default 16; at most 4 per webhook)")
+                            help=gettext_lazy("notifications in flight at once (default 16; at most 4 per webhook)"))
 
     def handle(self, *args, **options):
         enabled = Webhook.objects.filter(enabled=True).count()
@@ -32,14 +34,15 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         stop_signals_install(loop, stop.set)  # Windows too (no add_signal_handler there)
         await worker.start()
-        self.stdout.write(f"Webhook delivery worker running ({enabled} enabled webhooks, "
-                          f"{settings.WEBHOOK_MAX_ATTEMPTS} attempts each); Ctrl-C stops it")
+        self.stdout.write(_("Webhook delivery worker running (%(enabled)s enabled webhooks, %(attempts)s attempts "
+                            "each); Ctrl-C stops it")
+                          % {"enabled": enabled, "attempts": settings.WEBHOOK_MAX_ATTEMPTS})
         self.stdout.flush()
         waiter = asyncio.create_task(worker.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        self.stdout.write("stopping: finishing notifications in flight (up to 5 s)")
+        self.stdout.write(_("stopping: finishing notifications in flight (up to 5 s)"))
         await worker.stop()
         waiter.cancel()
         stopper.cancel()
-        self.stdout.write("Webhook delivery worker stopped")
+        self.stdout.write(_("Webhook delivery worker stopped"))
