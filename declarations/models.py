@@ -61,11 +61,12 @@ class Registration(models.Model):
         help_text=_("The customs data-exchange server (http(s)://host:port). Empty: CUSTOMS_CEB_SERVER."),
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
         ordering = ["cop_code", "pk"]
         verbose_name = _("company registration")
+        verbose_name_plural = _("company registrations")
         constraints = [
             models.CheckConstraint(
                 condition=(Q(access_id__isnull=False, pool__isnull=True) | Q(access_id__isnull=True, pool__isnull=False)),
@@ -112,7 +113,7 @@ class Declaration(models.Model):
 
     access_id = models.ForeignKey(AccessId, on_delete=models.PROTECT, related_name="declarations",
                                   verbose_name=_("access ID"))
-    message_type = models.CharField(max_length=20, choices=MESSAGE_TYPES, db_index=True)
+    message_type = models.CharField(_("message type"), max_length=20, choices=MESSAGE_TYPES, db_index=True)
     source = models.CharField(max_length=4, choices=[(FROM_JSON, _("built from JSON")), (FROM_XML, _("XML given"))])
     data = models.TextField(blank=True, help_text=_("The client's JSON (numbers as sent), to build it again."))
     original_xml = models.TextField(blank=True, help_text=_("The unsigned XML a client gave (source xml)."))
@@ -142,7 +143,7 @@ class Declaration(models.Model):
     document = models.ForeignKey(XmlDocument, on_delete=models.PROTECT, related_name="declarations")
     document_version = models.PositiveIntegerField(default=1)
     # Where it stands.
-    status = models.CharField(max_length=20, choices=STATUSES, default=SIGNED, db_index=True)
+    status = models.CharField(_("status"), max_length=20, choices=STATUSES, default=SIGNED, db_index=True)
     status_text = models.CharField(max_length=1000, blank=True, help_text=_("Why: a refusal, a receipt's returnInfo."))
     status_changed_at = models.DateTimeField(default=timezone.now)
     return_status = models.CharField(_("last returnStatus"), max_length=10, blank=True)
@@ -155,6 +156,8 @@ class Declaration(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-pk"]
+        verbose_name = _("declaration")
+        verbose_name_plural = _("declarations")
         permissions = [("resubmit_declaration", "Can re-submit declarations")]
         indexes = [
             models.Index(fields=["status", "submitted_at"], name="declaration_waiting"),
@@ -239,22 +242,24 @@ class Receipt(models.Model):
     OUTCOMES = [(ACCEPTED, _("accepted")), (REJECTED, _("rejected")), (ATTENTION, _("needs attention")),
                 (PROGRESS, _("in progress"))]
 
-    receipt_type = models.CharField(max_length=20, db_index=True)  # CEB312Message, ...
-    server_url = models.CharField(max_length=300)
-    dxp_id = models.CharField(max_length=30)
+    receipt_type = models.CharField(_("receipt type"), max_length=20, db_index=True)  # CEB312Message, ...
+    server_url = models.CharField(_("exchange server"), max_length=300)
+    dxp_id = models.CharField(_("dxpId"), max_length=30)
     fingerprint = models.CharField(max_length=64, help_text=_("SHA-256 of the record: the same record is kept once."))
     declaration = models.ForeignKey(Declaration, null=True, blank=True, on_delete=models.SET_NULL,
                                     related_name="receipts")
-    matched_by = models.CharField(max_length=40, blank=True, help_text=_("guid, preNo, orderNo, …; empty: unmatched"))
+    matched_by = models.CharField(_("matched by"), max_length=40, blank=True, help_text=_("guid, preNo, orderNo, …; empty: unmatched"))
     return_status = models.CharField(_("returnStatus"), max_length=10, blank=True)
     return_info = models.TextField(_("returnInfo"), blank=True)
     return_time = models.DateTimeField(_("returnTime"), null=True, blank=True)
-    outcome = models.CharField(max_length=20, choices=OUTCOMES)
-    record = models.JSONField(help_text=_("The record as the exchange answered it."))
-    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    outcome = models.CharField(_("outcome"), max_length=20, choices=OUTCOMES)
+    record = models.JSONField(_("record"), help_text=_("The record as the exchange answered it."))
+    received_at = models.DateTimeField(_("received at"), default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ["-received_at", "-pk"]
+        verbose_name = _("receipt")
+        verbose_name_plural = _("receipts")
         constraints = [models.UniqueConstraint(fields=["dxp_id", "receipt_type", "fingerprint"],
                                                name="receipt_once")]
         indexes = [models.Index(fields=["received_at"], condition=Q(declaration__isnull=True),

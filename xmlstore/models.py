@@ -19,15 +19,15 @@ class XmlDocument(models.Model):
     access_id = models.ForeignKey(
         AccessId, on_delete=models.PROTECT, related_name="xml_documents", verbose_name=_("access ID")
     )
-    directory = models.CharField(max_length=200, blank=True, db_index=True, help_text=_("Logical folder name."))
-    filename = models.CharField(max_length=200, db_index=True)
+    directory = models.CharField(_("directory"), max_length=200, blank=True, db_index=True, help_text=_("Logical folder name."))
+    filename = models.CharField(_("filename"), max_length=200, db_index=True)
     content = models.TextField(help_text=_("The document as stored (the signed text for a signed document)."))
     sha256 = models.CharField("SHA-256", max_length=64, db_index=True)
     size = models.PositiveIntegerField(help_text=_("bytes (UTF-8)"))
-    version = models.PositiveIntegerField(default=1, help_text=_("1 for the first content of this name."))
+    version = models.PositiveIntegerField(_("version"), default=1, help_text=_("1 for the first content of this name."))
     message_type = models.CharField(max_length=40, blank=True, help_text=_("e.g. CEB621Message"))
     # Signing (empty for documents stored without signing)
-    signed = models.BooleanField(default=False, db_index=True)
+    signed = models.BooleanField(_("signed"), default=False, db_index=True)
     original_content = models.TextField(blank=True, help_text=_("The unsigned document that was signed."))
     original_sha256 = models.CharField(max_length=64, blank=True)
     cert_no = models.CharField(_("certNo"), max_length=64, blank=True, db_index=True)
@@ -47,6 +47,7 @@ class XmlDocument(models.Model):
     class Meta:
         ordering = ["-updated_at", "-pk"]
         verbose_name = _("XML document")
+        verbose_name_plural = _("XML documents")
         constraints = [
             models.UniqueConstraint(
                 fields=["access_id", "directory", "filename"],
@@ -93,6 +94,7 @@ class XmlDocumentVersion(models.Model):
     class Meta:
         ordering = ["document", "-version"]
         verbose_name = _("XML document version")
+        verbose_name_plural = _("XML document versions")
         constraints = [models.UniqueConstraint(fields=["document", "version"], name="xml_version_unique")]
 
     def __str__(self) -> str:
