@@ -17,6 +17,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from audit.services import admin_change_context
 from core.admin_mixins import ReadOnlyAdminMixin
@@ -62,7 +64,7 @@ class RegistrationForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
         if self.instance.pk is None and bool(cleaned.get("access_id")) == bool(cleaned.get("pool")):
-            raise ValidationError("Choose either an access ID (it signs with one card) or a card pool, not both.")
+            raise ValidationError(_("Choose either an access ID (it signs with one card) or a card pool, not both."))
         return cleaned
 
 
@@ -76,22 +78,22 @@ class RegistrationAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         owner = ["owner_display"] if obj is not None else ["access_id", "pool"]
         return [
-            ("Whose declarations", {"fields": owner, "description":
+            (_("Whose declarations"), {"fields": owner, "description": _(
                 "A card pool's registration serves every access ID signing through the pool (a pool is one "
-                "enterprise's); an access ID's own serves its declarations signed with a single card."}),
-            ("BaseTransfer (who transmits)", {"fields": ["cop_code", "cop_name", "dxp_id"]}),
-            ("Defaults of the documents", {"fields": ["ebp_code", "ebp_name", "ebc_code", "ebc_name"]}),
-            ("Customs exchange server", {"fields": ["server_url"]}),
+                "enterprise's); an access ID's own serves its declarations signed with a single card.")}),
+            (_("BaseTransfer (who transmits)"), {"fields": ["cop_code", "cop_name", "dxp_id"]}),
+            (_("Defaults of the documents"), {"fields": ["ebp_code", "ebp_name", "ebc_code", "ebc_name"]}),
+            (_("Customs exchange server"), {"fields": ["server_url"]}),
         ]
 
     def get_readonly_fields(self, request, obj=None):
         return ["owner_display"] if obj is not None else []
 
-    @admin.display(description="for")
+    @admin.display(description=gettext_lazy("for"))
     def owner_display(self, obj: Registration) -> str:
-        return obj.owner_label
+        return obj.owner_text
 
-    @admin.display(description="exchange server", ordering="server_url")
+    @admin.display(description=gettext_lazy("exchange server"), ordering="server_url")
     def server_display(self, obj: Registration):
         return format_html("<code>{}</code>", obj.server_url) if obj.server_url else "CUSTOMS_CEB_SERVER"
 
@@ -113,11 +115,11 @@ class RegistrationAdmin(admin.ModelAdmin):
 
 
 class WaitingFilter(admin.SimpleListFilter):
-    title = "waiting"
+    title = gettext_lazy("waiting")
     parameter_name = "waiting"
 
     def lookups(self, request, model_admin):
-        return [("queued", "signed, queued for the exchange"), ("receipt", "submitted, no receipt yet")]
+        return [("queued", _("signed, queued for the exchange")), ("receipt", _("submitted, no receipt yet"))]
 
     def queryset(self, request, queryset):
         if self.value() == "queued":
@@ -135,7 +137,8 @@ class DeclarationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["status", "message_type", WaitingFilter, ("access_id", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["=order_no", "=cop_no", "=invt_no", "=pre_no", "=pay_transaction_id", "=logistics_no", "=guid",
                      "=head_guid", "=request_id"]
-    search_help_text = "An order number (orderNo), copNo, invtNo, preNo, payment or waybill number, a guid or request ID."
+    search_help_text = gettext_lazy(
+        "An order number (orderNo), copNo, invtNo, preNo, payment or waybill number, a guid or request ID.")
     list_select_related = ["access_id"]
     list_per_page = 50
     actions = ["resubmit_selected"]
@@ -147,31 +150,31 @@ class DeclarationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).defer("data", "original_xml")
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_display(self, obj: Declaration):
         return status_badge(obj.status, obj.get_status_display())
 
-    @admin.display(description="type", ordering="message_type")
+    @admin.display(description=gettext_lazy("type"), ordering="message_type")
     def type_display(self, obj: Declaration):
         return format_html('<span title="{}">{}</span>', obj.get_message_type_display(), obj.message_type[3:6])
 
-    @admin.display(description="created", ordering="created_at")
+    @admin.display(description=gettext_lazy("created"), ordering="created_at")
     def created_display(self, obj: Declaration):
         return _when(obj.created_at)
 
-    @admin.display(description="submitted", ordering="submitted_at")
+    @admin.display(description=gettext_lazy("submitted"), ordering="submitted_at")
     def submitted_display(self, obj: Declaration):
         return _when(obj.submitted_at)
 
-    @admin.display(description="last receipt", ordering="last_receipt_at")
+    @admin.display(description=gettext_lazy("last receipt"), ordering="last_receipt_at")
     def receipt_display(self, obj: Declaration):
         return _when(obj.last_receipt_at)
 
-    @admin.display(description="reference", ordering="order_no")
+    @admin.display(description=gettext_lazy("reference"), ordering="order_no")
     def reference_display(self, obj: Declaration) -> str:
         return obj.reference
 
-    @admin.display(description="access ID", ordering="access_id__name")
+    @admin.display(description=gettext_lazy("access ID"), ordering="access_id__name")
     def access_display(self, obj: Declaration):
         return format_html('{} <code class="xml-access-key">{}</code>', obj.access_id.name, obj.access_id.key)
 
@@ -240,17 +243,18 @@ class DeclarationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         try:
             declaration_resubmit(declaration=declaration, context=admin_change_context(request))
         except DeclarationError as exc:
-            self.message_user(request, f"{declaration}: not re-submitted: {exc}", messages.ERROR)
+            self.message_user(request, _("%(declaration)s: not re-submitted: %(error)s")
+                              % {"declaration": declaration, "error": exc}, messages.ERROR)
             return False
         except UKeyError as exc:
-            self.message_user(request, f"{declaration}: not re-submitted, the card could not sign: {exc.message}",
-                              messages.ERROR)
+            self.message_user(request, _("%(declaration)s: not re-submitted, the card could not sign: %(error)s")
+                              % {"declaration": declaration, "error": exc.message}, messages.ERROR)
             return False
-        self.message_user(request, f"{declaration}: re-submitted; it is on its way to the exchange server.",
-                          messages.SUCCESS)
+        self.message_user(request, _("%(declaration)s: re-submitted; it is on its way to the exchange server.")
+                          % {"declaration": declaration}, messages.SUCCESS)
         return True
 
-    @admin.action(description="Re-submit the selected declarations (after a fix)")
+    @admin.action(description=gettext_lazy("Re-submit the selected declarations (after a fix)"))
     def resubmit_selected(self, request, queryset):
         if not self.has_resubmit_permission(request):
             raise PermissionDenied
@@ -265,11 +269,11 @@ class DeclarationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 class MatchedFilter(admin.SimpleListFilter):
-    title = "matched"
+    title = gettext_lazy("matched")
     parameter_name = "matched"
 
     def lookups(self, request, model_admin):
-        return [("no", "matches no declaration"), ("yes", "matched")]
+        return [("no", _("matches no declaration")), ("yes", _("matched"))]
 
     def queryset(self, request, queryset):
         if self.value() == "no":
@@ -293,17 +297,17 @@ class ReceiptAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     class Media:
         css = {"all": ["declarations/admin.css"]}
 
-    @admin.display(description="outcome", ordering="outcome")
+    @admin.display(description=gettext_lazy("outcome"), ordering="outcome")
     def outcome_display(self, obj: Receipt):
         return status_badge(obj.outcome, obj.get_outcome_display())
 
-    @admin.display(description="returnInfo")
+    @admin.display(description=gettext_lazy("returnInfo"))
     def info_display(self, obj: Receipt) -> str:
         return obj.return_info[:120]
 
-    @admin.display(description="declaration")
+    @admin.display(description=gettext_lazy("declaration"))
     def declaration_link(self, obj: Receipt):
         if obj.declaration_id is None:
-            return format_html('<span class="decl-unmatched">{}</span>', "matches no declaration")
+            return format_html('<span class="decl-unmatched">{}</span>', _("matches no declaration"))
         return format_html('<a href="{}">{}</a>', reverse("admin:declarations_declaration_change",
                                                           args=[obj.declaration_id]), obj.declaration)

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import F, Min, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from accessids.models import AccessId
 from audit.models import AuditEvent
@@ -97,10 +98,10 @@ def registration_set(*, access_id: AccessId | None = None, pool: CardPool | None
     values left None keep what is there. Returns (registration, created, changed fields),
     with one audit event when anything changed. Raises ValidationError."""
     if (access_id is None) == (pool is None):
-        raise ValidationError("a registration belongs to exactly one access ID or one card pool")
+        raise ValidationError(_("a registration belongs to exactly one access ID or one card pool"))
     unknown = set(values) - set(REGISTRATION_FIELDS)
     if unknown:
-        raise ValidationError(f"unknown registration fields: {', '.join(sorted(unknown))}")
+        raise ValidationError(_("unknown registration fields: %(fields)s") % {"fields": ", ".join(sorted(unknown))})
     owner = {"access_id": access_id} if access_id is not None else {"pool": pool}
     registration = Registration.objects.select_for_update().filter(**owner).first()
     created = registration is None
@@ -112,7 +113,7 @@ def registration_set(*, access_id: AccessId | None = None, pool: CardPool | None
             changed.append(name)
     for name in ("cop_code", "cop_name", "dxp_id"):
         if not getattr(registration, name):
-            raise ValidationError({name: ["is required"]})
+            raise ValidationError({name: [_("is required")]})
     registration.full_clean()
     if not created and not changed:
         return registration, False, []
@@ -653,13 +654,13 @@ def declaration_resubmit_plan(*, declaration: Declaration) -> ResubmitPlan:
     the current registration's BaseTransfer) and must be signed again; one received as XML
     is sent again as it was signed. Raises DeclarationError when it may not be re-submitted."""
     if declaration.status not in RESUBMITTABLE:
-        raise DeclarationError(f"a {declaration.get_status_display()} declaration is not re-submitted "
-                               "(only signed, rejected or needs-attention ones)")
+        raise DeclarationError(_("a %(status)s declaration is not re-submitted (only signed, rejected or "
+                                 "needs-attention ones)") % {"status": declaration.get_status_display()})
     if declaration.submissions.filter(status=Submission.SENDING).exists():
-        raise DeclarationError("it is being sent right now; look again in a few seconds")
+        raise DeclarationError(_("it is being sent right now; look again in a few seconds"))
     if declaration.source == Declaration.FROM_XML:
         if not (declaration.server_url or settings.CUSTOMS_CEB_SERVER):
-            raise DeclarationError("no customs exchange server is configured (CUSTOMS_CEB_SERVER)")
+            raise DeclarationError(_("no customs exchange server is configured (CUSTOMS_CEB_SERVER)"))
         return ResubmitPlan(declaration=declaration, prepared=None, target=None)
     access = declaration.access_id
     registration = registration_for(access_pk=access.pk, pool_slug=declaration.pool or None)
@@ -674,7 +675,7 @@ def declaration_resubmit_plan(*, declaration: Declaration) -> ResubmitPlan:
         fields = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in exc.details.get("fields", {}).items())
         raise DeclarationError(exc.message + (f" ({fields})" if fields else "")) from None
     except UKeyError as exc:
-        raise DeclarationError(f"its card cannot be used: {exc.message}") from None
+        raise DeclarationError(_("its card cannot be used: %(error)s") % {"error": exc.message}) from None
     return ResubmitPlan(declaration=declaration, prepared=prepared, target=target)
 
 
@@ -686,9 +687,9 @@ def declaration_resubmit_commit(*, plan: ResubmitPlan, signed: CebSignResult | N
     with transaction.atomic():
         declaration = Declaration.objects.select_for_update().get(pk=plan.declaration.pk)
         if declaration.status not in RESUBMITTABLE:
-            raise DeclarationError(f"it became {declaration.get_status_display()} meanwhile")
+            raise DeclarationError(_("it became %(status)s meanwhile") % {"status": declaration.get_status_display()})
         if declaration.submissions.filter(status=Submission.SENDING).exists():
-            raise DeclarationError("it is being sent right now; look again in a few seconds")
+            raise DeclarationError(_("it is being sent right now; look again in a few seconds"))
         declaration.submissions.filter(status__in=[Submission.PENDING, Submission.UNCONFIRMED]).update(
             status=Submission.SUPERSEDED, lease_until=None)
         prepared = plan.prepared

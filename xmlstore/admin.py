@@ -24,6 +24,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from lxml import etree
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
@@ -134,11 +136,11 @@ def _suffixed(filename: str, suffix: str) -> str:
 
 
 class StateFilter(admin.SimpleListFilter):
-    title = "state"
+    title = gettext_lazy("state")
     parameter_name = "state"
 
     def lookups(self, request, model_admin):
-        return [("live", "Live"), ("deleted", "Deleted")]
+        return [("live", _("Live")), ("deleted", _("Deleted"))]
 
     def queryset(self, request, queryset):
         if self.value() == "live":
@@ -149,13 +151,13 @@ class StateFilter(admin.SimpleListFilter):
 
 
 class MessageTypeFilter(admin.SimpleListFilter):
-    title = "message type"
+    title = gettext_lazy("message type")
     parameter_name = "message_type"
     NONE = "-"
 
     def lookups(self, request, model_admin):
         types = XmlDocument.objects.exclude(message_type="").order_by("message_type")
-        return [*((t, t) for t in types.values_list("message_type", flat=True).distinct()), (self.NONE, "(none)")]
+        return [*((t, t) for t in types.values_list("message_type", flat=True).distinct()), (self.NONE, _("(none)"))]
 
     def queryset(self, request, queryset):
         value = self.value()
@@ -172,8 +174,8 @@ class XmlDocumentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["signed", StateFilter, ("access_id", admin.RelatedOnlyFieldListFilter), MessageTypeFilter]
     # "content": an order number or any other text inside the document.
     search_fields = ["filename", "directory", "cert_no", "request_id", "access_id__key", "content"]
-    search_help_text = ("File name, folder, certNo, request ID, access ID key, or any text inside the XML "
-                        "(e.g. an order number).")
+    search_help_text = gettext_lazy("File name, folder, certNo, request ID, access ID key, or any text inside the "
+                                    "XML (e.g. an order number).")
     date_hierarchy = "updated_at"
     list_per_page = 50
     list_select_related = ["access_id"]
@@ -191,26 +193,26 @@ class XmlDocumentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     # --- list columns ------------------------------------------------------------------------
 
-    @admin.display(description="access ID", ordering="access_id__name")
+    @admin.display(description=gettext_lazy("access ID"), ordering="access_id__name")
     def access_display(self, obj: XmlDocument):
         return format_html('{} <code class="xml-access-key">{}</code>', obj.access_id.name, obj.access_id.key)
 
-    @admin.display(description="size", ordering="size")
+    @admin.display(description=gettext_lazy("size"), ordering="size")
     def size_display(self, obj: XmlDocument) -> str:
         return human_size(obj.size)
 
-    @admin.display(description="updated", ordering="updated_at")
+    @admin.display(description=gettext_lazy("updated"), ordering="updated_at")
     def updated_display(self, obj: XmlDocument):
         when = timezone.localtime(obj.updated_at)
         return format_html('<span class="xml-when">{}</span>{}', when.strftime("%Y-%m-%d"), when.strftime("%H:%M"))
 
-    @admin.display(description="state", ordering="deleted_at")
+    @admin.display(description=gettext_lazy("state"), ordering="deleted_at")
     def state_display(self, obj: XmlDocument):
         if obj.deleted_at is None:
-            return mark_safe('<span class="xml-state xml-state-live">live</span>')  # a constant
+            return format_html('<span class="xml-state xml-state-live">{}</span>', _("live"))
         when = timezone.localtime(obj.deleted_at)
-        return format_html('<span class="xml-state xml-state-deleted" title="deleted {}">deleted '
-                           '<span class="xml-when">{}</span></span>', when.strftime("%Y-%m-%d %H:%M:%S"),
+        return format_html('<span class="xml-state xml-state-deleted" title="{}">{} <span class="xml-when">{}</span></span>',
+                           _("deleted %(when)s") % {"when": when.strftime("%Y-%m-%d %H:%M:%S")}, _("deleted"),
                            when.strftime("%Y-%m-%d"))
 
     # --- the detail page and the downloads -----------------------------------------------
@@ -252,7 +254,7 @@ class XmlDocumentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             "original": document,
             "document": document,
             "access": document.access_id,
-            "title": "XML document",
+            "title": _("XML document"),
             "subtitle": document.path,
             "has_view_permission": True,
             "can_view_access": request.user.has_perm("accessids.view_accessid")
@@ -273,9 +275,9 @@ class XmlDocumentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                            download_url=self._url("download", document.pk, which), download_label=label)
 
         if not document.signed:
-            return [pane("XML", document.content, "current", "Download XML")]
-        return [pane("Original (unsigned)", document.original_content, "original", "Download original XML"),
-                pane("Signed", document.content, "signed", "Download signed XML")]
+            return [pane("XML", document.content, "current", _("Download XML"))]
+        return [pane(_("Original (unsigned)"), document.original_content, "original", _("Download original XML")),
+                pane(_("Signed"), document.content, "signed", _("Download signed XML"))]
 
     def _versions(self, document: XmlDocument) -> list[dict]:
         rows = document.versions.defer("content", "original_content", "signature_value").order_by("-version")

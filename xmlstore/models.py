@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 
 from accessids.models import AccessId
 
@@ -16,28 +17,28 @@ class XmlDocument(models.Model):
     original next to the signed text."""
 
     access_id = models.ForeignKey(
-        AccessId, on_delete=models.PROTECT, related_name="xml_documents", verbose_name="access ID"
+        AccessId, on_delete=models.PROTECT, related_name="xml_documents", verbose_name=_("access ID")
     )
-    directory = models.CharField(max_length=200, blank=True, db_index=True, help_text="Logical folder name.")
-    filename = models.CharField(max_length=200, db_index=True)
-    content = models.TextField(help_text="The document as stored (the signed text for a signed document).")
+    directory = models.CharField(_("directory"), max_length=200, blank=True, db_index=True, help_text=_("Logical folder name."))
+    filename = models.CharField(_("filename"), max_length=200, db_index=True)
+    content = models.TextField(help_text=_("The document as stored (the signed text for a signed document)."))
     sha256 = models.CharField("SHA-256", max_length=64, db_index=True)
-    size = models.PositiveIntegerField(help_text="bytes (UTF-8)")
-    version = models.PositiveIntegerField(default=1, help_text="1 for the first content of this name.")
-    message_type = models.CharField(max_length=40, blank=True, help_text="e.g. CEB621Message")
+    size = models.PositiveIntegerField(help_text=_("bytes (UTF-8)"))
+    version = models.PositiveIntegerField(_("version"), default=1, help_text=_("1 for the first content of this name."))
+    message_type = models.CharField(max_length=40, blank=True, help_text=_("e.g. CEB621Message"))
     # Signing (empty for documents stored without signing)
-    signed = models.BooleanField(default=False, db_index=True)
-    original_content = models.TextField(blank=True, help_text="The unsigned document that was signed.")
+    signed = models.BooleanField(_("signed"), default=False, db_index=True)
+    original_content = models.TextField(blank=True, help_text=_("The unsigned document that was signed."))
     original_sha256 = models.CharField(max_length=64, blank=True)
-    cert_no = models.CharField("certNo", max_length=64, blank=True, db_index=True)
+    cert_no = models.CharField(_("certNo"), max_length=64, blank=True, db_index=True)
     signature_method = models.CharField(max_length=100, blank=True)
     digest_value = models.CharField(max_length=64, blank=True)
     signature_value = models.TextField(blank=True)
     signed_at = models.DateTimeField(null=True, blank=True)
-    device = models.CharField("card device", max_length=50, blank=True)
+    device = models.CharField(_("card device"), max_length=50, blank=True)
     # Who wrote it last
     request_id = models.CharField(max_length=64, blank=True, db_index=True)
-    source = models.CharField(max_length=20, blank=True, help_text="api, legacy or admin")
+    source = models.CharField(max_length=20, blank=True, help_text=_("api, legacy or admin"))
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -45,7 +46,8 @@ class XmlDocument(models.Model):
 
     class Meta:
         ordering = ["-updated_at", "-pk"]
-        verbose_name = "XML document"
+        verbose_name = _("XML document")
+        verbose_name_plural = _("XML documents")
         constraints = [
             models.UniqueConstraint(
                 fields=["access_id", "directory", "filename"],
@@ -77,21 +79,22 @@ class XmlDocumentVersion(models.Model):
     size = models.PositiveIntegerField()
     signed = models.BooleanField(default=False)
     original_content = models.TextField(blank=True)
-    cert_no = models.CharField("certNo", max_length=64, blank=True)
+    cert_no = models.CharField(_("certNo"), max_length=64, blank=True)
     signature_method = models.CharField(max_length=100, blank=True)
     digest_value = models.CharField(max_length=64, blank=True)
     signature_value = models.TextField(blank=True)
     signed_at = models.DateTimeField(null=True, blank=True)
     device = models.CharField(max_length=50, blank=True)
-    request_id = models.CharField(max_length=64, blank=True, help_text="The request that wrote this content.")
+    request_id = models.CharField(max_length=64, blank=True, help_text=_("The request that wrote this content."))
     source = models.CharField(max_length=20, blank=True)
-    written_at = models.DateTimeField(help_text="When this content was written.")
-    replaced_at = models.DateTimeField(auto_now_add=True, help_text="When newer content replaced it.")
+    written_at = models.DateTimeField(help_text=_("When this content was written."))
+    replaced_at = models.DateTimeField(auto_now_add=True, help_text=_("When newer content replaced it."))
     replaced_request_id = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["document", "-version"]
-        verbose_name = "XML document version"
+        verbose_name = _("XML document version")
+        verbose_name_plural = _("XML document versions")
         constraints = [models.UniqueConstraint(fields=["document", "version"], name="xml_version_unique")]
 
     def __str__(self) -> str:
