@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import re
 
+from django.utils.translation import gettext as _
+
 _DURATION_RE = re.compile(r"^(\d+)([a-z]?)$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 LONGEST = datetime.timedelta(days=100 * 365)
@@ -16,11 +18,16 @@ def duration_parse(text: str, *, units: str, default_unit: str = "") -> datetime
     match = _DURATION_RE.match(text.strip().lower())
     unit = (match.group(2) or default_unit) if match else ""
     if not match or not unit or unit not in units:
-        raise ValueError(f"{text!r} is not a duration like " + ", ".join(f"12{u}" for u in units))
+        raise ValueError(_("%(text)s is not a duration like %(examples)s")
+                         % {"text": repr(text), "examples": ", ".join(f"12{u}" for u in units)})
     seconds = int(match.group(1)) * _SECONDS[unit]
     if seconds > LONGEST.total_seconds():
-        raise ValueError(f"{text!r} is longer than 100 years")
+        raise DurationTooLong(_("%(text)s is longer than 100 years") % {"text": repr(text)})
     return datetime.timedelta(seconds=seconds)
+
+
+class DurationTooLong(ValueError):
+    """A duration longer than LONGEST."""
 
 
 def age_parse(text: str) -> datetime.timedelta:
@@ -28,7 +35,7 @@ def age_parse(text: str) -> datetime.timedelta:
     with a message for the operator."""
     try:
         return duration_parse(text, units="dhw")
-    except ValueError as exc:
-        if "longer than" in str(exc):
-            raise ValueError(f"--older-than {text!r} is longer than 100 years") from None
-        raise ValueError(f"--older-than {text!r}: write it like 180d, 26w or 12h") from None
+    except DurationTooLong:
+        raise ValueError(_("--older-than %(text)s is longer than 100 years") % {"text": repr(text)}) from None
+    except ValueError:
+        raise ValueError(_("--older-than %(text)s: write it like 180d, 26w or 12h") % {"text": repr(text)}) from None

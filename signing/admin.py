@@ -4,6 +4,8 @@ from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext, pgettext
 
 from audit.models import AuditEvent
 from audit.services import admin_change_context
@@ -22,13 +24,13 @@ _AUDITED_FIELDS = ["slug", "name", "transport", "url", "enabled", "connect_timeo
 
 class CardDeviceForm(forms.ModelForm):
     pin = forms.CharField(
-        label="Card PIN",
+        label=gettext_lazy("Card PIN"),
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Stored encrypted; never shown again. Leave blank to keep the current PIN.",
+        help_text=gettext_lazy("Stored encrypted; never shown again. Leave blank to keep the current PIN."),
     )
-    clear_pin = forms.BooleanField(label="Remove the stored PIN", required=False)
+    clear_pin = forms.BooleanField(label=gettext_lazy("Remove the stored PIN"), required=False)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -57,13 +59,15 @@ class CardDeviceAdmin(admin.ModelAdmin):
     actions = ["agent_token_issue", "agent_tokens_revoke_selected"]
     fieldsets = [
         (None, {"fields": ["slug", "name", "transport", "url", "enabled"]}),
-        ("Card agent", {"fields": ["agent_tokens_display"],
-                        "description": "For a card behind an agent: issue or revoke its token with the actions of "
-                                       "the list. The token is shown once, when it is issued."}),
+        (gettext_lazy("Card agent"), {
+            "fields": ["agent_tokens_display"],
+            "description": gettext_lazy("For a card behind an agent: issue or revoke its token with the actions of "
+                                        "the list. The token is shown once, when it is issued.")}),
         ("PIN", {"fields": ["pin", "clear_pin", "pin_set"]}),
-        ("Timeouts and queue", {"fields": ["connect_timeout", "request_timeout", "queue_size", "pipeline_depth",
-                                            "signature_method"]}),
-        ("Live state", {"fields": ["state", "cert_no", "queue_depth", "last_error", "created_at", "updated_at"]}),
+        (gettext_lazy("Timeouts and queue"), {"fields": ["connect_timeout", "request_timeout", "queue_size",
+                                                         "pipeline_depth", "signature_method"]}),
+        (gettext_lazy("Live state"), {"fields": ["state", "cert_no", "queue_depth", "last_error", "created_at",
+                                                 "updated_at"]}),
     ]
 
     def get_readonly_fields(self, request, obj=None):
@@ -75,7 +79,7 @@ class CardDeviceAdmin(admin.ModelAdmin):
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
         if obj is not None and obj.slug == settings.UKEY_DEFAULT_DEVICE and "pin" in form.base_fields:
-            form.base_fields["pin"].help_text = (
+            form.base_fields["pin"].help_text = _(
                 "The default card's URL and PIN come from UKEY_URL and UKEY_PIN and are set again at every start; "
                 "change them there. Everything else here is yours.")
         return form
@@ -112,21 +116,25 @@ class CardDeviceAdmin(admin.ModelAdmin):
             self.delete_model(request, device)
 
     # --- agent tokens ------------------------------------------------------------------------------
-    @admin.display(description="Agent tokens")
+    @admin.display(description=gettext_lazy("Agent tokens"))
     def agent_tokens_display(self, obj):
         if obj is None or not obj.pk or not obj.is_agent:
             return "—"
-        rows = [f"v{t.version} {t.state}" + (f" until {datetime_display(t.valid_until)}" if t.valid_until else "")
-                + f" (…{t.fingerprint})" for t in obj.agent_tokens.exclude(state=AgentToken.REVOKED)]
-        return "; ".join(rows) or "none: issue one with the list's action"
+        rows = []
+        for token in obj.agent_tokens.exclude(state=AgentToken.REVOKED):
+            names = {"version": token.version, "state": AgentToken.STATE_SHORT.get(token.state, token.state),
+                     "until": datetime_display(token.valid_until), "fingerprint": token.fingerprint}
+            rows.append((_("v%(version)s %(state)s until %(until)s (…%(fingerprint)s)") if token.valid_until
+                         else _("v%(version)s %(state)s (…%(fingerprint)s)")) % names)
+        return "; ".join(rows) or _("none: issue one with the list's action")
 
-    @admin.action(description="Issue a new agent token (shown once; the old one works 24 h more)")
+    @admin.action(description=gettext_lazy("Issue a new agent token (shown once; the old one works 24 h more)"))
     def agent_token_issue(self, request, queryset):
         context = admin_change_context(request)
         issued = []
         for device in queryset:
             if not device.is_agent:
-                self.message_user(request, f"{device.slug} is not an agent card", messages.WARNING)
+                self.message_user(request, _("%(slug)s is not an agent card") % {"slug": device.slug}, messages.WARNING)
                 continue
             try:
                 if device.agent_tokens.filter(state=AgentToken.CURRENT).exists():
@@ -142,46 +150,48 @@ class CardDeviceAdmin(admin.ModelAdmin):
         # Shown in this response only: never stored in a message, a session or a log.
         response = TemplateResponse(request, "admin/signing/carddevice/agent_tokens.html", {
             **self.admin_site.each_context(request), "opts": self.model._meta, "issued": issued,
-            "title": "Agent tokens issued"})
+            "title": _("Agent tokens issued")})
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Revoke the agent tokens (the agent is cut off at once)")
+    @admin.action(description=gettext_lazy("Revoke the agent tokens (the agent is cut off at once)"))
     def agent_tokens_revoke_selected(self, request, queryset):
         context = admin_change_context(request)
         for device in queryset.filter(transport=CardDevice.TRANSPORT_AGENT):
             count = agent_tokens_revoke(device=device, context=context)
-            self.message_user(request, f"{device.slug}: {count} agent token(s) revoked")
+            self.message_user(request, ngettext("%(slug)s: %(count)d agent token(s) revoked",
+                                                "%(slug)s: %(count)d agent token(s) revoked", count)
+                              % {"slug": device.slug, "count": count})
 
-    @admin.display(boolean=True, description="PIN set")
+    @admin.display(boolean=True, description=gettext_lazy("PIN set"))
     def pin_set(self, obj):
         return obj.has_pin
 
     def _status(self, obj):
         return device_status_get(obj.slug) if obj and obj.pk else None
 
-    @admin.display(description="State")
+    @admin.display(description=gettext_lazy("State"))
     def state(self, obj):
         status = self._status(obj)
         if status is None or not status.alive:
-            color, text = "#888", "gateway not running"
+            color, text = "#888", _("gateway not running")
         elif status.connected:
-            color, text = "#1a7f37", "connected"
+            color, text = "#1a7f37", _("connected")
         else:
-            color, text = "#cf222e", "disconnected"
+            color, text = "#cf222e", _("disconnected")
         return format_html('<span style="color:{};font-weight:bold">{}</span>', color, text)
 
-    @admin.display(description="certNo")
+    @admin.display(description=gettext_lazy("certNo"))
     def cert_no(self, obj):
         status = self._status(obj)
         return status.cert_no if status else ""
 
-    @admin.display(description="Queue")
+    @admin.display(description=gettext_lazy("Queue"))
     def queue_depth(self, obj):
         status = self._status(obj)
         return status.queue_depth if status and status.alive else ""
 
-    @admin.display(description="Last error")
+    @admin.display(description=gettext_lazy("Last error"))
     def last_error(self, obj):
         status = self._status(obj)
         return status.last_error if status else ""
@@ -217,18 +227,19 @@ class CardPoolAdmin(admin.ModelAdmin):
     readonly_fields = ["capacity", "cards_state", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["slug", "name", "enabled"],
-                "description": "A client names the pool's slug as its device (or the pool is its access ID's "
-                               "default); each request goes to the least-loaded connected card, and once more to "
-                               "another card when its card fails without answering."}),
-        ("Cards", {"fields": ["devices", "enterprise"]}),
-        ("Live state", {"fields": ["capacity", "cards_state", "created_at", "updated_at"]}),
+                "description": gettext_lazy(
+                    "A client names the pool's slug as its device (or the pool is its access ID's default); each "
+                    "request goes to the least-loaded connected card, and once more to another card when its card "
+                    "fails without answering.")}),
+        (gettext_lazy("Cards"), {"fields": ["devices", "enterprise"]}),
+        (gettext_lazy("Live state"), {"fields": ["capacity", "cards_state", "created_at", "updated_at"]}),
     ]
 
     def formfield_for_manytomany(self, db_field, request, **kwargs):
         field = super().formfield_for_manytomany(db_field, request, **kwargs)
         if db_field.name == "devices":
             field.widget.can_add_related = False
-            field.help_text = "The cards of the pool (all of one enterprise, as their certificates say)."
+            field.help_text = _("The cards of the pool (all of one enterprise, as their certificates say).")
         return field
 
     def save_model(self, request, obj, form, change):
@@ -266,20 +277,21 @@ class CardPoolAdmin(admin.ModelAdmin):
 
     def _cards(self, obj):
         info = pool_read(obj.slug) if obj and obj.pk else None
-        return pool_cards(info)[1] if info else []
+        return pool_cards(info, display=True)[1] if info else []
 
-    @admin.display(description="Capacity")
+    @admin.display(description=gettext_lazy("Capacity"))
     def capacity(self, obj):
         cards = self._cards(obj)
         up = sum(1 for c in cards if c.up)
         color = "#1a7f37" if cards and up == len(cards) else ("#9a6700" if up else "#cf222e")
-        return format_html('<span style="color:{};font-weight:bold">{}/{} cards up</span>', color, up, len(cards))
+        return format_html('<span style="color:{};font-weight:bold">{}</span>', color,
+                           _("%(up)d/%(size)d cards up") % {"up": up, "size": len(cards)})
 
-    @admin.display(description="Cards")
+    @admin.display(description=gettext_lazy("Cards"))
     def cards_display(self, obj):
-        return ", ".join(obj.devices.order_by("slug").values_list("slug", flat=True)) or "none"
+        return ", ".join(obj.devices.order_by("slug").values_list("slug", flat=True)) or _("none")
 
-    @admin.display(description="State of each card")
+    @admin.display(description=gettext_lazy("State of each card"))
     def cards_state(self, obj):
-        rows = [(c.slug, "up" if c.up else c.reason) for c in self._cards(obj)]
+        rows = [(c.slug, pgettext("card state", "up") if c.up else c.reason) for c in self._cards(obj)]
         return format_html_join(mark_safe("<br>"), "<code>{}</code>: {}", rows) if rows else "—"

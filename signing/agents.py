@@ -16,6 +16,7 @@ from channels.layers import get_channel_layer
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from audit.models import AuditEvent
 from audit.services import COMMAND, ChangeContext
@@ -30,7 +31,8 @@ _LAST_USED_EVERY = datetime.timedelta(minutes=1)
 
 
 class AgentTokenError(Exception):
-    pass
+    """A token refused, or a change refused (those messages are for people: translated; the
+    refusals of `agent_token_check` go to the agent's log and the audit log: English)."""
 
 
 def agent_owner_key(slug: str) -> str:
@@ -64,7 +66,7 @@ def agent_token_create(*, device: CardDevice, context: ChangeContext = COMMAND) 
     """The first token of an agent device (or a new current one after a revocation)."""
     device = CardDevice.objects.select_for_update().get(pk=device.pk)
     if device.agent_tokens.filter(state=AgentToken.CURRENT).exists():
-        raise AgentTokenError(f"card {device.slug} already has an agent token: rotate it instead")
+        raise AgentTokenError(_("card %(slug)s already has an agent token: rotate it instead") % {"slug": device.slug})
     latest = device.agent_tokens.order_by("-version").values_list("version", flat=True).first() or 0
     row, token = _new(device, latest + 1)
     context.record(event_type=AuditEvent.AGENT_TOKEN_CREATED, device=device.slug,
@@ -78,7 +80,7 @@ def agent_token_rotate(*, device: CardDevice, grace: datetime.timedelta = dateti
     """A new current token; the old one keeps working for `grace` (0: not at all), an older
     previous one stops now."""
     if not datetime.timedelta(0) <= grace <= MAX_GRACE:
-        raise AgentTokenError("the grace period must be between 0 and 7 days")
+        raise AgentTokenError(_("the grace period must be between 0 and 7 days"))
     device = CardDevice.objects.select_for_update().get(pk=device.pk)
     now = timezone.now()
     device.agent_tokens.filter(state=AgentToken.PREVIOUS).update(state=AgentToken.REVOKED, revoked_at=now)

@@ -3,8 +3,10 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
-slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,49}$", "Lower-case letters, digits, - and _ only.")
+slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,49}$", _("Lower-case letters, digits, - and _ only."))
 
 
 class CardDevice(models.Model):
@@ -14,45 +16,51 @@ class CardDevice(models.Model):
     TRANSPORT_URL = "url"
     TRANSPORT_AGENT = "agent"
     TRANSPORTS = [
-        (TRANSPORT_URL, "The platform connects to the control's URL"),
-        (TRANSPORT_AGENT, "A card agent on the card's PC connects to the platform"),
+        (TRANSPORT_URL, _("The platform connects to the control's URL")),
+        (TRANSPORT_AGENT, _("A card agent on the card's PC connects to the platform")),
     ]
 
-    slug = models.CharField(max_length=50, unique=True, validators=[slug_validator])
-    name = models.CharField(max_length=200, blank=True)
-    transport = models.CharField(max_length=10, choices=TRANSPORTS, default=TRANSPORT_URL)
+    slug = models.CharField(_("slug"), max_length=50, unique=True, validators=[slug_validator])
+    name = models.CharField(_("name"), max_length=200, blank=True)
+    transport = models.CharField(_("transport"), max_length=10, choices=TRANSPORTS, default=TRANSPORT_URL)
     url = models.CharField(
-        "WebSocket URL",
+        _("WebSocket URL"),
         max_length=500,
         blank=True,
-        help_text="The E-Port client control, e.g. ws://127.0.0.1:61232 (not used for an agent card)",
+        help_text=_("The E-Port client control, e.g. ws://127.0.0.1:61232 (not used for an agent card)"),
     )
-    pin_encrypted = models.TextField(blank=True, editable=False, help_text="Card PIN, AES-GCM encrypted.")
-    enabled = models.BooleanField(default=True)
-    connect_timeout = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)], help_text="seconds")
+    pin_encrypted = models.TextField(blank=True, editable=False, help_text=_("Card PIN, AES-GCM encrypted."))
+    enabled = models.BooleanField(_("enabled"), default=True)
+    connect_timeout = models.FloatField(_("connect timeout"), default=5.0, validators=[MinValueValidator(0.1)],
+                                        help_text=_("seconds"))
     request_timeout = models.FloatField(
-        default=10.0, validators=[MinValueValidator(0.1)], help_text="seconds one card operation may take"
+        _("request timeout"), default=10.0, validators=[MinValueValidator(0.1)],
+        help_text=_("seconds one card operation may take"),
     )
-    queue_size = models.PositiveIntegerField(default=256, validators=[MinValueValidator(1)])
+    queue_size = models.PositiveIntegerField(_("queue size"), default=256, validators=[MinValueValidator(1)])
     pipeline_depth = models.PositiveSmallIntegerField(
+        _("pipeline depth"),
         default=1,
         validators=[MinValueValidator(1), MaxValueValidator(4)],
-        help_text=(
+        help_text=_(
             "Requests outstanding at the control at once. The card still executes one at a time; "
             "2 lets the next request wait at the control so the card is never idle between operations."
         ),
     )
     signature_method = models.CharField(
+        _("signature method"),
         max_length=10,
         blank=True,
-        choices=[("", "From the certificate"), ("rsa-sha1", "rsa-sha1"), ("sm2-sm3", "sm2-sm3")],
-        help_text="Override of the XML SignatureMethod; normally taken from the card certificate.",
+        choices=[("", _("From the certificate"))] + [(method, method) for method in ("rsa-sha1", "sm2-sm3")],
+        help_text=_("Override of the XML SignatureMethod; normally taken from the card certificate."),
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
         ordering = ["slug"]
+        verbose_name = _("card device")
+        verbose_name_plural = _("card devices")
 
     def __str__(self) -> str:
         return self.name or self.slug
@@ -67,9 +75,9 @@ class CardDevice(models.Model):
 
     def clean(self) -> None:
         if self.transport == self.TRANSPORT_URL and not self.url:
-            raise ValidationError({"url": "A card the platform connects to needs the control's URL."})
+            raise ValidationError({"url": _("A card the platform connects to needs the control's URL.")})
         if self.slug and CardPool.objects.filter(slug=self.slug).exists():
-            raise ValidationError({"slug": "A card pool already has this slug; a card needs its own."})
+            raise ValidationError({"slug": _("A card pool already has this slug; a card needs its own.")})
 
 
 class CardPool(models.Model):
@@ -78,31 +86,32 @@ class CardPool(models.Model):
     pool belong to one enterprise (the organization their certificates name)."""
 
     slug = models.CharField(
-        max_length=50, unique=True, validators=[slug_validator],
-        help_text="What clients name as their device to use the pool; not the slug of a card.",
+        _("slug"), max_length=50, unique=True, validators=[slug_validator],
+        help_text=_("What clients name as their device to use the pool; not the slug of a card."),
     )
-    name = models.CharField(max_length=200, blank=True)
-    devices = models.ManyToManyField(CardDevice, related_name="pools", verbose_name="cards",
-                                     help_text="The cards of the pool.")
+    name = models.CharField(_("name"), max_length=200, blank=True)
+    devices = models.ManyToManyField(CardDevice, related_name="pools", verbose_name=_("cards"),
+                                     help_text=_("The cards of the pool."))
     enterprise = models.CharField(
-        max_length=200, blank=True,
-        help_text=("The enterprise every card's certificate must name (its O=). Empty: taken from the cards "
-                   "when the pool is saved while they are connected; a card of another enterprise is never used."),
+        _("enterprise"), max_length=200, blank=True,
+        help_text=_("The enterprise every card's certificate must name (its O=). Empty: taken from the cards "
+                    "when the pool is saved while they are connected; a card of another enterprise is never used."),
     )
-    enabled = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
         ordering = ["slug"]
-        verbose_name = "card pool"
+        verbose_name = _("card pool")
+        verbose_name_plural = _("card pools")
 
     def __str__(self) -> str:
         return self.name or self.slug
 
     def clean(self) -> None:
         if self.slug and CardDevice.objects.filter(slug=self.slug).exists():
-            raise ValidationError({"slug": "A card device already has this slug; a pool needs its own."})
+            raise ValidationError({"slug": _("A card device already has this slug; a pool needs its own.")})
 
 
 class AgentToken(models.Model):
@@ -112,13 +121,19 @@ class AgentToken(models.Model):
     CURRENT = "current"
     PREVIOUS = "previous"
     REVOKED = "revoked"
-    STATES = [(CURRENT, "current"), (PREVIOUS, "previous (grace period)"), (REVOKED, "revoked")]
+    STATES = [(CURRENT, pgettext_lazy("agent token state", "current")),
+              (PREVIOUS, pgettext_lazy("agent token state", "previous (grace period)")),
+              (REVOKED, pgettext_lazy("agent token state", "revoked"))]
+    # The state in a short list of tokens (the admin, `__str__`): the value, in words.
+    STATE_SHORT = {CURRENT: pgettext_lazy("agent token state", "current"),
+                   PREVIOUS: pgettext_lazy("agent token state", "previous"),
+                   REVOKED: pgettext_lazy("agent token state", "revoked")}
 
     device = models.ForeignKey(CardDevice, on_delete=models.CASCADE, related_name="agent_tokens")
     version = models.PositiveIntegerField()
     token_sha256 = models.CharField(max_length=64, unique=True, editable=False)
     state = models.CharField(max_length=10, choices=STATES, default=CURRENT)
-    valid_until = models.DateTimeField(null=True, blank=True, help_text="Previous tokens: end of the grace period.")
+    valid_until = models.DateTimeField(null=True, blank=True, help_text=_("Previous tokens: end of the grace period."))
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -126,9 +141,12 @@ class AgentToken(models.Model):
     class Meta:
         ordering = ["device", "-version"]
         constraints = [models.UniqueConstraint(fields=["device", "version"], name="agent_token_version_unique")]
+        verbose_name = _("agent token")
+        verbose_name_plural = _("agent tokens")
 
     def __str__(self) -> str:
-        return f"{self.device.slug} agent token v{self.version} ({self.state})"
+        return _("%(device)s agent token v%(version)s (%(state)s)") % {
+            "device": self.device.slug, "version": self.version, "state": self.STATE_SHORT.get(self.state, self.state)}
 
     @property
     def fingerprint(self) -> str:

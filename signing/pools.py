@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Any, Awaitable, Callable, TypeVar
 
 from django.conf import settings
+from django.utils.translation import gettext, ngettext
 
 from core.dbthread import db_sync_to_async
 from core.errors import invalid_request, permission_denied
@@ -170,8 +171,14 @@ _load: dict[str, int] = defaultdict(int)  # requests this process has on each ca
 _suspect: dict[str, float] = {}  # card -> monotonic time until which it is not chosen
 
 
-def pool_cards(pool: PoolInfo) -> tuple[str, list[PoolCard]]:
-    """The pool's enterprise and each of its cards, up or why not."""
+def _english(text: str) -> str:
+    return text
+
+
+def pool_cards(pool: PoolInfo, *, display: bool = False) -> tuple[str, list[PoolCard]]:
+    """The pool's enterprise and each of its cards, up or why not: the reasons in English (for
+    errors, logs and JSON), or with `display` in the active language (for people)."""
+    _ = gettext if display else _english  # `_`: what makemessages extracts
     statuses = {slug: device_status_get(slug) for slug in pool.devices}
     enterprise = pool.enterprise  # "" until its cards have named one (pool_load keeps it then)
     now = time.monotonic()
@@ -179,13 +186,14 @@ def pool_cards(pool: PoolInfo) -> tuple[str, list[PoolCard]]:
     for slug in pool.devices:
         status = statuses[slug] or DeviceStatus(slug=slug, gateway_running=False)
         if not status.alive:
-            reason = "gateway not running"
+            reason = _("gateway not running")
         elif not status.connected:
-            reason = f"not connected: {status.last_error or 'connecting'}"
+            reason = _("not connected: %(error)s") % {"error": status.last_error or _("connecting")}
         elif enterprise and status.enterprise and status.enterprise != enterprise:
-            reason = f"belongs to {status.enterprise}, not to {enterprise}"
+            reason = _("belongs to %(enterprise)s, not to %(expected)s") % {"enterprise": status.enterprise,
+                                                                            "expected": enterprise}
         elif _suspect.get(slug, 0) > now:
-            reason = "failed a request a moment ago"
+            reason = _("failed a request a moment ago")
         else:
             reason = ""
         cards.append(PoolCard(slug=slug, up=not reason, reason=reason, enterprise=status.enterprise,
@@ -282,10 +290,13 @@ def pool_enterprise_check(*, devices: list[str], enterprise: str) -> str:
     expected = enterprise.strip() or (next(iter(seen)) if len(seen) == 1 else "")
     if not enterprise.strip() and len(seen) > 1:
         names = "; ".join(f"{', '.join(cards)}: {name}" for name, cards in seen.items())
-        raise PoolEnterpriseError(f"the cards belong to different enterprises ({names}); a pool is one enterprise's")
+        raise PoolEnterpriseError(gettext("the cards belong to different enterprises (%(names)s); a pool is one "
+                                          "enterprise's") % {"names": names})
     foreign = {name: cards for name, cards in seen.items() if name != expected}
     if foreign:
-        names = "; ".join(f"{', '.join(cards)} belong{'s' if len(cards) == 1 else ''} to {name}"
+        names = "; ".join(ngettext("%(cards)s belongs to %(enterprise)s", "%(cards)s belong to %(enterprise)s",
+                                   len(cards)) % {"cards": ", ".join(cards), "enterprise": name}
                           for name, cards in foreign.items())
-        raise PoolEnterpriseError(f"every card must belong to {expected}: {names}")
+        raise PoolEnterpriseError(gettext("every card must belong to %(expected)s: %(names)s")
+                                  % {"expected": expected, "names": names})
     return expected

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from django.utils.translation import gettext
+
 from ukey.status import DeviceStatus
 
 from .cards import device_status_get
@@ -17,8 +19,10 @@ def _iso(ts: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat()
 
 
-def card_device_states() -> list[dict[str, Any]]:
-    """Every enabled card with its live state (disconnected when no gateway reports)."""
+def card_device_states(*, display: bool = False) -> list[dict[str, Any]]:
+    """Every enabled card with its live state (disconnected when no gateway reports); with
+    `display`, the platform's own words in the active language (for people)."""
+    not_running = gettext("gateway not running") if display else "gateway not running"
     states = []
     for device in CardDevice.objects.filter(enabled=True).order_by("slug"):
         current = device_status_get(device.slug) or DeviceStatus(slug=device.slug, url=device.url, gateway_running=False)
@@ -31,7 +35,7 @@ def card_device_states() -> list[dict[str, Any]]:
                 "gateway_running": current.alive,
                 "since": _iso(current.connected_since) if connected else None,
                 "last_ok_at": _iso(current.last_ok_at),
-                "last_error": current.last_error or ("gateway not running" if not current.alive else ""),
+                "last_error": current.last_error or (not_running if not current.alive else ""),
                 "last_error_at": _iso(current.last_error_at),
                 "queue_depth": current.queue_depth if current.alive else 0,
                 "cert_no": current.cert_no or None,
@@ -43,8 +47,9 @@ def card_device_states() -> list[dict[str, Any]]:
     return states
 
 
-def card_pool_states() -> list[dict[str, Any]]:
-    """Every enabled pool: its capacity (cards up / enabled cards) and each card's state."""
+def card_pool_states(*, display: bool = False) -> list[dict[str, Any]]:
+    """Every enabled pool: its capacity (cards up / enabled cards) and each card's state (why a
+    card is not used: in English, or with `display` in the active language, for people)."""
     from .pools import pool_cards, pool_load
 
     states = []
@@ -52,7 +57,7 @@ def card_pool_states() -> list[dict[str, Any]]:
         info = pool_load(slug)
         if info is None:  # deleted meanwhile
             continue
-        enterprise, cards = pool_cards(info)
+        enterprise, cards = pool_cards(info, display=display)
         up = sum(1 for c in cards if c.up)
         states.append({
             "slug": info.slug,

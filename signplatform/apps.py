@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class SignplatformConfig(AppConfig):
@@ -6,7 +7,7 @@ class SignplatformConfig(AppConfig):
     the wiring of the metrics to the apps' signals."""
 
     name = "signplatform"
-    verbose_name = "Signing platform"
+    verbose_name = _("Signing platform")
 
     def ready(self):
         from django.core import checks

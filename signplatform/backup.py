@@ -50,6 +50,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from accessids.models import AccessId
 from accessids.secrets import AppSecretService
@@ -226,7 +227,7 @@ class _EncryptingWriter(io.RawIOBase):
 
 def _derive(passphrase: str, salt: bytes, header: dict) -> bytes:
     if not passphrase:
-        raise BackupError("the passphrase is empty")
+        raise BackupError(_("the passphrase is empty"))
     return Scrypt(salt=salt, length=32, n=int(header["n"]), r=int(header["r"]), p=int(header["p"])).derive(
         passphrase.encode("utf-8"))
 
@@ -245,25 +246,27 @@ def _decrypt_to(path: Path, passphrase: str | None, out: BinaryIO) -> None:
             header = json.loads(header_line)
             salt, nonce = bytes.fromhex(header["salt"]), bytes.fromhex(header["nonce"])
         except (ValueError, KeyError, TypeError):
-            raise BackupError(f"{path} is damaged: its header cannot be read") from None
+            raise BackupError(_("%(path)s is damaged: its header cannot be read") % {"path": path}) from None
         if not passphrase:
-            raise BackupError(f"{path} is encrypted: give its passphrase (--passphrase-env VAR or --passphrase-file)")
+            raise BackupError(_("%(path)s is encrypted: give its passphrase (--passphrase-env VAR or "
+                                "--passphrase-file)") % {"path": path})
         left = size - fh.tell() - _TAG
         if left < 0:
-            raise BackupError(f"{path} is damaged: it is too short")
+            raise BackupError(_("%(path)s is damaged: it is too short") % {"path": path})
         decryptor = Cipher(algorithms.AES(_derive(passphrase, salt, header)), modes.GCM(nonce)).decryptor()
         decryptor.authenticate_additional_data(MAGIC + header_line)
         while left > 0:
             chunk = fh.read(min(_CHUNK, left))
             if not chunk:
-                raise BackupError(f"{path} is damaged: it is too short")
+                raise BackupError(_("%(path)s is damaged: it is too short") % {"path": path})
             left -= len(chunk)
             out.write(decryptor.update(chunk))
         tag = fh.read(_TAG)
         try:
             out.write(decryptor.finalize_with_tag(tag))
         except Exception:  # cryptography's InvalidTag, or a short tag
-            raise BackupError(f"{path}: wrong passphrase, or the file was changed or damaged") from None
+            raise BackupError(_("%(path)s: wrong passphrase, or the file was changed or damaged")
+                              % {"path": path}) from None
 
 
 def _file_sha256(path: Path) -> str:
@@ -296,13 +299,14 @@ def backup_create(*, path: Path, passphrase: str | None = None, overwrite: bool 
     taken before it, does not hold)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise BackupError(f"{path} exists; choose another name (or --overwrite)")
+        raise BackupError(_("%(path)s exists; choose another name (or --overwrite)") % {"path": path})
     if not path.parent.is_dir():
-        raise BackupError(f"{path.parent} is not a folder")
+        raise BackupError(_("%(path)s is not a folder") % {"path": path.parent})
     try:
         keys = _keys_current()
     except (MasterKeyError, OSError) as exc:
-        raise BackupError(f"the master key cannot be read ({exc}): a backup without it would be worthless") from None
+        raise BackupError(_("the master key cannot be read (%(error)s): a backup without it would be worthless")
+                          % {"error": exc}) from None
     connection = connections[using]
     models = backed_up_models()
     work = Path(tempfile.mkdtemp(prefix=".backup-", dir=path.parent))
@@ -361,7 +365,7 @@ class _OpenedBackup:
     def rows(self) -> Iterator[dict]:
         member = self.tar.extractfile("data.jsonl")
         if member is None:
-            raise BackupError("the backup has no data")
+            raise BackupError(_("the backup has no data"))
         for line in member:
             if line.strip():
                 yield json.loads(line)
@@ -373,7 +377,7 @@ def backup_open(path: Path, *, passphrase: str | None = None) -> Iterator[_Opene
     that nothing is used before the whole file has been authenticated)."""
     path = Path(path)
     if not path.is_file():
-        raise BackupError(f"{path}: no such file")
+        raise BackupError(_("%(path)s: no such file") % {"path": path})
     work = Path(tempfile.mkdtemp(prefix=".restore-"))
     try:
         source = path
@@ -384,15 +388,18 @@ def backup_open(path: Path, *, passphrase: str | None = None) -> Iterator[_Opene
         try:
             tar = tarfile.open(source, mode="r:gz")
         except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise BackupError(f"{path} is not a platform backup, or it is damaged ({exc})") from None
+            raise BackupError(_("%(path)s is not a platform backup, or it is damaged (%(error)s)")
+                              % {"path": path, "error": exc}) from None
         with tar:
             try:
                 manifest = json.loads(tar.extractfile("manifest.json").read())
                 keys = json.loads(tar.extractfile("keys.json").read())
             except (KeyError, AttributeError, ValueError, tarfile.TarError, EOFError) as exc:
-                raise BackupError(f"{path} is not a platform backup, or it is damaged ({exc})") from None
+                raise BackupError(_("%(path)s is not a platform backup, or it is damaged (%(error)s)")
+                                  % {"path": path, "error": exc}) from None
             if manifest.get("format") != FORMAT:
-                raise BackupError(f"{path} has backup format {manifest.get('format')!r}; this version reads {FORMAT}")
+                raise BackupError(_("%(path)s has backup format %(format)s; this version reads %(known)s")
+                                  % {"path": path, "format": repr(manifest.get("format")), "known": FORMAT})
             yield _OpenedBackup(manifest=manifest, keys=keys, tar=tar)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -415,7 +422,7 @@ def _write_key_file(path: Path, text: str, summary: RestoreSummary) -> None:
             return
         keep = path.with_name(f"{path.name}.before-restore-{timezone.now():%Y%m%d%H%M%S}")
         os.replace(path, keep)
-        summary.warnings.append(f"{path} held another key: kept as {keep}")
+        summary.warnings.append(_("%(path)s held another key: kept as %(kept)s") % {"path": path, "kept": keep})
     staged = path.with_name(path.name + ".restoring")
     with _private_file(staged) as out:
         out.write((text.strip() + "\n").encode())
@@ -441,16 +448,16 @@ def _keys_restore(keys: dict[str, str], summary: RestoreSummary) -> None:
     try:
         backup_master = master_key_parse(keys["master_key"])
     except (KeyError, MasterKeyError):
-        raise BackupError("the backup's master key is missing or malformed") from None
+        raise BackupError(_("the backup's master key is missing or malformed")) from None
     if settings.SIGNPLATFORM_MASTER_KEY:
         if master_key_parse(settings.SIGNPLATFORM_MASTER_KEY) != backup_master:
-            raise BackupError("SIGNPLATFORM_MASTER_KEY is not the backup's master key, so nothing it encrypted "
-                              "could be read. Set it to the backup's key (`manage.py backup keys FILE` prints it) "
-                              "or unset it to use the key file, then restore again. Nothing was changed.")
+            raise BackupError(_("SIGNPLATFORM_MASTER_KEY is not the backup's master key, so nothing it encrypted "
+                                "could be read. Set it to the backup's key (`manage.py backup keys FILE` prints it) "
+                                "or unset it to use the key file, then restore again. Nothing was changed."))
     if os.environ.get("AUDIT_CHAIN_KEY") and settings.AUDIT_CHAIN_KEY != keys.get("audit_chain_key"):
-        raise BackupError("AUDIT_CHAIN_KEY is not the backup's audit chain key, so the restored audit log would "
-                          "not verify. Set it to the backup's key (`manage.py backup keys FILE`) or unset it, then "
-                          "restore again. Nothing was changed.")
+        raise BackupError(_("AUDIT_CHAIN_KEY is not the backup's audit chain key, so the restored audit log would "
+                            "not verify. Set it to the backup's key (`manage.py backup keys FILE`) or unset it, then "
+                            "restore again. Nothing was changed."))
     if not settings.SIGNPLATFORM_MASTER_KEY:
         _write_key_file(settings.SIGNPLATFORM_MASTER_KEY_FILE, keys["master_key"], summary)
     if not os.environ.get("AUDIT_CHAIN_KEY"):
@@ -485,23 +492,25 @@ def backup_restore(*, path: Path, passphrase: str | None = None, replace: bool =
         known = set(_migrations_known(connection))
         made_with = set(manifest.get("migrations") or [])
         if made_with - known:
-            raise BackupError("this backup was made by a newer version of the platform (migrations "
-                              f"{', '.join(sorted(made_with - known)[:5])} are unknown here): restore it with that "
-                              "version. Nothing was changed.")
+            raise BackupError(_("this backup was made by a newer version of the platform (migrations "
+                                "%(migrations)s are unknown here): restore it with that version. Nothing was "
+                                "changed.") % {"migrations": ", ".join(sorted(made_with - known)[:5])})
         if known - made_with:
-            raise BackupError("this backup was made by an older version of the platform (it lacks migrations "
-                              f"{', '.join(sorted(known - made_with)[:5])}): restore it with that version, then "
-                              "upgrade (`manage.py migrate`). Nothing was changed.")
+            raise BackupError(_("this backup was made by an older version of the platform (it lacks migrations "
+                                "%(migrations)s): restore it with that version, then upgrade (`manage.py migrate`). "
+                                "Nothing was changed.") % {"migrations": ", ".join(sorted(known - made_with)[:5])})
         call_command("migrate", interactive=False, verbosity=0, database=using)
         models = backed_up_models()
         labels = {m._meta.label_lower for m in models}
         unknown = set(manifest.get("models") or []) - labels
         if unknown:
-            raise BackupError(f"the backup holds tables this installation does not back up: {', '.join(sorted(unknown))}")
+            raise BackupError(_("the backup holds tables this installation does not back up: %(tables)s")
+                              % {"tables": ", ".join(sorted(unknown))})
         busy = _database_has_data(models, using)
         if busy and not replace:
-            raise BackupError(f"the database already holds data ({', '.join(busy[:4])}…): restore into an empty "
-                              "database, or pass --replace to replace everything in it. Nothing was changed.")
+            raise BackupError(_("the database already holds data (%(tables)s…): restore into an empty database, or "
+                                "pass --replace to replace everything in it. Nothing was changed.")
+                              % {"tables": ", ".join(busy[:4])})
         summary = RestoreSummary(counts={}, created_at=str(manifest.get("created_at")))
         previous_chain_key = settings.AUDIT_CHAIN_KEY
         try:
@@ -536,7 +545,8 @@ def _rows_load(backup: _OpenedBackup, connection, models: list, summary: Restore
         connection.check_constraints(table_names=[m._meta.db_table for m in models])
         expected = backup.manifest.get("counts") or {}
         if summary.counts != {k: v for k, v in expected.items() if v}:
-            raise BackupError(f"the backup's rows do not match its manifest ({summary.rows} read): it is damaged")
+            raise BackupError(_("the backup's rows do not match its manifest (%(rows)d read): it is damaged")
+                              % {"rows": summary.rows})
         with connection.cursor() as cursor:
             for statement in connection.ops.sequence_reset_sql(no_style(), models):
                 cursor.execute(statement)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from django.apps import apps
 from django.core import checks
 from django.db import transaction
+from django.utils.translation import gettext, gettext_lazy, pgettext
 
 from accessids.acs import KEY_PURPOSE as ACS_KEY_PURPOSE
 from accessids.acs import PRIVATE_KEY_PURPOSE as ACS_PRIVATE_KEY_PURPOSE
@@ -38,7 +39,7 @@ def _legacy_fingerprint(plain: str, new_key: bytes) -> dict[str, Any]:
 @dataclass(frozen=True)
 class EncryptedColumn:
     name: str  # the count's key in the audit event
-    label: str  # what the command reports, e.g. "App Secret(s)"
+    label: str  # what the command reports, e.g. "App Secret(s)" (translated when shown)
     model: str  # "app_label.Model"
     field: str
     purpose: str  # bound into the ciphertext (core.encryption)
@@ -46,18 +47,20 @@ class EncryptedColumn:
 
 
 ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
-    EncryptedColumn("secrets", "App Secret(s)", "accessids.AppSecret", "secret_encrypted", APP_SECRET_PURPOSE),
-    EncryptedColumn("pins", "card PIN(s)", "signing.CardDevice", "pin_encrypted", PIN_PURPOSE),
-    EncryptedColumn("legacy_keys", "legacy AES key(s)", "accessids.AccessId", "legacy_aes_key_encrypted",
+    EncryptedColumn("secrets", gettext_lazy("App Secret(s)"), "accessids.AppSecret", "secret_encrypted",
+                    APP_SECRET_PURPOSE),
+    EncryptedColumn("pins", gettext_lazy("card PIN(s)"), "signing.CardDevice", "pin_encrypted", PIN_PURPOSE),
+    EncryptedColumn("legacy_keys", gettext_lazy("legacy AES key(s)"), "accessids.AccessId", "legacy_aes_key_encrypted",
                     LEGACY_KEY_PURPOSE, derived=_legacy_fingerprint),
-    EncryptedColumn("webhook_secrets", "webhook secret(s)", "webhooks.Webhook", "secret_encrypted",
+    EncryptedColumn("webhook_secrets", gettext_lazy("webhook secret(s)"), "webhooks.Webhook", "secret_encrypted",
                     WEBHOOK_SECRET_PURPOSE),
-    EncryptedColumn("acs_keys", "access system key(s)", "accessids.AcsParty", "key_encrypted", ACS_KEY_PURPOSE),
-    EncryptedColumn("acs_pending_keys", "pending access system key(s)", "accessids.AcsParty",
+    EncryptedColumn("acs_keys", gettext_lazy("access system key(s)"), "accessids.AcsParty", "key_encrypted",
+                    ACS_KEY_PURPOSE),
+    EncryptedColumn("acs_pending_keys", gettext_lazy("pending access system key(s)"), "accessids.AcsParty",
                     "pending_key_encrypted", ACS_KEY_PURPOSE),
-    EncryptedColumn("acs_previous_keys", "previous access system key(s)", "accessids.AcsParty",
+    EncryptedColumn("acs_previous_keys", gettext_lazy("previous access system key(s)"), "accessids.AcsParty",
                     "previous_key_encrypted", ACS_KEY_PURPOSE),
-    EncryptedColumn("acs_private_keys", "access system private key(s)", "accessids.AcsParty",
+    EncryptedColumn("acs_private_keys", gettext_lazy("access system private key(s)"), "accessids.AcsParty",
                     "private_key_encrypted", ACS_PRIVATE_KEY_PURPOSE),
 )
 
@@ -88,9 +91,14 @@ def master_key_rotate(*, old_key: bytes, new_key: bytes) -> dict[str, int]:
 
 
 def master_key_rotation_summary(counts: dict[str, int]) -> str:
-    """"3 App Secret(s), 1 card PIN(s), 0 legacy AES key(s) and 2 webhook secret(s)"."""
-    parts = [f"{counts.get(column.name, 0)} {column.label}" for column in ENCRYPTED_COLUMNS]
-    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    """"3 App Secret(s), 1 card PIN(s), 0 legacy AES key(s) and 2 webhook secret(s)", in the
+    active language."""
+    parts = [gettext("%(count)d %(what)s") % {"count": counts.get(column.name, 0), "what": column.label}
+             for column in ENCRYPTED_COLUMNS]
+    if len(parts) == 1:
+        return parts[0]
+    return gettext("%(items)s and %(last)s") % {"items": pgettext("list separator", ", ").join(parts[:-1]),
+                                                 "last": parts[-1]}
 
 
 def _caches_forget() -> None:

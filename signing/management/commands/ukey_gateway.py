@@ -5,6 +5,7 @@ from pathlib import Path
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext as _
 
 from core.eventloop import event_loop_run
 from signagent.system import stop_signals_install
@@ -14,21 +15,21 @@ from signing.services import card_device_sync_default
 
 
 class Command(BaseCommand):
-    help = ("Run the UKey gateways in their own process (needs REDIS_URL): of one card device, or with --all of "
-            "every card the platform dials, following the admin's changes.")
+    help = _("Run the UKey gateways in their own process (needs REDIS_URL): of one card device, or with "
+             "--all of every card the platform dials, following the admin's changes.")
 
     def add_arguments(self, parser):
         which = parser.add_mutually_exclusive_group()
-        which.add_argument("--device", default=settings.UKEY_DEFAULT_DEVICE, help="card device slug")
+        which.add_argument("--device", default=settings.UKEY_DEFAULT_DEVICE, help=_("card device slug"))
         which.add_argument("--all", action="store_true",
-                           help="every enabled card the platform dials; cards added or changed later too")
+                           help=_("every enabled card the platform dials; cards added or changed later too"))
 
     def handle(self, *args, **options):
         if "InMemoryChannelLayer" in settings.CHANNEL_LAYERS["default"]["BACKEND"]:
-            raise CommandError(
+            raise CommandError(_(
                 "a separate gateway process needs a shared channel layer: set REDIS_URL "
                 "(without it the gateway runs inside the web process)"
-            )
+            ))
         if options["all"]:
             card_device_sync_default()
             event_loop_run(self._run_all())
@@ -38,11 +39,12 @@ class Command(BaseCommand):
             card_device_sync_default()
         device = CardDevice.objects.filter(slug=slug).first()
         if device is None:
-            raise CommandError(f"no card device {slug!r}; create it in the admin first")
+            raise CommandError(_("no card device %(slug)s; create it in the admin first") % {"slug": repr(slug)})
         if not device.enabled:
-            raise CommandError(f"card device {slug!r} is disabled")
+            raise CommandError(_("card device %(slug)s is disabled") % {"slug": repr(slug)})
         if device.is_agent:
-            raise CommandError(f"card device {slug!r} is served by its card agent (the web process it connects to)")
+            raise CommandError(_("card device %(slug)s is served by its card agent (the web process it connects to)")
+                               % {"slug": repr(slug)})
         event_loop_run(self._run(slug, device.url))
 
     async def _run_all(self) -> None:
@@ -56,14 +58,15 @@ class Command(BaseCommand):
         host = GatewayHost([], link_path=_link_path())
         await host.start()
         follower = asyncio.create_task(host.follow_devices())
-        self.stdout.write("UKey gateways for every enabled card the platform dials (following changes); "
-                          "Ctrl-C stops them")
+        self.stdout.write(_("UKey gateways for every enabled card the platform dials (following changes); "
+                            "Ctrl-C stops them"))
         await self._serve(host, extra=follower)
 
     async def _run(self, slug: str, url: str) -> None:
         host = GatewayHost([slug], link_path=_link_path())
         await host.start()
-        self.stdout.write(f"UKey gateway for card {slug} ({url}) running; Ctrl-C stops it")
+        self.stdout.write(_("UKey gateway for card %(slug)s (%(url)s) running; Ctrl-C stops it")
+                          % {"slug": slug, "url": url})
         await self._serve(host)
 
     async def _serve(self, host: GatewayHost, extra: asyncio.Task | None = None) -> None:
@@ -75,13 +78,14 @@ class Command(BaseCommand):
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if waiter.done() and waiter.exception():
-            raise CommandError(f"gateway failed: {waiter.exception()}")
-        self.stdout.write(f"stopping: finishing card operations in flight (up to {settings.UKEY_SHUTDOWN_GRACE:.0f} s)")
+            raise CommandError(_("gateway failed: %(error)s") % {"error": waiter.exception()})
+        self.stdout.write(_("stopping: finishing card operations in flight (up to %(seconds).0f s)")
+                          % {"seconds": settings.UKEY_SHUTDOWN_GRACE})
         if extra is not None:
             extra.cancel()
         await host.stop()
         waiter.cancel()
-        self.stdout.write("UKey gateway stopped")
+        self.stdout.write(_("UKey gateway stopped"))
 
 
 def _link_path() -> str:

@@ -3,10 +3,11 @@ import secrets
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
+from django.utils.translation import gettext as _
 
 
 class Command(BaseCommand):
-    help = (
+    help = _(
         "Make sure an administrator account exists. Uses DJANGO_SUPERUSER_USERNAME and "
         "DJANGO_SUPERUSER_PASSWORD when set; otherwise creates 'admin' with a random password "
         "and prints it once."
@@ -22,7 +23,9 @@ class Command(BaseCommand):
                 user.set_password(password)
                 user.is_staff = user.is_superuser = user.is_active = True
                 user.save()
-                self.stdout.write(f"Administrator {username!r} {'created' if created else 'password updated'} from the environment.")
+                self.stdout.write((_("Administrator %(username)s created from the environment.") if created
+                                   else _("Administrator %(username)s password updated from the environment."))
+                                  % {"username": repr(username)})
             return
         if User.objects.filter(is_superuser=True, is_active=True).exists():
             return
@@ -31,7 +34,8 @@ class Command(BaseCommand):
         User.objects.create_superuser(username=username, email="", password=password)
         bar = "=" * 64
         self.stdout.write(
-            f"{bar}\nCreated the administrator account (shown only this once):\n"
-            f"  username: {username}\n  password: {password}\n"
-            f"Change it in the admin, or set DJANGO_SUPERUSER_USERNAME/PASSWORD.\n{bar}"
+            f"{bar}\n" + _("Created the administrator account (shown only this once):") + "\n"
+            + "  " + _("username: %(username)s") % {"username": username} + "\n"
+            + "  " + _("password: %(password)s") % {"password": password} + "\n"
+            + _("Change it in the admin, or set DJANGO_SUPERUSER_USERNAME/PASSWORD.") + f"\n{bar}"
         )

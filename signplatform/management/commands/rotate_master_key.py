@@ -3,13 +3,14 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils.translation import gettext as _
 
 from core.encryption import MasterKeyError, master_key, master_key_forget, master_key_generate, master_key_parse
 from signplatform.master_key import master_key_rotate, master_key_rotation_summary
 
 
 class Command(BaseCommand):
-    help = (
+    help = _(
         "Re-encrypt every encrypted value (App Secrets, card PINs, legacy AES keys, webhook secrets) under a new "
         "master key, in one transaction. "
         "Restart every platform process afterwards."
@@ -17,19 +18,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         source = parser.add_mutually_exclusive_group()
-        source.add_argument("--generate", action="store_true", help="generate a new random key (the default)")
+        source.add_argument("--generate", action="store_true", help=_("generate a new random key (the default)"))
         source.add_argument(
             "--new-key-env",
             metavar="VAR",
-            help="read the new key (32 bytes, base64url or hex) from this environment variable, "
-            "so it never appears in the shell history",
+            help=_("read the new key (32 bytes, base64url or hex) from this environment variable, "
+                   "so it never appears in the shell history"),
         )
 
     def handle(self, *args, **options):
         if options["new_key_env"]:
             text = os.environ.get(options["new_key_env"], "")
             if not text:
-                raise CommandError(f"environment variable {options['new_key_env']} is empty")
+                raise CommandError(_("environment variable %(var)s is empty") % {"var": options["new_key_env"]})
             try:
                 new_key = master_key_parse(text)
             except MasterKeyError as exc:
@@ -41,9 +42,9 @@ class Command(BaseCommand):
         try:
             old_key = master_key()
         except (MasterKeyError, OSError) as exc:
-            raise CommandError(f"the current master key cannot be read: {exc}") from None
+            raise CommandError(_("the current master key cannot be read: %(error)s") % {"error": exc}) from None
         if new_key == old_key:
-            raise CommandError("the new key is the current key")
+            raise CommandError(_("the new key is the current key"))
 
         key_file = None if settings.SIGNPLATFORM_MASTER_KEY else Path(settings.SIGNPLATFORM_MASTER_KEY_FILE)
         staged = None
@@ -58,18 +59,20 @@ class Command(BaseCommand):
         except MasterKeyError as exc:
             if staged:
                 staged.unlink(missing_ok=True)
-            raise CommandError(f"nothing was changed: {exc}") from None
+            raise CommandError(_("nothing was changed: %(error)s") % {"error": exc}) from None
         master_key_forget()
-        self.stdout.write(f"Re-encrypted {master_key_rotation_summary(counts)} under the new key.")
+        self.stdout.write(_("Re-encrypted %(values)s under the new key.")
+                          % {"values": master_key_rotation_summary(counts)})
         if key_file is not None:
             backup = key_file.with_name(key_file.name + ".previous")
             os.replace(key_file, backup)
             os.replace(staged, key_file)
             master_key_forget()
-            self.stdout.write(f"New key written to {key_file} (the old one is kept in {backup}; delete it when "
-                              "every process has restarted).")
+            self.stdout.write(_("New key written to %(path)s (the old one is kept in %(backup)s; delete it when "
+                                "every process has restarted).") % {"path": key_file, "backup": backup})
         elif generated:
-            self.stdout.write("Set SIGNPLATFORM_MASTER_KEY to this new key (shown only now):\n" + generated)
+            self.stdout.write(_("Set SIGNPLATFORM_MASTER_KEY to this new key (shown only now):") + "\n" + generated)
         else:
-            self.stdout.write(f"Set SIGNPLATFORM_MASTER_KEY to the value of {options['new_key_env']}.")
-        self.stdout.write("Restart every platform process (web, gateways) so they use the new key.")
+            self.stdout.write(_("Set SIGNPLATFORM_MASTER_KEY to the value of %(var)s.")
+                              % {"var": options["new_key_env"]})
+        self.stdout.write(_("Restart every platform process (web, gateways) so they use the new key."))

@@ -21,7 +21,7 @@ from signplatform.http_server import LimitedHttpToolsProtocol
 
 
 class Command(BaseCommand):
-    help = (
+    help = _(
         "Start the whole platform in the foreground: the ASGI server with the UKey gateway, "
         "and the card simulator when UKEY_URL is not set. Ctrl-C stops everything."
     )
@@ -32,20 +32,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--web-only",
             action="store_true",
-            help="only the ASGI server: another process (with UKEY_GATEWAY_MODE=external) owns the cards; "
-            "run several of these behind a load balancer, sharing REDIS_URL and DATABASE_URL",
+            help=_("only the ASGI server: another process (with UKEY_GATEWAY_MODE=external) owns the cards; "
+                   "run several of these behind a load balancer, sharing REDIS_URL and DATABASE_URL"),
         )
         parser.add_argument(
             "--prepare",
             action="store_true",
-            help="once the port is ours: migrate the database and make sure an administrator exists "
-            "(what `make run` does), so that a start that cannot listen changes nothing",
+            help=_("once the port is ours: migrate the database and make sure an administrator exists "
+                   "(what `make run` does), so that a start that cannot listen changes nothing"),
         )
 
     def handle(self, *args, **options):
         web_only = options["web_only"]
         if web_only and settings.UKEY_GATEWAY_MODE != "external":
-            raise CommandError("--web-only needs UKEY_GATEWAY_MODE=external (and REDIS_URL): the cards are served elsewhere")
+            raise CommandError(_("--web-only needs UKEY_GATEWAY_MODE=external (and REDIS_URL): the cards are served "
+                                 "elsewhere"))
         host, port = options["host"], options["port"]
         # Before anything changes: a second `make run` next to a running one must not migrate,
         # touch the administrator or rewrite the default card (its URL would point at a
@@ -56,14 +57,15 @@ class Command(BaseCommand):
         else:
             key_file = master_key_file_ensure()
             if key_file:
-                self.stdout.write(f"Master key: {key_file} (set SIGNPLATFORM_MASTER_KEY to use your own)")
+                self.stdout.write(_("Master key: %(path)s (set SIGNPLATFORM_MASTER_KEY to use your own)")
+                                  % {"path": key_file})
         device = card_device_sync_default()
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         supervisor = Supervisor(on_exit=_process_exit_record)
         try:
             if web_only:
-                self.stdout.write("Web process only: the card gateways, webhook deliveries and declaration "
-                                  "submissions run elsewhere")
+                self.stdout.write(_("Web process only: the card gateways, webhook deliveries and declaration "
+                                    "submissions run elsewhere"))
                 # The ASGI lifespan of this process then starts no webhook or declaration worker.
                 settings.WEBHOOK_WORKER_EMBEDDED = False
                 settings.DECLARATION_WORKER_EMBEDDED = False
@@ -71,21 +73,23 @@ class Command(BaseCommand):
                 sim_port = settings.UKEY_SIMULATOR_PORT
                 if port_is_open(sim_port):
                     raise CommandError(
-                        f"port {sim_port} is taken; set UKEY_SIMULATOR_PORT, or UKEY_URL to use a real card"
+                        _("port %(port)s is taken; set UKEY_SIMULATOR_PORT, or UKEY_URL to use a real card")
+                        % {"port": sim_port}
                     )
-                self.stdout.write(f"No UKEY_URL set: starting the card simulator on ws://127.0.0.1:{sim_port}")
+                self.stdout.write(_("No UKEY_URL set: starting the card simulator on ws://127.0.0.1:%(port)s")
+                                  % {"port": sim_port})
                 simulator = supervisor.spawn("card simulator", manage + ["ukey_simulator", "--port", str(sim_port)])
                 deadline = time.monotonic() + 20
                 while not port_is_open(sim_port):
                     if simulator.proc.poll() is not None or time.monotonic() > deadline:
-                        raise CommandError("the card simulator did not start")
+                        raise CommandError(_("the card simulator did not start"))
                     time.sleep(0.1)
             else:
-                self.stdout.write(f"Card: {device.url} (UKEY_URL)")
+                self.stdout.write(_("Card: %(url)s (UKEY_URL)") % {"url": device.url})
             if settings.UKEY_GATEWAY_MODE == "external" and not web_only:
                 # One process for every card the platform dials; it follows the admin's changes.
                 # (`manage.py ukey_gateway --device SLUG` runs one card in a process of its own.)
-                self.stdout.write("Starting the UKey gateway process (every card the platform dials)")
+                self.stdout.write(_("Starting the UKey gateway process (every card the platform dials)"))
                 supervisor.spawn("ukey_gateway --all", manage + ["ukey_gateway", "--all"])
             # From here on a child that dies is restarted (logged, and an audit event).
             supervisor.watch()
@@ -113,11 +117,11 @@ class Command(BaseCommand):
                 signal.signal(sig, lambda signum, frame: None)
             server.run(sockets=[listener])
             if not server.started:
-                raise CommandError(f"the server could not start on {host}:{port}")
+                raise CommandError(_("the server could not start on %(host)s:%(port)s") % {"host": host, "port": port})
         finally:
             listener.close()
             supervisor.stop(grace=settings.UKEY_SHUTDOWN_GRACE + 5)
-            self.stdout.write("Signing platform stopped")
+            self.stdout.write(_("Signing platform stopped"))
 
 
 class _PlatformServer(uvicorn.Server):

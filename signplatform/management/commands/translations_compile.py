@@ -14,10 +14,10 @@ from django.utils.translation import gettext as _
 
 
 class Command(BaseCommand):
-    help = "Compile the translations (locale/*/LC_MESSAGES/django.po) into .mo files."
+    help = _("Compile the translations (locale/*/LC_MESSAGES/django.po) into .mo files.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--force", action="store_true", help="rebuild every .mo, even an up-to-date one")
+        parser.add_argument("--force", action="store_true", help=_("rebuild every .mo, even an up-to-date one"))
 
     def handle(self, *args, force=False, **options):
         compiled = 0
