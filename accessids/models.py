@@ -27,35 +27,36 @@ class AccessId(models.Model):
     """One client system's identity for the signing API."""
 
     key = models.CharField(_("access ID"), max_length=40, unique=True, editable=False)
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
-    enabled = models.BooleanField(default=True)
-    expires_at = models.DateTimeField(null=True, blank=True, help_text=_("Leave empty for no expiry."))
-    allowed_networks = models.JSONField(
+    name = models.CharField(_("name"), max_length=200)
+    description = models.TextField(_("description"), blank=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True, help_text=_("Leave empty for no expiry."))
+    allowed_networks = models.JSONField(_("allowed networks"),
         default=list, blank=True, help_text=_("Client addresses allowed, as CIDR (e.g. 10.0.0.0/8). Empty: any.")
     )
-    scopes = models.JSONField(default=list, blank=True)
-    allowed_methods = models.JSONField(
+    scopes = models.JSONField(_("scopes"), default=list, blank=True)
+    allowed_methods = models.JSONField(_("allowed methods"),
         default=list, blank=True, help_text=_("Card methods allowed through /api/v1/rpc (needs the rpc scope).")
     )
-    rate_limit_per_minute = models.PositiveIntegerField(default=600, validators=[MinValueValidator(1)])
-    devices = models.ManyToManyField(CardDevice, blank=True, help_text=_("Cards it may use. Empty: the default card."))
+    rate_limit_per_minute = models.PositiveIntegerField(_("rate limit per minute"), default=600, validators=[MinValueValidator(1)])
+    devices = models.ManyToManyField(CardDevice, blank=True, help_text=_("Cards it may use. Empty: the default card."), verbose_name=_("devices"))
     pools = models.ManyToManyField(
         CardPool, blank=True,
-        help_text=_("Card pools it may use (and so every card in them); its requests go to the first pool by default."),
+        help_text=_("Card pools it may use (and so every card in them); its requests go to the first pool by default."), verbose_name=_("pools"),
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
-    last_secret_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True, editable=False)
+    last_secret_version = models.PositiveIntegerField(_("last secret version"), null=True, blank=True, editable=False)
     # The sign-server compatible API: the legacy AES key (encrypted) that identifies this
     # access ID, and a keyed fingerprint of the folded key so no two access IDs share one.
-    legacy_aes_key_encrypted = models.TextField(blank=True, editable=False)
-    legacy_key_fingerprint = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
+    legacy_aes_key_encrypted = models.TextField(_("legacy aes key encrypted"), blank=True, editable=False)
+    legacy_key_fingerprint = models.CharField(_("legacy key fingerprint"), max_length=64, null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["name"]
         verbose_name = _("access ID")
+        verbose_name_plural = _("access IDs")
         permissions = [("rotate_accessid", "Can rotate and revoke access ID secrets")]
         # The database's backstop (the services also fold full-width letters and non-ASCII case).
         constraints = [models.UniqueConstraint(Lower("name"), name="accessid_name_unique_ci")]
@@ -89,23 +90,25 @@ class AppSecret(models.Model):
     CURRENT, PREVIOUS, REVOKED = "current", "previous", "revoked"
     STATES = [(CURRENT, _("current")), (PREVIOUS, _("previous (grace period)")), (REVOKED, _("revoked"))]
 
-    access_id = models.ForeignKey(AccessId, on_delete=models.CASCADE, related_name="secrets")
-    version = models.PositiveIntegerField()
-    secret_encrypted = models.TextField(editable=False)
-    fingerprint = models.CharField(max_length=16, editable=False)
-    state = models.CharField(max_length=10, choices=STATES, default=CURRENT)
-    valid_until = models.DateTimeField(null=True, blank=True, help_text=_("End of the grace period (previous secret)."))
-    created_at = models.DateTimeField(auto_now_add=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
+    access_id = models.ForeignKey(AccessId, on_delete=models.CASCADE, related_name="secrets", verbose_name=_("access id"))
+    version = models.PositiveIntegerField(_("version"))
+    secret_encrypted = models.TextField(_("secret encrypted"), editable=False)
+    fingerprint = models.CharField(_("fingerprint"), max_length=16, editable=False)
+    state = models.CharField(_("state"), max_length=10, choices=STATES, default=CURRENT)
+    valid_until = models.DateTimeField(_("valid until"), null=True, blank=True, help_text=_("End of the grace period (previous secret)."))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True)
     # A one-time ticket that lets the admin who created or rotated this secret see it once
     # (its SHA-256 only; cleared when used or after a few minutes).
-    reveal_token_hash = models.CharField(max_length=64, blank=True, editable=False)
-    reveal_user_id = models.IntegerField(null=True, blank=True, editable=False)
-    reveal_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    reveal_token_hash = models.CharField(_("reveal token hash"), max_length=64, blank=True, editable=False)
+    reveal_user_id = models.IntegerField(_("reveal user id"), null=True, blank=True, editable=False)
+    reveal_expires_at = models.DateTimeField(_("reveal expires at"), null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["access_id", "-version"]
+        verbose_name = _("app secret")
+        verbose_name_plural = _("app secrets")
         constraints = [
             models.UniqueConstraint(fields=["access_id", "version"], name="app_secret_version_unique"),
             models.UniqueConstraint(
@@ -122,9 +125,9 @@ class AccessIdProfile(models.Model):
     window, and whether this access ID is the deployment's default for the profile (used by
     requests that carry no access ID, for the profiles that allow that)."""
 
-    access_id = models.ForeignKey(AccessId, on_delete=models.CASCADE, related_name="profiles")
+    access_id = models.ForeignKey(AccessId, on_delete=models.CASCADE, related_name="profiles", verbose_name=_("access id"))
     name = models.CharField(_("profile"), max_length=20, choices=PROFILE_CHOICES)
-    enabled = models.BooleanField(default=False)
+    enabled = models.BooleanField(_("enabled"), default=False)
     window_seconds = models.PositiveIntegerField(
         _("time window (s)"), null=True, blank=True,
         validators=[MinValueValidator(1), MaxValueValidator(MAX_WINDOW_SECONDS)],
@@ -134,11 +137,12 @@ class AccessIdProfile(models.Model):
         _("default access ID"), default=False,
         help_text=_("Requests of this profile that name no access ID are this access ID's (x-signature, cp-md5)."),
     )
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
         ordering = ["access_id", "name"]
         verbose_name = _("client profile")
+        verbose_name_plural = _("client profiles")
         constraints = [
             models.UniqueConstraint(fields=["access_id", "name"], name="access_profile_unique"),
             models.UniqueConstraint(fields=["name"], condition=models.Q(is_default=True),
@@ -167,34 +171,35 @@ class AcsParty(models.Model):
     ENCRYPTIONS = [("none", _("none")), ("aes", "AES"), ("des", _("DES (weak)")), ("rsa", _("RSA (1024-bit)")),
                    ("rsa2", _("RSA2 (2048-bit)")), ("rsa+aes", "RSA + AES"), ("rsa+des", _("RSA + DES (weak)"))]
 
-    access_id = models.OneToOneField(AccessId, on_delete=models.CASCADE, related_name="acs")
+    access_id = models.OneToOneField(AccessId, on_delete=models.CASCADE, related_name="acs", verbose_name=_("access id"))
     sender_code = models.CharField(_("sender code (Ccode)"), max_length=32, unique=True)
-    token_required = models.BooleanField(default=True)
-    signature = models.CharField(max_length=8, choices=SIGNATURES, default=MD5)
-    encryption = models.CharField(max_length=8, choices=ENCRYPTIONS, default="aes")
+    token_required = models.BooleanField(_("token required"), default=True)
+    signature = models.CharField(_("signature"), max_length=8, choices=SIGNATURES, default=MD5)
+    encryption = models.CharField(_("encryption"), max_length=8, choices=ENCRYPTIONS, default="aes")
     open_confirmed = models.BooleanField(
         _("fully open allowed"), default=False,
         help_text=_("No token, no signature and no encryption: anyone who knows the sender code can sign."),
     )
     # Symmetric keys (AES/DES modes, and the SecretKey of the MD5 signature): current, pending
     # ("set key", not yet in use) and the previous one during its grace period.
-    key_encrypted = models.TextField(blank=True, editable=False)
-    key_version = models.PositiveIntegerField(default=0, editable=False)
-    pending_key_encrypted = models.TextField(blank=True, editable=False)
-    previous_key_encrypted = models.TextField(blank=True, editable=False)
-    previous_key_valid_until = models.DateTimeField(null=True, blank=True, editable=False)
+    key_encrypted = models.TextField(_("key encrypted"), blank=True, editable=False)
+    key_version = models.PositiveIntegerField(_("key version"), default=0, editable=False)
+    pending_key_encrypted = models.TextField(_("pending key encrypted"), blank=True, editable=False)
+    previous_key_encrypted = models.TextField(_("previous key encrypted"), blank=True, editable=False)
+    previous_key_valid_until = models.DateTimeField(_("previous key valid until"), null=True, blank=True, editable=False)
     # The platform's RSA key pair for this party (its public certificate is what the party
     # encrypts with), and the party's certificate (what the platform encrypts answers with).
-    private_key_encrypted = models.TextField(blank=True, editable=False)
-    certificate_pem = models.TextField(blank=True, editable=False)
-    party_certificate_pem = models.TextField(blank=True, editable=False)
-    party_certificate_subject = models.CharField(max_length=300, blank=True, editable=False)
-    party_certificate_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
-    party_certificate_not_after = models.DateTimeField(null=True, blank=True, editable=False)
-    updated_at = models.DateTimeField(auto_now=True)
+    private_key_encrypted = models.TextField(_("private key encrypted"), blank=True, editable=False)
+    certificate_pem = models.TextField(_("certificate pem"), blank=True, editable=False)
+    party_certificate_pem = models.TextField(_("party certificate pem"), blank=True, editable=False)
+    party_certificate_subject = models.CharField(_("party certificate subject"), max_length=300, blank=True, editable=False)
+    party_certificate_fingerprint = models.CharField(_("party certificate fingerprint"), max_length=64, blank=True, editable=False)
+    party_certificate_not_after = models.DateTimeField(_("party certificate not after"), null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
         verbose_name = _("access system party")
+        verbose_name_plural = _("access system parties")
 
     def __str__(self) -> str:
         return f"{self.sender_code} ({self.encryption})"
@@ -209,14 +214,15 @@ class AcsToken(models.Model):
     stored. Valid for two hours, several at once; it ends early when the party is disabled
     or when the key it was issued under stops being valid (`key_version`)."""
 
-    party = models.ForeignKey(AcsParty, on_delete=models.CASCADE, related_name="tokens")
-    token_sha256 = models.CharField(max_length=64, unique=True)
-    key_version = models.PositiveIntegerField()
-    created_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField(db_index=True)
+    party = models.ForeignKey(AcsParty, on_delete=models.CASCADE, related_name="tokens", verbose_name=_("party"))
+    token_sha256 = models.CharField(_("token sha256"), max_length=64, unique=True)
+    key_version = models.PositiveIntegerField(_("key version"))
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires at"), db_index=True)
 
     class Meta:
         verbose_name = _("access system token")
+        verbose_name_plural = _("access system tokens")
 
     def __str__(self) -> str:
         return f"token {self.token_sha256[:12]} of {self.party_id}"

@@ -45,7 +45,7 @@ def card_states(*, now: datetime.datetime | None = None) -> list[dict[str, Any]]
     certificate expiry and its failure events of the last 24 hours."""
     failures = card_failures(now=now)
     cards = []
-    for state in signing_selectors.card_device_states():
+    for state in signing_selectors.card_device_states(display=True):
         card = dict(state)
         card["expiry"] = cert_expiry(state.get("cert_not_after"), now=now)
         card["last_error_at_dt"] = local_time_parse(state.get("last_error_at"))
@@ -72,7 +72,7 @@ def dashboard(*, now: datetime.datetime | None = None, profile: str | None = Non
         "top_access_ids": top_access_ids(now=now, profile=profile),
         "failures_by_code": failures_by_code(now=now, profile=profile),
         "cards": cards,
-        "pools": signing_selectors.card_pool_states(),
+        "pools": signing_selectors.card_pool_states(display=True),
         "cards_connected": sum(1 for c in cards if c["connected"]),
         "cert_warnings": sum(1 for c in cards if c["expiry"] and c["expiry"]["level"] != "ok"),
         "declarations": declaration_figures(now=now),

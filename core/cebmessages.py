@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from django.utils.translation import gettext_lazy as _
 from lxml import etree
 
 from core.ceb import CEB_NS, XmlInputError, ceb_document_check
@@ -145,7 +146,7 @@ class MessageSpec:
     (one order, inventory, cancellation, payment or waybill) per message."""
 
     message_type: str
-    title: str
+    title: str  # lazy: in the language of the page that shows it
     wrapper: str | None  # the element around head and items (Order, Inventory, ...), None for InvtCancel
     head: Entity
     items: Entity | None
@@ -164,28 +165,28 @@ _IMPORT = {"appType": "1", "appStatus": "2", "currency": "142"}
 MESSAGES: dict[str, MessageSpec] = {
     spec.message_type: spec
     for spec in (
-        MessageSpec("CEB311Message", "import order (电子订单)", "Order",
+        MessageSpec("CEB311Message", _("import order (电子订单)"), "Order",
                     Entity("OrderHead", _fields(_ORDER_HEAD_311)), Entity("OrderList", _fields(_ORDER_LIST_311), 99),
                     {**_IMPORT, "orderType": "I", "buyerIdType": "1"}, {"currency": "142"},
                     keys=("orderNo", "ebpCode", "ebcCode")),
-        MessageSpec("CEB303Message", "export order (出口电子订单)", "Order",
+        MessageSpec("CEB303Message", _("export order (出口电子订单)"), "Order",
                     Entity("OrderHead", _fields(_ORDER_HEAD_303)), Entity("OrderList", _fields(_ORDER_LIST_303), 100),
                     {"appType": "1", "appStatus": "2", "orderType": "E"},
                     keys=("orderNo", "ebpCode", "ebcCode")),
-        MessageSpec("CEB621Message", "import inventory (进口清单)", "Inventory",
+        MessageSpec("CEB621Message", _("import inventory (进口清单)"), "Inventory",
                     Entity("InventoryHead", _fields(_INVENTORY_HEAD_621)),
                     Entity("InventoryList", _fields(_INVENTORY_LIST_621), 99),
                     {**_IMPORT, "ieFlag": "I", "buyerIdType": "1", "packNo": 1}, {"currency": "142"},
                     keys=("copNo", "orderNo", "ebpCode", "ebcCode", "preNo", "invtNo")),
-        MessageSpec("CEB623Message", "import inventory cancellation (撤销申请单)", None,
+        MessageSpec("CEB623Message", _("import inventory cancellation (撤销申请单)"), None,
                     Entity("InvtCancel", _fields(_INVT_CANCEL_623)), None,
                     {**{k: v for k, v in _IMPORT.items() if k != "currency"}, "buyerIdType": "1"},
                     keys=("copNo", "orderNo", "ebpCode", "ebcCode", "preNo", "invtNo")),
-        MessageSpec("CEB411Message", "import payment (支付凭证)", "Payment",
+        MessageSpec("CEB411Message", _("import payment (支付凭证)"), "Payment",
                     Entity("PaymentHead", _fields(_PAYMENT_HEAD_411)), None,
                     {**_IMPORT, "payerIdType": "1"},
                     keys=("payTransactionId", "payCode", "orderNo", "ebpCode")),
-        MessageSpec("CEB511Message", "import waybill (物流运单)", "Logistics",
+        MessageSpec("CEB511Message", _("import waybill (物流运单)"), "Logistics",
                     Entity("LogisticsHead", _fields(_LOGISTICS_HEAD_511)), None,
                     {**_IMPORT, "packNo": 1},
                     keys=("logisticsNo", "logisticsCode", "orderNo")),

@@ -198,7 +198,7 @@ def test_certificate_expiry_levels_and_card_table(monkeypatch):
               last_error_at=now.isoformat()),
         state("unknown", False, None),
     ]
-    monkeypatch.setattr("signing.selectors.card_device_states", lambda: states)
+    monkeypatch.setattr("signing.selectors.card_device_states", lambda **_: states)
     client = client_for(user_make("operator", "view_auditevent"))
 
     html = client.get(DASHBOARD).content.decode()
