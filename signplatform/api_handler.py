@@ -15,7 +15,9 @@ every request by its signature), so here:
   `core.dbthread`'s threads, which check their connections before each job (the health
   endpoints, synchronous views, stay on the full handler);
 - the view runs to its end even when the client goes away, so its one audit event is always
-  written (Django would cancel it half-way).
+  written (Django would cancel it half-way);
+- English is the active language, whatever `DJANGO_LANGUAGE_CODE` is (the admin's default):
+  answers to machines do not change with it.
 
 Everything else (request parsing, body limits, URL resolution, views, exception handling)
 is Django's own. The admin, the API documentation pages and anything else stay on the full
@@ -29,6 +31,7 @@ from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
+from django.utils import translation
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +71,12 @@ class ApiASGIHandler(ASGIHandler):
             return
         try:
             set_script_prefix(get_script_prefix(scope))
-            request, response = self.create_request(scope, body_file)
-            if request is not None:
-                response = await self.run_get_response(request)
+            # Machines get English whatever DJANGO_LANGUAGE_CODE says (a client that prefers
+            # Chinese gets the error code's Chinese message: core.errors).
+            with translation.override("en"):
+                request, response = self.create_request(scope, body_file)
+                if request is not None:
+                    response = await self.run_get_response(request)
             if not response.streaming and not response.has_header("Content-Length"):
                 # As CommonMiddleware does: clients get a length, not a chunked answer.
                 response.headers["Content-Length"] = str(len(response.content))

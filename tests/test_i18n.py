@@ -4,6 +4,8 @@ language before that, DJANGO_LANGUAGE_CODE as the default; API errors in Chinese
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.test import Client
 
@@ -43,3 +45,35 @@ def test_before_choosing_the_browser_decides_and_the_setting_is_the_default(sett
     assert "Signing platform" in Client().get("/admin/login/", HTTP_ACCEPT_LANGUAGE="en-US").content.decode()
     settings.LANGUAGE_CODE = "zh-hans"
     assert "签名平台" in Client().get("/admin/login/").content.decode()
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_machines_get_english_whatever_the_admins_default_language(simulator_factory, tmp_path):
+    """DJANGO_LANGUAGE_CODE=zh-hans makes the admin Chinese, not the API: DRF's own field
+    errors stay English; a client that asks for Chinese gets the code's Chinese message."""
+    from accessids.services import access_id_create
+    from signclient import ApiError, SignClient
+    from tests.conftest import test_database_url
+    from tests.live import Platform, http, services_env
+
+    sim = simulator_factory()
+    env = services_env(test_database_url(), tmp_path / "var", UKEY_URL=sim.url, UKEY_PIN=sim.pin,
+                       DJANGO_LANGUAGE_CODE="zh-hans")
+    platform = Platform(env, tmp_path, name="zh-default").start()
+    try:
+        access, secret = access_id_create(name="zh default")
+        client = SignClient(platform.base, access.key, secret)
+        with pytest.raises(ApiError) as refused:
+            client.request("POST", "/api/v1/xml-documents", {"directory": None, "filename": "a.xml",
+                                                             "content": "<a/>"})
+        assert refused.value.code == "INVALID_REQUEST"
+        assert refused.value.details["fields"]["directory"] == ["This field may not be null."]
+        assert refused.value.message == "the request body is not valid"
+        status, _, content = http("GET", platform.base + "/admin/login/")
+        assert status == 200 and "签名平台" in content.decode()
+        status, _, content = http("POST", platform.base + "/api/v1/sign", body=b"{}",
+                                  headers={"Content-Type": "application/json", "Accept-Language": "zh-CN"})
+        assert status == 401 and json.loads(content)["message"] == "缺少认证请求头"
+    finally:
+        platform.stop()
