@@ -108,8 +108,10 @@ def _key_check(party: AcsParty, key: str) -> None:
     if algorithm in ("aes", "des") and party.encryption in (acs_crypto.AES_MODE, acs_crypto.DES_MODE):
         try:
             acs_crypto.symmetric_key_bytes(key, algorithm)
-        except acs_crypto.AcsCryptoError as exc:
-            raise AccessIdError(str(exc)) from None
+        except acs_crypto.AcsCryptoError:
+            size = acs_crypto.KEY_BYTES[algorithm]
+            raise AccessIdError(_("a %(algorithm)s key is %(size)d characters (or %(digits)d hex digits)") % {
+                "algorithm": algorithm.upper(), "size": size, "digits": 2 * size}) from None
     elif len(key) < 16:
         raise AccessIdError(_("the key (the signature's SecretKey) is at least 16 characters"))
     if key != key.strip() or not key.isprintable():
