@@ -14,9 +14,9 @@ from rest_framework.response import Response
 
 from api.base import SignedAPIView
 from api.fields import StrictBooleanField, StrictCharField
+from api.paging import MAX_ID, PAGE_PARAMETERS, page_answer, page_params, query_text
 from api.serializers import XmlTextField
 from api.views import ERRORS
-from api.xml_views import DEFAULT_PAGE_SIZE, MAX_ID, MAX_PAGE, MAX_PAGE_SIZE, _positive_int, _text_param
 from audit.services import data_digest
 from core.cebmessages import MESSAGES, declaration_json_load, json_kind
 from core.dbthread import db_sync_to_async
@@ -193,16 +193,13 @@ class DeclarationListView(SignedAPIView):
             OpenApiParameter("message_type", str, enum=list(MESSAGES)),
             OpenApiParameter("reference", str, description="An order, copNo, invtNo, payment or waybill number."),
             OpenApiParameter("guid", str, description="The message's or the document's guid."),
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int, description=f"At most {MAX_PAGE_SIZE}; default {DEFAULT_PAGE_SIZE}."),
+            *PAGE_PARAMETERS,
         ],
         responses={200: DeclarationPageSerializer, **ERRORS},
     )
     async def get(self, request):
         params = request.query_params
-        page = _positive_int(params.get("page"), name="page", default=1, maximum=MAX_PAGE)
-        size = _positive_int(params.get("page_size"), name="page_size", default=DEFAULT_PAGE_SIZE,
-                             maximum=MAX_PAGE_SIZE)
+        page, size = page_params(params)
         status = params.get("status")
         if status and status not in selectors.LIST_STATUSES:
             raise invalid_request(f"status must be one of {', '.join(selectors.LIST_STATUSES)}", {"status": ["invalid"]})
@@ -213,16 +210,12 @@ class DeclarationListView(SignedAPIView):
         def query():
             rows = selectors.declarations_filter(
                 selectors.declarations_visible(access_pk=request.user.access.pk), status=status,
-                message_type=message_type, reference=_text_param(params.get("reference"), name="reference"),
-                guid=_text_param(params.get("guid"), name="guid"),
+                message_type=message_type, reference=query_text(params.get("reference"), name="reference"),
+                guid=query_text(params.get("guid"), name="guid"),
             ).defer("data", "original_xml")
-            count = rows.count()
-            chunk = list(rows.order_by("-created_at", "-pk")[(page - 1) * size: page * size])
-            return count, DeclarationSerializer(chunk, many=True).data
+            return page_answer(rows, DeclarationSerializer, page=page, size=size, order=("-created_at", "-pk"))
 
-        count, results = await db_sync_to_async(query)()
-        return Response({"count": count, "page": page, "page_size": size, "pages": -(-count // size),
-                         "results": results})
+        return Response(await db_sync_to_async(query)())
 
 
 class DeclarationDetailView(SignedAPIView):

@@ -13,17 +13,15 @@ from rest_framework.response import Response
 
 from api.base import SignedAPIView
 from api.fields import StrictCharField
+from api.paging import MAX_ID, PAGE_PARAMETERS, page_answer, page_params, query_bool, query_text
 from api.serializers import XmlTextField
 from api.views import ERRORS
 from audit.services import data_digest
 from core.dbthread import db_sync_to_async
-from core.errors import invalid_request, not_found
+from core.errors import not_found
 from xmlstore.models import XmlDocument
 from xmlstore.selectors import xml_documents_filter, xml_documents_visible
 from xmlstore.services import xml_document_delete, xml_document_write
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 200
 
 
 class DocumentSerializer(serializers.ModelSerializer):
@@ -77,39 +75,6 @@ class DeletedSerializer(serializers.Serializer):
     request_id = serializers.CharField()
 
 
-MAX_PAGE = 1_000_000
-MAX_ID = 2**63 - 1  # the id column's range (PostgreSQL bigint)
-
-
-def _positive_int(value: str | None, *, name: str, default: int, maximum: int) -> int:
-    if value in (None, ""):
-        return default
-    # isascii: str.isdigit() also accepts "²" and "٣", which int() refuses or misreads; the
-    # length first, so a thousand-digit number is never converted.
-    if not (value.isascii() and value.isdigit() and len(value) <= len(str(maximum))) \
-            or not 1 <= int(value) <= maximum:
-        raise invalid_request(f"{name} must be a whole number from 1 to {maximum}", {name: ["invalid"]})
-    return int(value)
-
-
-def _text_param(value: str | None, *, name: str) -> str | None:
-    """A query text: no NUL or other control character (no column holds them)."""
-    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise invalid_request(f"{name} must not contain control characters", {name: ["invalid"]})
-    return value
-
-
-def _bool_param(value: str | None, *, name: str) -> bool | None:
-    if value in (None, ""):
-        return None
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise invalid_request(f"{name} must be true or false", {name: ["invalid"]})
-
-
 READ_SCOPES = ("xml_read", "xml_read_all")
 
 
@@ -127,34 +92,28 @@ class XmlDocumentListView(SignedAPIView):
             OpenApiParameter("filename", str, description="Exact file name (.xml may be left out)."),
             OpenApiParameter("signed", bool),
             OpenApiParameter("q", str, description="Text in the file name or the content, e.g. an order number."),
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int, description=f"At most {MAX_PAGE_SIZE}; default {DEFAULT_PAGE_SIZE}."),
+            *PAGE_PARAMETERS,
         ],
         responses={200: DocumentPageSerializer, **ERRORS},
     )
     async def get(self, request):
         params = request.query_params
-        page = _positive_int(params.get("page"), name="page", default=1, maximum=MAX_PAGE)
-        size = _positive_int(params.get("page_size"), name="page_size", default=DEFAULT_PAGE_SIZE,
-                             maximum=MAX_PAGE_SIZE)
-        signed = _bool_param(params.get("signed"), name="signed")
+        page, size = page_params(params)
+        signed = query_bool(params.get("signed"), name="signed")
         client = request.user
 
         def query():
             documents = xml_documents_filter(
                 xml_documents_visible(access_pk=client.access.pk, read_all=client.has_scope("xml_read_all")),
-                directory=_text_param(params.get("directory"), name="directory"),
-                filename=_text_param(params.get("filename"), name="filename"),
+                directory=query_text(params.get("directory"), name="directory"),
+                filename=query_text(params.get("filename"), name="filename"),
                 signed=signed,
-                q=_text_param(params.get("q"), name="q"),
+                q=query_text(params.get("q"), name="q"),
             ).defer("content", "original_content", "signature_value")
-            count = documents.count()
-            rows = list(documents.order_by("directory", "filename", "pk")[(page - 1) * size: page * size])
-            return count, DocumentSerializer(rows, many=True).data
+            return page_answer(documents, DocumentSerializer, page=page, size=size,
+                               order=("directory", "filename", "pk"))
 
-        count, results = await db_sync_to_async(query)()
-        return Response({"count": count, "page": page, "page_size": size, "pages": -(-count // size),
-                         "results": results})
+        return Response(await db_sync_to_async(query)())
 
     @extend_schema(
         request=DocumentCreateSerializer, responses={201: DocumentSerializer, **ERRORS},
