@@ -18,10 +18,10 @@ from api.paging import MAX_ID, PAGE_PARAMETERS, page_answer, page_params, query_
 from api.serializers import XmlTextField
 from api.views import ERRORS
 from audit.services import data_digest
-from core.cebmessages import MESSAGES, declaration_json_load, json_kind
+from core.cebmessages import MESSAGES, declaration_json_load
 from core.dbthread import db_sync_to_async
 from core.errors import invalid_request, not_found
-from core.jsontext import JsonInputError
+from core.jsontext import JsonInputError, json_kind
 from declarations import selectors
 from declarations.models import Declaration
 from declarations.services import declaration_prepare, declaration_record, declaration_sign, registration_for

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from core.jsontext import json_kind
+
 
 class StrictCharField(serializers.CharField):
     default_error_messages = {"type": "must be a string, not {kind}"}
@@ -37,20 +39,3 @@ def not_blank(value: str) -> None:
     """Text a card will sign: the card refuses empty or white-space-only input."""
     if not value.strip():
         raise serializers.ValidationError("must not be empty or only white space (the card refuses it)")
-
-
-def json_kind(value) -> str:
-    """How JSON calls the value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

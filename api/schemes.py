@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -38,9 +37,8 @@ from rest_framework.response import Response
 from accessids import profiles
 from accessids.secrets import AccessIdAuthInfo, AppSecretService
 from core.errors import ApiError, error_response, payload_too_large
-from core.jsontext import JsonInputError, json_loads_strict
+from core.jsontext import JsonInputError, JsonNumber, json_compact, json_loads_strict
 from core.networks import address_allowed, client_address
-from core.pay179 import JsonNumber
 from signclient import string_to_sign
 
 from .nonces import PROFILE_MAX_TTL, NonceStoreUnavailable, StaleTimestamp, nonce_store
@@ -324,26 +322,13 @@ _GYS_MESSAGES = {
 }
 
 
-def gys_value_text(value: Any, *, top: bool = True) -> str:
-    """A parameter's value as the gys string to sign writes it: a string as it is (compact
-    JSON inside objects and arrays), numbers as sent, true/false, objects and arrays as
-    compact JSON with their keys in the order received."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, JsonNumber):
-        return str(value)
-    if isinstance(value, str):
-        return value if top else json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ",".join(gys_value_text(item, top=False) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{gys_value_text(v, top=False)}"
-                              for k, v in value.items()) + "}"
-    raise TypeError(f"not a JSON value: {type(value).__name__}")
+def gys_value_text(value: Any) -> str:
+    """A parameter's value as the gys string to sign writes it: a string as it is, anything
+    else (numbers as sent, true/false, null, objects and arrays with their keys in the order
+    received) as compact JSON."""
+    if isinstance(value, str) and not isinstance(value, JsonNumber):
+        return value
+    return json_compact(value)
 
 
 def gys_string_to_sign(params: list[tuple[str, Any]] | dict[str, Any], *, access_id: str, timestamp: str,

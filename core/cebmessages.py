@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ from django.utils.translation import gettext_lazy as _
 from lxml import etree
 
 from core.ceb import CEB_NS, XmlInputError, ceb_document_check
-from core.jsontext import json_loads_strict
+from core.jsontext import json_kind, json_loads_strict
 
 # --- the element lists --------------------------------------------------------------------------
 #
@@ -204,46 +203,6 @@ def declaration_json_load(raw: bytes | str) -> Any:
     """The request body, read strictly (core.jsontext) with every JSON number that has a
     fraction or exponent as a Decimal: the number text the client sent is what is written."""
     return json_loads_strict(raw, parse_float=decimal.Decimal)
-
-
-def json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, decimal.Decimal, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def data_dumps(value: Any) -> str:
-    """Compact JSON of parsed client data with every Decimal written as its own number text
-    (json.dumps would refuse it, or float it): what is kept to build the message again."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{_string(str(k))}:{data_dumps(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(data_dumps(v) for v in value) + "]"
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return str(value)
-    return _string(str(value))
-
-
-def _string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
 
 
 # --- checking values --------------------------------------------------------------------------

@@ -3,10 +3,12 @@ a float, and no NUL or lone surrogate in any string (neither can be stored, logg
 
 `json_loads_strict` raises JsonInputError (a ValueError) with a message naming where the
 problem is, e.g. `$.payExchangeInfoLists[0].goodsInfo`; invalid JSON still raises
-json.JSONDecodeError as json.loads does."""
+json.JSONDecodeError as json.loads does. `json_compact` writes such data back with every number
+as the client wrote it; `json_kind` names a value's JSON type for error messages."""
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import re
@@ -17,6 +19,11 @@ MAX_DEPTH = 32
 # are refused by the parser itself), so strings are walked only when the text has one.
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89abcdefABCDEF])")
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+class JsonNumber(str):
+    """A JSON number kept exactly as the client wrote it (100, 143.64, 1.50, 1e3): pass it as
+    `parse_int` and `parse_float`."""
 
 
 class JsonInputError(ValueError):
@@ -85,3 +92,46 @@ def json_check(value: Any, *, max_depth: int = MAX_DEPTH, strings: bool = True) 
             stack.extend((child, depth + 1, _where(path, index)) for index, child in enumerate(item))
         elif strings and isinstance(item, str) and (problem := _text_problem(item)):
             raise JsonInputError(f"{path} {problem}", path)
+
+
+def json_kind(value: Any) -> str:
+    """How JSON calls the value's type, for error messages ("must be a string, not a number")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def json_compact(value: Any) -> str:
+    """Compact JSON (no spaces, keys in their order, non-ASCII as it is) that writes a number
+    as the client wrote it: a JsonNumber's text, a Decimal's digits (json.dumps would refuse
+    or round them). Raises TypeError for a value JSON cannot hold."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, JsonNumber):
+        return str.__str__(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k), ensure_ascii=False)}:{json_compact(v)}"
+                              for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(json_compact(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from core.http_client_errors import connect_error_text
+from core.jsontext import JsonNumber, json_compact
 
 HEAD_KEYS = (
     "guid", "initalRequest", "initalResponse", "ebpCode", "payCode", "payTransactionId",
@@ -37,10 +38,6 @@ KNOWN_CODES = {
 REPLY_TEXT_LIMIT = 2000
 
 _DIGITS = re.compile(r"[0-9]+")
-
-
-class JsonNumber(str):
-    """A JSON number kept exactly as the client wrote it (100, 143.64, 1.50, 1e3)."""
 
 
 class Pay179Error(ValueError):
@@ -170,29 +167,6 @@ def pay179_parse(raw: bytes, *, session_field: str = "sessionID", ignored: tuple
 # --- serialisation ---------------------------------------------------------------------
 
 
-def _json_string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _json_compact(value: Any) -> str:
-    """Compact JSON in the given key order, numbers in the client's text, non-ASCII as is."""
-    if isinstance(value, JsonNumber):
-        return str.__str__(value)
-    if isinstance(value, str):
-        return _json_string(value)
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{_json_string(k)}:{_json_compact(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(_json_compact(item) for item in value) + "]"
-    raise TypeError(f"cannot serialise {type(value).__name__} as 179 JSON")
-
-
 def _ordered(obj: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The official keys first in the official order, then the client's other keys in its order."""
     result = {key: obj[key] for key in keys if key in obj}
@@ -209,11 +183,11 @@ def _list_item_ordered(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _head_json(payload: Pay179Payload) -> str:
-    return _json_compact(_ordered(payload.head, HEAD_KEYS))
+    return json_compact(_ordered(payload.head, HEAD_KEYS))
 
 
 def _lists_json(payload: Pay179Payload) -> str:
-    return _json_compact([_list_item_ordered(item) for item in payload.lists])
+    return json_compact([_list_item_ordered(item) for item in payload.lists])
 
 
 def pay179_sign_string(payload: Pay179Payload) -> str:
@@ -230,12 +204,12 @@ def pay179_upload_form(payload: Pay179Payload, *, cert_no: str, sign_value: str)
     """The `payExInfoStr` form value: the same serialisation plus certNo and signValue."""
     return (
         "{"
-        f'"sessionID":{_json_string(payload.session_id)},'
+        f'"sessionID":{json_compact(payload.session_id)},'
         f'"payExchangeInfoHead":{_head_json(payload)},'
         f'"payExchangeInfoLists":{_lists_json(payload)},'
-        f'"serviceTime":{_json_compact(payload.service_time)},'
-        f'"certNo":{_json_string(cert_no)},'
-        f'"signValue":{_json_string(sign_value)}'
+        f'"serviceTime":{json_compact(payload.service_time)},'
+        f'"certNo":{json_compact(cert_no)},'
+        f'"signValue":{json_compact(sign_value)}'
         "}"
     )
 

@@ -46,11 +46,11 @@ from core.cebmessages import (
     Transfer,
     ceb_message_build,
     ceb_message_facts,
-    data_dumps,
     declaration_json_load,
 )
 from core.dbthread import db_sync_to_async
 from core.errors import ApiError, invalid_request, xml_input_error
+from core.jsontext import json_compact
 from signing.models import CardPool
 from signing.pools import CardTarget, card_target_choose, card_target_run
 from signing.services import CebSignResult, card_signature_method_override, ceb_xml_sign
@@ -213,7 +213,7 @@ def declaration_prepare(*, message_type: str | None, data: Any = None, xml: str 
             raise invalid_request(f"the declaration is refused: {exc.message}", exc.fields) from None
         prepared = PreparedDeclaration(
             message_type=built.message_type, source=Declaration.FROM_JSON, xml=built.xml, guid=built.guid,
-            head_guid=built.head_guid, keys=built.keys, data=data_dumps(data), registration=registration,
+            head_guid=built.head_guid, keys=built.keys, data=json_compact(data), registration=registration,
             cop_code=registration.cop_code, dxp_id=registration.dxp_id, server_url=server_url, submit=submit,
             built_at=now,
         )

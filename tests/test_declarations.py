@@ -57,9 +57,9 @@ from core.cebmessages import (
     Transfer,
     ceb_message_build,
     ceb_message_facts,
-    data_dumps,
     declaration_json_load,
 )
+from core.jsontext import json_compact
 from declarations import services
 from declarations.models import Declaration, DeclarationEvent, Receipt, Registration, Submission
 from declarations.services import declaration_prepare, declaration_record, registration_set
@@ -198,7 +198,7 @@ def test_refusals_of_shape_dates_and_lists():
 
 def test_the_clients_data_is_kept_with_its_number_text():
     raw = b'{"a": 143.60, "b": [1, 2.50, "x\\"y"], "c": null, "d": true, "e": 1e2}'
-    text = data_dumps(declaration_json_load(raw))
+    text = json_compact(declaration_json_load(raw))
     assert text == '{"a":143.60,"b":[1,2.50,"x\\"y"],"c":null,"d":true,"e":1E+2}'
     assert declaration_json_load(text) == declaration_json_load(raw)
 
