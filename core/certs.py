@@ -17,7 +17,9 @@ import base64
 import binascii
 import datetime
 import functools
+import hashlib
 import secrets
+import threading
 from dataclasses import dataclass
 
 from asn1crypto import algos as asn1_algos
@@ -235,6 +237,29 @@ def _sm2_verify_fast(public_hex: str, data: bytes, signature: bytes) -> bool:
         return False
 
 
+# SM2 verifications that succeeded: (public key, SHA-256 of the data, signature). A CEB
+# document's signature is verified when the card returns it and again when the signed
+# document is verified as a whole before it is handed out; an SM2 verification costs ~0.25 ms
+# (RSA ~0.01 ms: not kept). Verification is a pure function of the three, so a success found
+# here is a success; failures are always computed anew. Bounded, oldest dropped first.
+_SM2_VERIFIED_MAX = 1024
+_sm2_verified: dict[tuple[str, bytes, bytes], None] = {}
+_sm2_verified_lock = threading.Lock()
+
+
+def _sm2_verify_remembered(public_hex: str, data: bytes, signature: bytes) -> bool:
+    key = (public_hex, hashlib.sha256(data).digest(), signature)
+    if key in _sm2_verified:
+        return True
+    verified = (_sm2_verify_fast if _ts_ec is not None else sm2_verify)(public_hex, data, signature)
+    if verified:
+        with _sm2_verified_lock:
+            while len(_sm2_verified) >= _SM2_VERIFIED_MAX:
+                del _sm2_verified[next(iter(_sm2_verified))]
+            _sm2_verified[key] = None
+    return verified
+
+
 def _decode(signature_b64: str) -> bytes | None:
     try:
         return base64.b64decode(signature_b64, validate=True)
@@ -248,9 +273,7 @@ def signature_verify(cert: CertificateInfo, data: bytes, signature_b64: str) -> 
     if signature is None:
         return False
     if cert.algorithm == ALG_SM2:
-        if _ts_ec is not None:
-            return _sm2_verify_fast(cert.public_key, data, signature)
-        return sm2_verify(cert.public_key, data, signature)
+        return _sm2_verify_remembered(cert.public_key, data, signature)
     try:
         _rsa_public_key(cert.der).verify(signature, data, padding.PKCS1v15(), hashes.SHA1())
         return True

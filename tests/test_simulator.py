@@ -227,3 +227,32 @@ def test_compiled_and_pure_python_sm2_signatures_verify_with_each_other(tmp_path
         assert certs.sm2_verify(card._sm2_public, data, compiled)  # gmssl accepts Tongsuo's
         assert certs.signature_verify(card.cert, data, base64.b64encode(python).decode())  # and the reverse
         assert not certs.sm2_verify(card._sm2_public, data + b"!", compiled)
+
+
+def test_sm2_verification_is_computed_once_per_document_signature_and_never_for_a_failure(tmp_path, monkeypatch):
+    """A CEB signature is verified when the card returns it and again in the signed document:
+    the second SM2 verification of the same key, data and signature is remembered; anything
+    else (other data, another signature) is verified for real and still fails."""
+    from ukey.simulator import SimulatedCard
+
+    card = SimulatedCard("sm2", tmp_path)
+    calls = []
+    real = certs._sm2_verify_fast
+
+    def counted(public_hex, data, signature):
+        calls.append(data)
+        return real(public_hex, data, signature)
+
+    monkeypatch.setattr(certs, "_sm2_verify_fast", counted)
+    data = "<ds:SignedInfo>报关</ds:SignedInfo>".encode()
+    signature = card.sign(data)
+    assert certs.signature_verify(card.cert, data, signature)
+    assert certs.signature_verify(card.cert, data, signature)
+    assert calls == [data]
+    assert not certs.signature_verify(card.cert, data + b" ", signature)
+    assert not certs.signature_verify(card.cert, data + b" ", signature)  # failures are not remembered
+    other = card.sign(data)  # a random k: another valid signature of the same data
+    assert certs.signature_verify(card.cert, data, other)
+    assert calls == [data, data + b" ", data + b" ", data]
+    forged = base64.b64encode(bytes(64 - 1) + b"\x01").decode()
+    assert not certs.signature_verify(card.cert, data, forged)
