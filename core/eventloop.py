@@ -5,6 +5,7 @@ other systems)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any, Coroutine
 
 
@@ -15,3 +16,14 @@ def event_loop_run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     except ImportError:
         return asyncio.run(coroutine)
     return uvloop.run(coroutine)
+
+
+def thread_switch_interval_set(milliseconds: float) -> None:
+    """How long a thread may keep the GIL while another thread waits for it (Python's default
+    is 5 ms). A serving process runs its event loop beside database threads; when the loop is
+    busy, a database job that has finished waits for the loop's thread to let go of the GIL,
+    up to the whole interval, before its request can go on (measured, 0 ms card, 16 clients:
+    ~10 % more requests/s at 1 ms than at 5 ms, the same CPU per request). 0 or less: keep
+    Python's default."""
+    if milliseconds > 0:
+        sys.setswitchinterval(milliseconds / 1000)

@@ -16,12 +16,14 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from django.conf import settings
 from django.urls import path
 
+from core.eventloop import thread_switch_interval_set
 from signing.agent_host import AgentConsumer
 
 from .api_handler import ApiASGIHandler, lean_path
 from .lifespan import LifespanGateway
 
 logger = logging.getLogger("signplatform.asgi")
+thread_switch_interval_set(settings.THREAD_SWITCH_INTERVAL_MS)  # this module is loaded by the serving process
 
 full_app = django_asgi_app
 if settings.SERVE_STATIC:

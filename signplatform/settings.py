@@ -302,6 +302,10 @@ API_NONCE_TTL_SECONDS = env_int("API_NONCE_TTL_SECONDS", 2 * API_TIMESTAMP_TOLER
 NONCE_STORE = env("NONCE_STORE", "redis" if REDIS_URL else "database")
 # Threads that run the API's database work (one with SQLite), each keeping its connection.
 API_DB_THREADS = env_int("API_DB_THREADS", 4)
+# How long a thread of a serving process may keep the GIL while another waits (Python's
+# default: 5 ms). Web and gateway processes run an event loop beside their database threads:
+# at 5 ms a finished database job waits up to 5 ms to hand its answer back (core/eventloop.py).
+THREAD_SWITCH_INTERVAL_MS = env_float("THREAD_SWITCH_INTERVAL_MS", 1.0)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 # Reverse proxies whose X-Forwarded-For is believed (CIDR list); empty: the peer address is the client.

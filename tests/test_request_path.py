@@ -144,3 +144,27 @@ def test_the_wal_checkpointer_copies_the_log_back_and_empties_it_on_stop(tmp_pat
     assert wal.stat().st_size == 0  # copied back and emptied (TRUNCATE on stop)
     assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone()[0] == 301
     writer.close()
+
+
+def test_the_serving_processes_let_go_of_the_gil_every_millisecond(tmp_path):
+    """THREAD_SWITCH_INTERVAL_MS applies where the platform serves: loading the ASGI
+    application (the web process, whatever server runs it) sets it; 0 keeps Python's."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    def interval_after_loading(value: str | None) -> float:
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "signplatform.settings", "SIGNPLATFORM_VAR_DIR": str(tmp_path)}
+        env.pop("THREAD_SWITCH_INTERVAL_MS", None)
+        if value is not None:
+            env["THREAD_SWITCH_INTERVAL_MS"] = value
+        done = subprocess.run([sys.executable, "-c", "import sys, signplatform.asgi; print(sys.getswitchinterval())"],
+                              cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return float(done.stdout.split()[-1])
+
+    assert interval_after_loading(None) == pytest.approx(0.001)
+    assert interval_after_loading("2.5") == pytest.approx(0.0025)
+    assert interval_after_loading("0") == pytest.approx(0.005)  # Python's own

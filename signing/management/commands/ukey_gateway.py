@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.translation import gettext as _
 
-from core.eventloop import event_loop_run
+from core.eventloop import event_loop_run, thread_switch_interval_set
 from signagent.system import stop_signals_install
 from signing.gateway_host import GatewayHost
 from signing.models import CardDevice
@@ -30,6 +30,7 @@ class Command(BaseCommand):
                 "a separate gateway process needs a shared channel layer: set REDIS_URL "
                 "(without it the gateway runs inside the web process)"
             ))
+        thread_switch_interval_set(settings.THREAD_SWITCH_INTERVAL_MS)
         if options["all"]:
             card_device_sync_default()
             event_loop_run(self._run_all())
