@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -35,14 +36,24 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def env_float(name: str, default: float) -> float:
+def _env_number(name: str, default, kind, what: str):
     value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return kind(value.strip())
+    except ValueError:
+        # Said in one line that names the variable (the environment or the .env file), not
+        # as Python's "invalid literal for int()".
+        raise ImproperlyConfigured(f"{name} must be {what}, not {value!r} (see .env.example)") from None
+
+
+def env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number")
 
 
 def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    return _env_number(name, default, int, "a whole number")
 
 
 VAR_DIR = Path(env("SIGNPLATFORM_VAR_DIR", str(BASE_DIR / "var")))
