@@ -29,11 +29,19 @@ def env(name: str, default: str = "") -> str:
     return os.environ.get(name) or default
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
-    if value is None or value == "":
+    if value is None or value.strip() == "":
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    word = value.strip().lower()
+    if word not in _TRUE + _FALSE:
+        # A typo must not turn a switch off quietly (SECURE_COOKIES=ture would mean insecure cookies).
+        raise ImproperlyConfigured(f"{name} must be 1 or 0 (true/false, yes/no, on/off), not {value!r} "
+                                   "(see .env.example)")
+    return word in _TRUE
 
 
 def _env_number(name: str, default, kind, what: str):

@@ -305,12 +305,13 @@ def test_a_dot_env_file_fills_in_what_the_environment_does_not_set(tmp_path):
     assert result.stdout.split()[-3:] == ["17", "Asia/Shanghai", "embedded"], result.stdout + result.stderr
 
 
-def test_a_number_setting_that_is_not_a_number_is_named_in_one_line(tmp_path):
+def test_a_setting_that_is_not_a_number_or_a_switch_is_named_in_one_line(tmp_path):
     import os
 
     env_file = tmp_path / "platform.env"
     env_file.write_text("API_DB_THREADS=four\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("API_DB_THREADS", "THREAD_SWITCH_INTERVAL_MS")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("API_DB_THREADS", "THREAD_SWITCH_INTERVAL_MS", "SECURE_COOKIES")}
     env.update(SIGNPLATFORM_ENV_FILE=str(env_file), SIGNPLATFORM_VAR_DIR=str(tmp_path / "var"))
 
     def last_line(**extra) -> tuple[int, str]:
@@ -324,6 +325,11 @@ def test_a_number_setting_that_is_not_a_number_is_named_in_one_line(tmp_path):
     code, line = last_line(API_DB_THREADS="2", THREAD_SWITCH_INTERVAL_MS="1ms")
     assert code != 0 and line.endswith("THREAD_SWITCH_INTERVAL_MS must be a number, not '1ms' (see .env.example)")
     assert last_line(API_DB_THREADS=" 2 ", THREAD_SWITCH_INTERVAL_MS="0.5")[0] == 0
+    # A switch with a typo is refused too: quietly off, it could mean insecure cookies.
+    code, line = last_line(API_DB_THREADS="2", SECURE_COOKIES="ture")
+    assert code != 0 and line.endswith("SECURE_COOKIES must be 1 or 0 (true/false, yes/no, on/off), not 'ture' "
+                                       "(see .env.example)")
+    assert last_line(API_DB_THREADS="2", SECURE_COOKIES=" Off ")[0] == 0
 
 
 # --- requirements.txt on Windows ----------------------------------------------------------------
