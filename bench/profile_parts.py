@@ -19,13 +19,14 @@ import sys
 # the first part (in this order) that a stack belongs to counts it.
 PARTS = [
     ("audit events: group commit (DB thread)", ("_audit_flush", "DbBatch")),
-    ("authentication, nonce, scopes, rate limit (DB thread)", ("_initial_checked",)),
+    ("authentication, nonce, scopes, rate limit (DB thread)", ("_initial_checked", "_checks")),
     ("card: gateway, card WebSocket", ("CardGateway.", "CardConnection.", "_FrameHookConnection", "_Slots.",
                                         "websockets/")),
     ("card: caller (ukey_call, the signature checked)", ("ukey_call", "card_call", "_local_call", "data_sign",
                                                          "signature_check", "card_target")),
-    ("DRF view: parse, validate, audit fields, render", ("SignView.", "SignedAPIView.", "APIView.", "rendered")),
     ("writing the answer to the socket (uvicorn)", ("RequestResponseCycle.send",)),
+    ("the view (DRF's, or the fast path's): parse, validate, audit fields, render",
+     ("SignView.", "SignedAPIView.", "APIView.", "rendered", "FastSign.", "_prepared", "_response")),
     ("Django handler, middleware, URL routing", ("ApiASGIHandler.", "BaseHandler.", "_Middleware", "ASGIRequest")),
     ("uvicorn: reading and parsing HTTP", ("httptools_impl", "RequestResponseCycle", "HttpToolsProtocol")),
     ("thread hand-offs (executor, futures)", ("concurrent/futures", "_chain_future", "ThreadPoolExecutor",

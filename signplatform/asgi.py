@@ -16,6 +16,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from django.conf import settings
 from django.urls import path
 
+from api.fastsign import PATH as FAST_SIGN_PATH
+from api.fastsign import FastSign
 from core.eventloop import thread_switch_interval_set
 from signing.agent_host import AgentConsumer
 
@@ -31,11 +33,14 @@ if settings.SERVE_STATIC:
 
     full_app = ASGIStaticFilesHandler(django_asgi_app)
 api_app = ApiASGIHandler()
+fast_sign = FastSign(api_app) if settings.API_FAST_PATH else api_app
 
 
 async def http_app(scope, receive, send):
-    """The paths machines call go to the lean API handler, everything else to Django's."""
-    app = api_app if lean_path(scope["path"]) else full_app
+    """The paths machines call go to the lean API handler (`POST /api/v1/sign` through its
+    fast path first), everything else to Django's."""
+    path = scope["path"]
+    app = fast_sign if path == FAST_SIGN_PATH else api_app if lean_path(path) else full_app
     await app(scope, receive, send)
 
 

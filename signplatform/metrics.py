@@ -33,6 +33,9 @@ publish to the shared cache, so they are right in every process and every mode.
   process (`connected`, `reconnected`, `disconnected`, `error`, `probe_failed`).
 - `signplatform_card_up{device}` (1 when the card can sign), `signplatform_card_queue_depth{device}`,
   `signplatform_card_certificate_expiry_timestamp_seconds{device}` (when the certificate is known).
+- `signplatform_sign_fast_path_total{result}` — `POST /api/v1/sign` requests this process
+  answered on its fast path (`served`) or handed to the lean handler (`handed_over`: another
+  shape of request, or one that authentication refuses); api/fastsign.py.
 - the usual `process_*` and `python_*` metrics of this process.
 """
 
@@ -53,13 +56,14 @@ from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 from django.views.decorators.http import require_GET
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from accessids.profiles import AUDIT_PROFILES
+from api.fastsign import COUNTS as FAST_PATH_COUNTS
 from audit.models import AuditEvent
 from core.dbthread import db_sync_to_async
 from core.networks import address_in, client_address, networks_parse
@@ -257,6 +261,22 @@ class CardStateCollector:
 
 
 REGISTRY.register(CardStateCollector())
+
+
+class FastPathCollector:
+    """`sign_fast_path_total{result}`: `POST /api/v1/sign` requests this process's fast path
+    served, and those it handed to the lean handler (api/fastsign.py; both 0 with API_FAST_PATH=0)."""
+
+    def collect(self):
+        family = CounterMetricFamily(f"{PREFIX}_sign_fast_path", "POST /api/v1/sign requests by the path that "
+                                     "answered them: served by the fast path, or handed over to the lean handler.",
+                                     labels=["result"])
+        for result, count in FAST_PATH_COUNTS.items():
+            family.add_metric([result], float(count))
+        return [family]
+
+
+REGISTRY.register(FastPathCollector())
 
 
 # --- the view -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -168,3 +169,106 @@ def test_the_serving_processes_let_go_of_the_gil_every_millisecond(tmp_path):
     assert interval_after_loading(None) == pytest.approx(0.001)
     assert interval_after_loading("2.5") == pytest.approx(0.0025)
     assert interval_after_loading("0") == pytest.approx(0.005)  # Python's own
+
+
+# --- the fast path of POST /api/v1/sign (api/fastsign.py) --------------------------------------
+
+
+def _fast_path_counts(platform) -> dict[str, float]:
+    status, _, body = http("GET", platform.base + "/metrics")
+    assert status == 200
+    found = re.findall(r'^signplatform_sign_fast_path_total\{result="(\w+)"\} ([0-9.e+]+)$', body.decode(), re.M)
+    return {result: float(value) for result, value in found}
+
+
+_SAME_HEADERS = ("Content-Type", "Allow", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy",
+                 "Cross-Origin-Opener-Policy", "WWW-Authenticate", "Retry-After", "X-Card-Device", "Vary",
+                 "Set-Cookie", "Transfer-Encoding")
+_AUDITED = ("outcome", "http_status", "endpoint", "access_key", "access_id_id", "secret_version", "data_sha256",
+            "cert_no", "device", "message", "profile", "client_ip", "details")
+
+
+def _comparable(status, headers, content) -> tuple:
+    """An answer without what differs between two requests (request id, signature, clock)."""
+    body = json.loads(content)
+    body.pop("request_id")
+    body.pop("signature", None)
+    details = body.get("details") or {}
+    details.pop("server_time", None)
+    details.pop("string_to_sign_sha256", None)
+    assert int(headers["Content-Length"]) == len(content)
+    return status, body, {name: headers.get(name) for name in _SAME_HEADERS}
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_the_fast_path_answers_and_audits_exactly_as_the_lean_handler_and_hands_over_the_rest(live, tmp_path):
+    """Every kind of signing request, sent to the shared platform (fast path on) and to one
+    with API_FAST_PATH=0: the same status, body, headers and audit event; the fast path
+    served the plain ones and handed the others over, the second platform served none."""
+    sim, fast = live
+    slow = Platform(dict(fast.env, API_FAST_PATH="0"), tmp_path, name="no-fast-path").start(migrate=False)
+    try:
+        slow.wait_card()
+        access, secret = access_id_create(name="ERP")
+        no_scope, no_scope_secret = access_id_create(name="Reader", scopes=["certificate"])
+        limited, limited_secret = access_id_create(name="Limited", rate_limit_per_minute=1)
+
+        def request(platform, payload, *, key=access, key_secret=secret, headers=None, raw=None, replay=False,
+                    fault=None):
+            body = raw if raw is not None else json.dumps(payload).encode()
+            sent = {"Content-Type": "application/json",
+                    **sign_headers("POST", platform.base + "/api/v1/sign", body, key.key, key_secret), **(headers or {})}
+            if fault:  # (a swap hands out the card's previous signature: one over other data)
+                asyncio.run(sim.control("cus-sec_SpcSignDataAsPEM", {"inData": "other data", "passwd": sim.pin}))
+                asyncio.run(sim.control("sim_setFaults", {"faults": [fault]}))
+            answer = http("POST", platform.base + "/api/v1/sign", body=body, headers=sent)
+            if replay:
+                answer = http("POST", platform.base + "/api/v1/sign", body=body, headers=sent)
+            request_id = json.loads(answer[2])["request_id"]
+            event = poll(lambda: AuditEvent.objects.filter(request_id=request_id).first(), 10, "the audit event")
+            return _comparable(*answer), {name: getattr(event, name) for name in _AUDITED}
+
+        served = [  # (payload, options): answered on the fast path
+            ({"data": "plain"}, {}),
+            ({"data": "no hash", "no_hash": True}, {}),
+            ({"data": "named card", "device": "request-path"}, {}),
+            ({"data": "中文 text"}, {"headers": {"Accept": "*/*", "Content-Type": "application/json; charset=utf-8"}}),
+            ({"data": "no scope"}, {"key": no_scope, "key_secret": no_scope_secret}),
+            ({"data": "在中文"}, {"key": no_scope, "key_secret": no_scope_secret,
+                                 "headers": {"Accept-Language": "zh-CN,zh;q=0.9"}}),
+            ({"data": "a card fault"}, {"fault": {"kind": "swap", "count": 1}}),  # a signature that fails its check
+            ({"data": "no such card", "device": "nowhere"}, {}),
+            (None, {"raw": b'{"data": "x", "data": "y"}'}),  # as the strict JSON reader takes it
+            ({"data": "an unknown field", "extra": 1}, {}),  # ignored, as by the view's serializer
+        ]
+        handed_over = [  # (payload, options): not the fast path's
+            ({"data": "bad signature"}, {"headers": {"X-Signature": "0" * 64}}),
+            ({"data": "replayed"}, {"replay": True}),
+            ({"data": ""}, {}),
+            ({"data": 5}, {}),
+            ({"data": "indented"}, {"headers": {"Accept": "application/json; indent=4"}}),
+            ({"data": "xml wanted"}, {"headers": {"Accept": "application/xml"}}),
+            ({"data": "form"}, {"headers": {"Content-Type": "text/plain"}}),
+            ({"data": "bad host"}, {"headers": {"Host": "evil.example"}}),
+            ({"data": "a stale clock"}, {"headers": {"X-Timestamp": "1000"}}),
+            ({"data": "a long text " * 25_000}, {}),  # 300 KB: not read as JSON before authentication here
+        ]
+        before_slow = _fast_path_counts(slow)
+        for expected, cases in (("served", served), ("handed_over", handed_over)):
+            for payload, options in cases:
+                before = _fast_path_counts(fast)
+                assert request(fast, payload, **options) == request(slow, payload, **options), (payload, options)
+                after = _fast_path_counts(fast)
+                took = {result: after[result] - before[result] for result in after}
+                if options.get("replay"):  # the first request was served, the replayed one handed over
+                    assert took == {"served": 1, "handed_over": 1}, (payload, took)
+                else:
+                    assert took == {"served": 0, "handed_over": 0, expected: 1}, (payload, options, took)
+        for _ in range(2):  # rate limited: the second request of the minute, on either platform
+            answers = [request(platform, {"data": "limited"}, key=limited, key_secret=limited_secret)
+                       for platform in (fast, slow)]
+        assert answers[0] == answers[1] and answers[0][0][0] == 429
+        assert _fast_path_counts(slow) == before_slow == {"served": 0, "handed_over": 0}
+    finally:
+        slow.stop()

@@ -1,0 +1,305 @@
+"""The fast path of `POST /api/v1/sign`, the request every client system sends most: the same
+checks, card call and audit event as `SignView` on the lean handler, without Django's
+handler chain and DRF's view machinery around them (about a quarter of a signing request's
+CPU, issue 16).
+
+It serves only the plain case and hands everything else, untouched, to the lean handler
+(`signplatform/api_handler.py`), which answers it as before:
+- before anything is changed: any request that is not exactly a native-signed
+  `POST /api/v1/sign` with a JSON body that `SignRequestSerializer` accepts (another
+  scheme's headers, a query string, a script prefix, another content type or Accept, a
+  missing or wrong Content-Length, a Host outside DJANGO_ALLOWED_HOSTS, an HTTPS redirect,
+  repeated headers, a body the serializer refuses) is handed over with its body;
+- a request that authentication refuses is handed over too: every refusal of
+  `AuthScheme.authenticate` is raised before, or instead of, the nonce claim (its last
+  step), so nothing was changed and the full path reaches the same refusal, in its shape,
+  and audits it.
+Once the nonce is claimed the request is this path's to finish: scope, rate limit, the
+card, the one audit event before the answer, each refusal in the documented error shape
+(`core.errors.error_response`, rendered by DRF's JSONRenderer as the view's would be),
+the same headers (Allow, X-Request-ID, X-Card-Device, Django's security and frame
+headers). The checks are the same functions the view's classes call; the audit event's
+fields come from `SignedAPIView.audit_fields_for` and go through the same group commit.
+
+`API_FAST_PATH=0` turns it off (every request then takes the lean handler)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.asgi import ASGIRequest
+from django.db import connection
+from django.http import HttpResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.utils import translation
+from rest_framework.exceptions import Throttled
+from rest_framework.renderers import JSONRenderer
+
+from audit.services import data_digest
+from core.dbthread import db_sync_to_async
+from core.errors import ApiError, chinese_var, error_response, permission_denied, prefers_chinese
+from core.jsontext import json_loads_strict
+from core.logging import request_id_var
+from signing.pools import CARD_HEADER, card_target_for, card_target_run
+from signing.services import data_sign
+
+from . import serializers as s
+from .base import SignedAPIView, audit_batch
+from .errors import as_api_error
+from .permissions import rate_limit_count
+from .schemes import NativeScheme, scheme_for
+
+logger = logging.getLogger(__name__)
+
+PATH = "/api/v1/sign"
+_SCOPE = "sign"  # SignView.required_scopes
+_ALLOW = "POST, OPTIONS"  # DRF's Allow header of SignView
+_JSON_TYPES = frozenset({"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"})
+# Accept values for which DRF's negotiation picks the JSON renderer with no parameters.
+_ACCEPTED = frozenset({"*/*", "application/json", "application/*"})
+_NOT_ACCEPTED = frozenset({"text/plain", "text/html"})
+_NATIVE_HEADERS = (b"x-access-id", b"x-timestamp", b"x-nonce", b"x-signature")
+# A larger body is handed over unread: the body is read as JSON here before the request is
+# authenticated (the view reads it after), so nobody unauthenticated gets a large parse out of
+# this path; texts to sign are small.
+FAST_BODY_MAX = 256 * 1024
+_renderer = JSONRenderer()
+_uuid4 = __import__("uuid").uuid4
+
+
+def _noop(request):  # the get_response of the two middlewares whose hooks are called here
+    return None
+
+
+_security = SecurityMiddleware(_noop)
+_frame = XFrameOptionsMiddleware(_noop)
+
+
+# Requests of PATH this process's fast path served, and those it handed to the lean handler
+# (signplatform/metrics.py: signplatform_sign_fast_path_total).
+COUNTS = {"served": 0, "handed_over": 0}
+
+
+class _Handover(Exception):
+    """The request is the lean handler's (nothing has been changed)."""
+
+
+def _accept_plain(value: bytes | None) -> bool:
+    """Does DRF's negotiation of this Accept header pick JSON with no media type parameters?"""
+    if value is None:
+        return True
+    kinds = [part.strip().lower() for part in value.decode("latin-1").split(",")]
+    if any(";" in kind for kind in kinds):
+        return False
+    return any(kind in _ACCEPTED for kind in kinds) and all(kind in _ACCEPTED or kind in _NOT_ACCEPTED
+                                                               for kind in kinds)
+
+
+def eligible_headers(scope: dict) -> dict[bytes, bytes] | None:
+    """The request's headers (lower-case names), if its line and headers are the plain case
+    this path serves; None otherwise. Looks at nothing but the scope."""
+    if scope.get("method") != "POST" or scope.get("path") != PATH or scope.get("query_string") \
+            or scope.get("root_path") or scope.get("raw_path") not in (None, PATH.encode()):
+        return None
+    raw = scope.get("headers") or []
+    headers = {name.lower(): value for name, value in raw}
+    if len(headers) != len(raw) or b"transfer-encoding" in headers:
+        return None
+    if any(not headers.get(name, b"").strip() for name in _NATIVE_HEADERS):
+        return None
+    length = headers.get(b"content-length", b"")
+    if not length.isdigit() or int(length) > min(FAST_BODY_MAX, settings.API_MAX_BODY_BYTES):
+        return None
+    if headers.get(b"content-type", b"").strip().lower().decode("latin-1") not in _JSON_TYPES:
+        return None
+    if not _accept_plain(headers.get(b"accept")):
+        return None
+    return headers
+
+
+class FastSign:
+    """ASGI app for `POST /api/v1/sign`; `lean` (the lean handler) gets what is not its own."""
+
+    def __init__(self, lean) -> None:
+        self.lean = lean
+
+    async def __call__(self, scope, receive, send) -> None:
+        headers = eligible_headers(scope)
+        if headers is None:
+            COUNTS["handed_over"] += 1
+            await self.lean(scope, receive, send)
+            return
+        length = int(headers[b"content-length"])
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # as Django's handler: no answer, nothing done
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False) or size > length:
+                break
+        more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if size != length or more:
+            COUNTS["handed_over"] += 1
+            await self.lean(scope, _replay(body, more, receive), send)
+            return
+        try:
+            await self._serve(scope, body, headers, send)
+        except _Handover:
+            COUNTS["handed_over"] += 1
+            await self.lean(scope, _replay(body, False, receive), send)
+        else:
+            COUNTS["served"] += 1
+
+    async def _serve(self, scope, body: bytes, headers: dict[bytes, bytes], send) -> None:
+        started = time.perf_counter()
+        try:
+            request, data, scheme = _prepared(scope, body)
+        except _Handover:
+            raise
+        except Exception:  # whatever it is, the lean handler will say it in the documented shape
+            raise _Handover from None
+        request.auth_scheme = scheme
+        request.request_id = str(_uuid4())
+        request.audit = {}
+        request.audit_started = started
+        language = headers.get(b"accept-language")
+        tokens = (request_id_var.set(request.request_id),
+                  chinese_var.set(prefers_chinese(language.decode("latin-1")[:200])) if language else None)
+        try:
+            with translation.override("en"):
+                try:
+                    client = await db_sync_to_async(_checks)(request, scheme)
+                except Exception as exc:  # the nonce may have been claimed: answered here (a 500)
+                    client = exc
+                if client is None:
+                    raise _Handover
+                response = await self._answer(request, client, data, started)
+        finally:
+            request_id_var.reset(tokens[0])
+            if tokens[1] is not None:
+                chinese_var.reset(tokens[1])
+        try:
+            await self.lean.send_response(response, send)
+        except OSError:  # the client went away; the request itself is complete
+            logger.info("the client closed the connection before the answer was sent")
+
+    async def _answer(self, request, client, data: dict[str, Any], started: float) -> HttpResponse:
+        """Scope, rate limit (done by `_checks`), the card, the audit event: the answer."""
+        device = None
+        try:
+            if isinstance(client, Exception):
+                raise client
+            text, no_hash = data["data"], data["no_hash"]
+            request.audit["data_sha256"] = data_digest(text)
+            request.card_trace = trace = {}
+            access = client.access
+            target = await card_target_for(devices=access.devices, pools=access.pools,
+                                           requested=data.get("device"))
+            result = await card_target_run(target, lambda card: data_sign(data=text, no_hash=no_hash, device=card),
+                                           repeatable=True, trace=trace)
+            device = trace["device"]
+            request.audit["cert_no"] = result.cert_no
+            body: dict[str, Any] = {"signature": result.signature, "cert_no": result.cert_no,
+                                    "algorithm": result.algorithm, "device": result.device}
+            if trace.get("pool"):
+                body["pool"] = trace["pool"]
+            body["request_id"] = request.request_id
+            status, extra = 200, {}
+        except Exception as exc:
+            error = as_api_error(exc)
+            failure = error_response(error, request.request_id)
+            body, status, extra = failure.data, failure.status_code, dict(failure.headers)
+        try:
+            fields = SignedAPIView.audit_fields_for(request, status_code=status, data=body, started=started)
+            await audit_batch.submit(fields)
+        except Exception:
+            logger.exception("the audit event of this request could not be written")
+            failure = error_response(ApiError("INTERNAL_ERROR", "the request could not be recorded in the audit log",
+                                              status=500), request.request_id)
+            body, status, extra, device = failure.data, failure.status_code, dict(failure.headers), None
+        return _response(request, body, status, extra, device)
+
+
+def _prepared(scope, body: bytes) -> tuple[ASGIRequest, dict[str, Any], NativeScheme]:
+    """The request, its validated body and its scheme, if the request is this path's; raises
+    `_Handover` (or anything else: the caller hands over then too). Changes nothing."""
+    payload = json_loads_strict(body.decode("utf-8"))
+    serializer = s.SignRequestSerializer(data=payload)
+    if not isinstance(payload, dict) or not serializer.is_valid():
+        raise _Handover
+    request = ASGIRequest(scope, io.BytesIO(body))
+    try:
+        request.get_host()
+    except DisallowedHost:
+        raise _Handover from None
+    if _security.process_request(request) is not None:  # SECURE_SSL_REDIRECT
+        raise _Handover
+    scheme = scheme_for(request)
+    if not isinstance(scheme, NativeScheme):
+        raise _Handover
+    return request, serializer.validated_data, scheme
+
+
+def _checks(request, scheme: NativeScheme):
+    """On a database thread: authentication (None: refused, nothing changed, the lean handler
+    answers), then, the nonce claimed, the scope and the rate limit (an ApiError for a
+    refusal, which this path answers). As `SignedAPIView._initial_checked`. Anything
+    unexpected is raised: the nonce may have been claimed, so this path answers it (500)."""
+    try:
+        client = scheme.authenticate(request)
+    except ApiError:
+        return None
+    if not client.has_scope(_SCOPE):
+        return permission_denied(f"this access ID lacks the scope {_SCOPE}")
+    try:
+        allowed, wait = rate_limit_count(access_key=client.key, limit=client.access.rate_limit_per_minute)
+    except ApiError as error:
+        return error
+    if not allowed:
+        return as_api_error(Throttled(wait))
+    if settings.NONCE_STORE != "database":  # proof that the audit event can be written
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    return client
+
+
+def _response(request, body: dict[str, Any], status: int, extra: dict[str, str], device: str | None) -> HttpResponse:
+    """The answer as the view and the lean handler's middlewares would give it."""
+    content = _renderer.render(body)
+    response = HttpResponse(content, status=status, content_type="application/json")
+    for name, value in extra.items():
+        if name.lower() != "content-type":
+            response[name] = value
+    if device:
+        response[CARD_HEADER] = device
+    response["Allow"] = _ALLOW
+    response["X-Request-ID"] = request.request_id
+    response = _security.process_response(request, response)
+    response = _frame.process_response(request, response)
+    response["Content-Length"] = str(len(content))
+    return response
+
+
+def _replay(body: bytes, more: bool, receive):
+    """`receive` that first gives back the body already read."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replayed
