@@ -91,6 +91,17 @@ def rendered(response):
     return plain
 
 
+def database_usable_prove() -> None:
+    """Proof, on a database thread, that its connection works now (raises if not). Taking
+    the cursor runs Django's health check (CONN_HEALTH_CHECKS, once per job: `core.dbthread`
+    resets it before each) or opens a new connection, either of which is the proof; a SELECT 1
+    only when health checks are off. (A SELECT 1 after the health check's own was one more
+    round trip per request with PostgreSQL.)"""
+    with connection.cursor() as cursor:
+        if not (connection.health_check_enabled and connection.health_check_done):
+            cursor.execute("SELECT 1")
+
+
 # The answers' audit events: each answer waits until its event is committed (durable), but
 # the events of concurrent requests share one transaction and one lock of the chain.
 audit_batch = DbBatch(_audit_flush, name="audit")
@@ -147,8 +158,7 @@ class SignedAPIView(APIView):
         self.initial(request, *args, **kwargs)
         if settings.NONCE_STORE == "database" and getattr(request._request, "auth_scheme", None) is not None:
             return  # the nonce was claimed by a write to the database itself
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        database_usable_prove()
 
     def handle_exception(self, exc):
         # No DRF 401→403 coercion: every error takes the spec's shape in one place. A

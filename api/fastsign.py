@@ -33,7 +33,6 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connection
 from django.http import HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
@@ -50,7 +49,7 @@ from signing.pools import CARD_HEADER, card_target_for, card_target_run
 from signing.services import data_sign
 
 from . import serializers as s
-from .base import SignedAPIView, audit_batch
+from .base import SignedAPIView, audit_batch, database_usable_prove
 from .errors import as_api_error
 from .permissions import rate_limit_count
 from .schemes import NativeScheme, scheme_for
@@ -269,8 +268,7 @@ def _checks(request, scheme: NativeScheme):
     if not allowed:
         return as_api_error(Throttled(wait))
     if settings.NONCE_STORE != "database":  # proof that the audit event can be written
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        database_usable_prove()
     return client
 
 

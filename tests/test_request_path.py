@@ -272,3 +272,37 @@ def test_the_fast_path_answers_and_audits_exactly_as_the_lean_handler_and_hands_
         assert _fast_path_counts(slow) == before_slow == {"served": 0, "handed_over": 0}
     finally:
         slow.stop()
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_the_database_is_proven_usable_before_the_card_with_one_round_trip_not_two():
+    """Before a request with the nonce in Redis reaches the card, its database thread proves
+    the connection works (its audit event can be written): by Django's health check when it
+    is on, which taking the cursor runs, else by a SELECT 1; not by both."""
+    from django.db import close_old_connections, connection
+    from django.test.utils import CaptureQueriesContext
+
+    from api.base import database_usable_prove
+
+    checks: list[bool] = []
+    real = type(connection._connections[connection._alias]).is_usable
+    connection.ensure_connection()
+    try:
+        connection.is_usable = lambda: checks.append(real(connection._connections[connection._alias])) or checks[-1]
+        connection.close_at = None  # a kept connection (CONN_MAX_AGE; the tests' is 0)
+        close_old_connections()  # as before every job of the API's database threads
+        with CaptureQueriesContext(connection) as queries:
+            database_usable_prove()
+        assert checks == [True] and len(queries) == 0  # the health check's SELECT 1 only
+        database_usable_prove()  # proven in this job already: nothing more
+        assert checks == [True]
+        connection.health_check_enabled = False
+        connection.close_at = None
+        close_old_connections()
+        with CaptureQueriesContext(connection) as queries:
+            database_usable_prove()
+        assert checks == [True] and [query["sql"] for query in queries] == ["SELECT 1"]
+    finally:
+        del connection.is_usable
+        connection.health_check_enabled = True
