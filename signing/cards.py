@@ -60,6 +60,31 @@ def device_status_get(slug: str, *, strict: bool = False) -> DeviceStatus | None
     return DeviceStatus.from_dict(data) if data else None
 
 
+# A status read from the shared cache that lets its card be called is used again for this
+# long by the process that read it. A web process reads a card's status before each call of a
+# gateway in another process, and each read was a Redis round trip blocking its event loop.
+# A status that does not (no gateway, card not connected) is read anew every time, so a card
+# that comes back is used at once; a card that goes away meanwhile is answered for by its
+# gateway over the link (UKEY_UNAVAILABLE, as the status would have said). A gateway process
+# that dies looks alive in its last status for up to STALE_AFTER (8 s) anyway.
+STATUS_REUSE_SECONDS = 0.5
+_statuses_read: dict[str, tuple[float, DeviceStatus]] = {}
+
+
+def _remote_status(slug: str) -> DeviceStatus | None:
+    """`device_status_get(slug, strict=True)`, a usable status kept STATUS_REUSE_SECONDS."""
+    now = time.monotonic()
+    kept = _statuses_read.get(slug)
+    if kept is not None and now - kept[0] < STATUS_REUSE_SECONDS:
+        return kept[1]
+    status = device_status_get(slug, strict=True)
+    if status is not None and status.alive and status.connected:
+        _statuses_read[slug] = (now, status)
+    else:
+        _statuses_read.pop(slug, None)
+    return status
+
+
 def fallback_pin_seal(pin: str) -> str:
     return secret_encrypt(pin, purpose=FALLBACK_PIN_PURPOSE)
 
@@ -107,7 +132,7 @@ async def ukey_call(
                               device=slug)
         timeout = min(timeout, left)
     gateway = local_gateways.get(slug)
-    status = gateway.status if gateway is not None else device_status_get(slug, strict=True)
+    status = gateway.status if gateway is not None else _remote_status(slug)
     link = None
     if gateway is None and status is not None and status.link and settings.UKEY_LINK:
         link = _link_client(status.link)

@@ -113,6 +113,17 @@ def flush_retried_on_deadlock():
     flush.Command.handle = original
 
 
+@pytest.fixture(autouse=True)
+def card_statuses_forgotten():
+    """Each test reads the cards' statuses afresh: a usable one this process read is kept half a
+    second (signing.cards.STATUS_REUSE_SECONDS), and card rows and gateways go between tests."""
+    from signing import cards
+
+    cards._statuses_read.clear()
+    yield
+    cards._statuses_read.clear()
+
+
 @pytest.fixture
 def simulator_factory():
     started: list[SimulatorProcess] = []

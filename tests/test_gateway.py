@@ -453,3 +453,33 @@ async def test_several_cards_are_served_at_once(simulator_factory, device_factor
         assert certs.signature_verify(sm2_cert, f"s{i}".encode(), response.result.data[0])
     # 5 operations of 100 ms on each card: about 0.5 s in parallel, 1.0 s one card after the other.
     assert elapsed < 0.85
+
+
+def test_a_card_status_that_can_sign_is_read_once_per_half_second_and_any_other_every_time(monkeypatch):
+    """A web process calling a gateway in another process reads the card's status from the
+    shared cache (Redis): a usable one is kept STATUS_REUSE_SECONDS, an unusable one (no
+    gateway, not connected, a stale heartbeat) is read before every call."""
+    from signing import cards
+    from ukey.status import DeviceStatus
+
+    now = time.time()
+    statuses = {
+        "up": DeviceStatus(slug="up", connected=True, heartbeat_at=now),
+        "connecting": DeviceStatus(slug="connecting", connected=False, heartbeat_at=now),
+        "stopped": DeviceStatus(slug="stopped", connected=True, gateway_running=False, heartbeat_at=now),
+        "stale": DeviceStatus(slug="stale", connected=True, heartbeat_at=now - 60),
+    }
+    reads: list[str] = []
+    monkeypatch.setattr(cards, "device_status_get", lambda slug, strict=False: reads.append(slug) or statuses[slug])
+    monkeypatch.setattr(cards, "_statuses_read", {})
+    clock = [1000.0]
+    monkeypatch.setattr(cards.time, "monotonic", lambda: clock[0])
+    for _ in range(3):
+        for slug in statuses:
+            assert cards._remote_status(slug) is statuses[slug]
+        clock[0] += 0.1
+    assert {slug: reads.count(slug) for slug in statuses} == {"up": 1, "connecting": 3, "stopped": 3, "stale": 3}
+    clock[0] += cards.STATUS_REUSE_SECONDS  # kept no longer: read again
+    statuses["up"] = DeviceStatus(slug="up", connected=False, heartbeat_at=now)
+    assert cards._remote_status("up").connected is False and reads.count("up") == 2
+    assert cards._remote_status("up").connected is False and reads.count("up") == 3  # not kept now
