@@ -4,22 +4,23 @@ handler chain and DRF's view machinery around them (about a quarter of a signing
 CPU, issue 16).
 
 It serves only the plain case and hands everything else, untouched, to the lean handler
-(`signplatform/api_handler.py`), which answers it as before:
-- before anything is changed: any request that is not exactly a native-signed
-  `POST /api/v1/sign` with a JSON body that `SignRequestSerializer` accepts (another
-  scheme's headers, a query string, a script prefix, another content type or Accept, a
-  missing or wrong Content-Length, a Host outside DJANGO_ALLOWED_HOSTS, an HTTPS redirect,
-  repeated headers, a body the serializer refuses) is handed over with its body;
-- a request that authentication refuses is handed over too: every refusal of
-  `AuthScheme.authenticate` is raised before, or instead of, the nonce claim (its last
-  step), so nothing was changed and the full path reaches the same refusal, in its shape,
-  and audits it.
-Once the nonce is claimed the request is this path's to finish: scope, rate limit, the
-card, the one audit event before the answer, each refusal in the documented error shape
-(`core.errors.error_response`, rendered by DRF's JSONRenderer as the view's would be),
-the same headers (Allow, X-Request-ID, X-Card-Device, Django's security and frame
-headers). The checks are the same functions the view's classes call; the audit event's
-fields come from `SignedAPIView.audit_fields_for` and go through the same group commit.
+(`signplatform/api_handler.py`), which answers it as before. Handed over, with its body:
+- on its line and headers alone: anything but a native-signed `POST /api/v1/sign` with a
+  JSON content type, a Content-Length up to FAST_BODY_MAX and a plain Accept (another
+  scheme's headers, a query string, a script prefix, repeated headers, chunked, a Host
+  outside DJANGO_ALLOWED_HOSTS, an HTTPS redirect);
+- after the signature checks (`AuthScheme.verify`, checks 1–5, which change nothing): a
+  request they refuse, and one whose body the view would refuse (the body is read as JSON
+  only now, for a caller who proved to hold a secret, on the database thread);
+- a nonce used before (the claim changed nothing).
+Once the nonce is claimed (`AuthScheme.claim`), or when whether it was is not known (the
+nonce store could not be reached), the request is this path's to finish: scope, rate limit,
+the card, the one audit event before the answer, each refusal in the documented error shape
+(`core.errors.error_response`, rendered by DRF's JSONRenderer as the view's would be), the
+same headers (Allow, X-Request-ID, X-Card-Device, Django's security and frame headers). The
+checks are the same functions the view's classes call; the audit event's fields come from
+`SignedAPIView.audit_fields_for` and go through the same group commit. A refused request
+costs its signature checks twice (here, then in the lean handler).
 
 `API_FAST_PATH=0` turns it off (every request then takes the lean handler)."""
 
@@ -64,9 +65,7 @@ _JSON_TYPES = frozenset({"application/json", "application/json; charset=utf-8", 
 _ACCEPTED = frozenset({"*/*", "application/json", "application/*"})
 _NOT_ACCEPTED = frozenset({"text/plain", "text/html"})
 _NATIVE_HEADERS = (b"x-access-id", b"x-timestamp", b"x-nonce", b"x-signature")
-# A larger body is handed over unread: the body is read as JSON here before the request is
-# authenticated (the view reads it after), so nobody unauthenticated gets a large parse out of
-# this path; texts to sign are small.
+# A larger body is handed over unread (texts to sign are small; the lean handler takes the rest).
 FAST_BODY_MAX = 256 * 1024
 _renderer = JSONRenderer()
 _uuid4 = __import__("uuid").uuid4
@@ -93,6 +92,8 @@ def _accept_plain(value: bytes | None) -> bool:
     """Does DRF's negotiation of this Accept header pick JSON with no media type parameters?"""
     if value is None:
         return True
+    if len(value) > 512 or value.count(b",") > 15:  # DRF reads only so much of it: let it decide
+        return False
     kinds = [part.strip().lower() for part in value.decode("latin-1").split(",")]
     if any(";" in kind for kind in kinds):
         return False
@@ -163,7 +164,7 @@ class FastSign:
     async def _serve(self, scope, body: bytes, headers: dict[bytes, bytes], send) -> None:
         started = time.perf_counter()
         try:
-            request, data, scheme = _prepared(scope, body)
+            request, scheme = _prepared(scope, body)
         except _Handover:
             raise
         except Exception:  # whatever it is, the lean handler will say it in the documented shape
@@ -178,12 +179,12 @@ class FastSign:
         try:
             with translation.override("en"):
                 try:
-                    client = await db_sync_to_async(_checks)(request, scheme)
+                    checked = await db_sync_to_async(_checks)(request, scheme, body)
                 except Exception as exc:  # the nonce may have been claimed: answered here (a 500)
-                    client = exc
-                if client is None:
+                    checked = exc
+                if checked is None:
                     raise _Handover
-                response = await self._answer(request, client, data, started)
+                response = await self._answer(request, checked, started)
         finally:
             request_id_var.reset(tokens[0])
             if tokens[1] is not None:
@@ -193,12 +194,14 @@ class FastSign:
         except OSError:  # the client went away; the request itself is complete
             logger.info("the client closed the connection before the answer was sent")
 
-    async def _answer(self, request, client, data: dict[str, Any], started: float) -> HttpResponse:
-        """Scope, rate limit (done by `_checks`), the card, the audit event: the answer."""
+    async def _answer(self, request, checked, started: float) -> HttpResponse:
+        """The card and the audit event after `_checks` (its refusal, or the client and the
+        body): the answer."""
         device = None
         try:
-            if isinstance(client, Exception):
-                raise client
+            if isinstance(checked, Exception):
+                raise checked
+            client, data = checked
             text, no_hash = data["data"], data["no_hash"]
             request.audit["data_sha256"] = data_digest(text)
             request.card_trace = trace = {}
@@ -230,13 +233,9 @@ class FastSign:
         return _response(request, body, status, extra, device)
 
 
-def _prepared(scope, body: bytes) -> tuple[ASGIRequest, dict[str, Any], NativeScheme]:
-    """The request, its validated body and its scheme, if the request is this path's; raises
-    `_Handover` (or anything else: the caller hands over then too). Changes nothing."""
-    payload = json_loads_strict(body.decode("utf-8"))
-    serializer = s.SignRequestSerializer(data=payload)
-    if not isinstance(payload, dict) or not serializer.is_valid():
-        raise _Handover
+def _prepared(scope, body: bytes) -> tuple[ASGIRequest, NativeScheme]:
+    """The request and its scheme, if the request is this path's; raises `_Handover` (or
+    anything else: the caller hands over then too). Reads the headers only, changes nothing."""
     request = ASGIRequest(scope, io.BytesIO(body))
     try:
         request.get_host()
@@ -247,18 +246,41 @@ def _prepared(scope, body: bytes) -> tuple[ASGIRequest, dict[str, Any], NativeSc
     scheme = scheme_for(request)
     if not isinstance(scheme, NativeScheme):
         raise _Handover
-    return request, serializer.validated_data, scheme
+    return request, scheme
 
 
-def _checks(request, scheme: NativeScheme):
-    """On a database thread: authentication (None: refused, nothing changed, the lean handler
-    answers), then, the nonce claimed, the scope and the rate limit (an ApiError for a
-    refusal, which this path answers). As `SignedAPIView._initial_checked`. Anything
-    unexpected is raised: the nonce may have been claimed, so this path answers it (500)."""
+def _body(body: bytes) -> dict[str, Any] | None:
+    """The body as the view reads it (the API's strict JSON, SignRequestSerializer), or None."""
     try:
-        client = scheme.authenticate(request)
-    except ApiError:
+        payload = json_loads_strict(body.decode("utf-8"))
+    except Exception:
         return None
+    serializer = s.SignRequestSerializer(data=payload)
+    if not isinstance(payload, dict) or not serializer.is_valid():
+        return None
+    return serializer.validated_data
+
+
+def _checks(request, scheme: NativeScheme, body: bytes):
+    """On a database thread, as `SignedAPIView._initial_checked` and the view's validation:
+    - None (the lean handler answers; nothing was changed): the signature checks refuse the
+      request, or they pass and its body is not one the view accepts (read only now, for a
+      caller who proved to hold a secret), or the nonce was used before;
+    - an exception to answer (the nonce was claimed, or whether it was is not known: the
+      nonce store could not be reached): the scope, the rate limit, the database;
+    - else (the client, the validated body).
+    Anything unexpected after the claim is raised: this path answers it (500)."""
+    try:
+        verified = scheme.verify(request)
+        data = _body(body)
+    except Exception:
+        return None
+    if data is None:
+        return None
+    try:
+        client = scheme.claim(request, verified)
+    except ApiError as error:
+        return error if error.code == "NONCE_STORE_UNAVAILABLE" else None
     if not client.has_scope(_SCOPE):
         return permission_denied(f"this access ID lacks the scope {_SCOPE}")
     try:
@@ -269,7 +291,7 @@ def _checks(request, scheme: NativeScheme):
         return as_api_error(Throttled(wait))
     if settings.NONCE_STORE != "database":  # proof that the audit event can be written
         database_usable_prove()
-    return client
+    return client, data
 
 
 def _response(request, body: dict[str, Any], status: int, extra: dict[str, str], device: str | None) -> HttpResponse:

@@ -85,6 +85,16 @@ class Presented:
     signature: str
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A request whose signature checks passed (`AuthScheme.verify`), its nonce not yet claimed."""
+
+    info: AccessIdAuthInfo
+    presented: Presented
+    secret_version: int
+    window: int
+
+
 def unauthorized(code: str, message: str, details: dict | None = None) -> ApiError:
     return ApiError(code, message, status=401, details=details)
 
@@ -194,6 +204,11 @@ class AuthScheme:
 
     def authenticate(self, request) -> ApiClient:
         """Checks 1–6 (module docstring), stopping at the first failure."""
+        return self.claim(request, self.verify(request))
+
+    def verify(self, request) -> Verified:
+        """Checks 1–5: who the caller is, proven by the signature. Changes nothing (a refusal
+        raises before anything is written; only caches are filled)."""
         try:
             presented = self.present(request)
         except ApiError:
@@ -228,13 +243,18 @@ class AuthScheme:
             raise unauthorized("PROFILE_NOT_ENABLED", f"the {self.name} profile is not enabled for this access ID")
 
         access_usable_check(request, info)
+        return Verified(info=info, presented=presented, secret_version=matched, window=window)
+
+    def claim(self, request, verified: Verified) -> ApiClient:
+        """Check 6: the nonce (or the signature) claimed once; the one write of authentication."""
+        info, presented = verified.info, verified.presented
         value, what = self.replay_value(presented)
         namespace = info.key if self.kind is None else f"{self.name}:{info.key}"
         if self.kind is not None:  # any length the scheme allows fits the store's column
             value = hashlib.sha256(value.encode("utf-8")).hexdigest()
-        replay_claim(namespace, value, presented.timestamp_ms, window_seconds=window if self.kind else None,
-                     what=what)
-        return ApiClient(access=info, secret_version=matched, profile=self.name)
+        replay_claim(namespace, value, presented.timestamp_ms,
+                     window_seconds=verified.window if self.kind else None, what=what)
+        return ApiClient(access=info, secret_version=verified.secret_version, profile=self.name)
 
 
 def _header(request, name: str) -> str:

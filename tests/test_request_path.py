@@ -252,7 +252,9 @@ def test_the_fast_path_answers_and_audits_exactly_as_the_lean_handler_and_hands_
             ({"data": "form"}, {"headers": {"Content-Type": "text/plain"}}),
             ({"data": "bad host"}, {"headers": {"Host": "evil.example"}}),
             ({"data": "a stale clock"}, {"headers": {"X-Timestamp": "1000"}}),
-            ({"data": "a long text " * 25_000}, {}),  # 300 KB: not read as JSON before authentication here
+            ({"data": "a long text " * 25_000}, {}),  # 300 KB: for the lean handler
+            (None, {"raw": b"[" * 5000, "headers": {"X-Signature": "0" * 64}}),  # no parse before the signature
+            ({"data": "many kinds"}, {"headers": {"Accept": ", ".join(["text/plain"] * 70 + ["application/json"])}}),
         ]
         before_slow = _fast_path_counts(slow)
         for expected, cases in (("served", served), ("handed_over", handed_over)):
@@ -306,3 +308,43 @@ def test_the_database_is_proven_usable_before_the_card_with_one_round_trip_not_t
     finally:
         del connection.is_usable
         connection.health_check_enabled = True
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_the_fast_path_reads_a_body_only_for_a_proven_caller_and_hands_over_with_nothing_claimed(monkeypatch):
+    """`api.fastsign._checks`: a request whose signature fails is handed over without its body
+    being read; a proven caller's body that the view would refuse is handed over with the nonce
+    still unclaimed (the lean handler claims it and answers 400); a good one is claimed."""
+    import io
+
+    from django.core.handlers.asgi import ASGIRequest
+
+    from api import fastsign
+    from api.schemes import NativeScheme
+
+    access, secret = access_id_create(name="ERP")
+    read: list[bytes] = []
+    real_body = fastsign._body
+    monkeypatch.setattr(fastsign, "_body", lambda body: read.append(body) or real_body(body))
+
+    def request(body: bytes, **override) -> ASGIRequest:
+        headers = {**sign_headers("POST", "http://testserver/api/v1/sign", body, access.key, secret), **override,
+                   "Content-Type": "application/json", "Content-Length": str(len(body)), "Host": "testserver"}
+        scope = {"type": "http", "method": "POST", "path": "/api/v1/sign", "raw_path": b"/api/v1/sign",
+                 "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+                 "scheme": "http", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+        return ASGIRequest(scope, io.BytesIO(body))
+
+    forged = request(b'{"data": "x"}', **{"X-Signature": "0" * 64})
+    assert fastsign._checks(forged, NativeScheme(), b'{"data": "x"}') is None and read == []
+
+    refused = request(b'{"data": ""}')
+    assert fastsign._checks(refused, NativeScheme(), b'{"data": ""}') is None and read == [b'{"data": ""}']
+    NativeScheme().authenticate(refused)  # its nonce is still free: the lean handler can claim it
+
+    good = request(b'{"data": "x"}')
+    client, data = fastsign._checks(good, NativeScheme(), b'{"data": "x"}')
+    assert client.key == access.key and data == {"data": "x", "no_hash": False}
+    with pytest.raises(Exception, match="already used"):
+        NativeScheme().authenticate(good)  # claimed
