@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -68,7 +69,6 @@ _NATIVE_HEADERS = (b"x-access-id", b"x-timestamp", b"x-nonce", b"x-signature")
 # A larger body is handed over unread (texts to sign are small; the lean handler takes the rest).
 FAST_BODY_MAX = 256 * 1024
 _renderer = JSONRenderer()
-_uuid4 = __import__("uuid").uuid4
 
 
 def _noop(request):  # the get_response of the two middlewares whose hooks are called here
@@ -170,7 +170,7 @@ class FastSign:
         except Exception:  # whatever it is, the lean handler will say it in the documented shape
             raise _Handover from None
         request.auth_scheme = scheme
-        request.request_id = str(_uuid4())
+        request.request_id = str(uuid.uuid4())
         request.audit = {}
         request.audit_started = started
         language = headers.get(b"accept-language")
