@@ -44,7 +44,7 @@ from rest_framework.renderers import JSONRenderer
 
 from audit.services import data_digest
 from core.dbthread import db_sync_to_async
-from core.errors import ApiError, chinese_var, error_response, permission_denied, prefers_chinese
+from core.errors import ApiError, chinese_var, error_response, prefers_chinese
 from core.jsontext import json_loads_strict
 from core.logging import request_id_var
 from signing.pools import CARD_HEADER, card_target_for, card_target_run
@@ -53,14 +53,15 @@ from signing.services import data_sign
 from . import serializers as s
 from .base import SignedAPIView, audit_batch, database_usable_prove
 from .errors import as_api_error
-from .permissions import rate_limit_count
+from .permissions import rate_limit_count, scopes_require
 from .schemes import NativeScheme, scheme_for
+from .views import SignView
 
 logger = logging.getLogger(__name__)
 
 PATH = "/api/v1/sign"
-_SCOPE = "sign"  # SignView.required_scopes
-_ALLOW = "POST, OPTIONS"  # DRF's Allow header of SignView
+_SCOPES = SignView.required_scopes
+_VIEW_HEADERS = SignView().default_response_headers  # what DRF adds to each of its answers (Allow)
 _JSON_TYPES = frozenset({"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"})
 # Accept values for which DRF's negotiation picks the JSON renderer with no parameters.
 _ACCEPTED = frozenset({"*/*", "application/json", "application/*"})
@@ -165,9 +166,7 @@ class FastSign:
         started = time.perf_counter()
         try:
             request, scheme = _prepared(scope, body)
-        except _Handover:
-            raise
-        except Exception:  # whatever it is, the lean handler will say it in the documented shape
+        except Exception:  # _Handover, or whatever else: the lean handler says it in the documented shape
             raise _Handover from None
         request.auth_scheme = scheme
         request.request_id = str(uuid.uuid4())
@@ -281,9 +280,8 @@ def _checks(request, scheme: NativeScheme, body: bytes):
         client = scheme.claim(request, verified)
     except ApiError as error:
         return error if error.code == "NONCE_STORE_UNAVAILABLE" else None
-    if not client.has_scope(_SCOPE):
-        return permission_denied(f"this access ID lacks the scope {_SCOPE}")
     try:
+        scopes_require(client, _SCOPES)
         allowed, wait = rate_limit_count(access_key=client.key, limit=client.access.rate_limit_per_minute)
     except ApiError as error:
         return error
@@ -303,7 +301,8 @@ def _response(request, body: dict[str, Any], status: int, extra: dict[str, str],
             response[name] = value
     if device:
         response[CARD_HEADER] = device
-    response["Allow"] = _ALLOW
+    for name, value in _VIEW_HEADERS.items():
+        response[name] = value
     response["X-Request-ID"] = request.request_id
     response = _security.process_response(request, response)
     response = _frame.process_response(request, response)

@@ -20,6 +20,12 @@ logger = logging.getLogger(__name__)
 WINDOW_SECONDS = 60
 
 
+def scopes_require(client: ApiClient, scopes: tuple[str, ...]) -> None:
+    """403 PERMISSION_DENIED unless the client holds one of `scopes` (none listed: any)."""
+    if scopes and not any(client.has_scope(scope) for scope in scopes):
+        raise permission_denied(f"this access ID lacks the scope {' or '.join(scopes)}")
+
+
 class HasScope(BasePermission):
     """The access ID must hold one of the view's `required_scopes` (none listed: any
     verified access ID; a dict gives them per HTTP method), and pass the view's
@@ -32,8 +38,7 @@ class HasScope(BasePermission):
         scopes = getattr(view, "required_scopes", ())
         if isinstance(scopes, dict):
             scopes = scopes.get(request.method, ())
-        if scopes and not any(client.has_scope(scope) for scope in scopes):
-            raise permission_denied(f"this access ID lacks the scope {' or '.join(scopes)}")
+        scopes_require(client, scopes)
         if request.method in getattr(view, "request_line_bound", ()) and \
                 not getattr(SCHEMES_BY_NAME.get(client.profile), "binds_request_line", True):
             raise permission_denied(

@@ -35,7 +35,8 @@ publish to the shared cache, so they are right in every process and every mode.
   `signplatform_card_certificate_expiry_timestamp_seconds{device}` (when the certificate is known).
 - `signplatform_sign_fast_path_total{result}` — `POST /api/v1/sign` requests this process
   answered on its fast path (`served`) or handed to the lean handler (`handed_over`: another
-  shape of request, or one that authentication refuses); api/fastsign.py.
+  shape of request, one that the signature checks refuse, a body the view would refuse, a nonce
+  used before); api/fastsign.py.
 - the usual `process_*` and `python_*` metrics of this process.
 """
 
