@@ -248,12 +248,37 @@ def _prepared(scope, body: bytes) -> tuple[ASGIRequest, NativeScheme]:
     return request, scheme
 
 
+_SIGN_FIELDS = frozenset({"data", "no_hash", "device"})
+
+
+def _body_plain(payload: Any) -> dict[str, Any] | None:
+    """SignRequestSerializer's validated data for the body nearly every client sends (its own
+    fields only, each of its JSON type, `data` not blank, `device` without surrounding white
+    space), without the serializer's machinery; None for anything else, which the serializer
+    then reads. NUL characters and lone surrogates, which its fields also refuse, never get
+    here: `json_loads_strict` refuses them in any string."""
+    if type(payload) is not dict or not payload.keys() <= _SIGN_FIELDS:
+        return None
+    data, no_hash = payload.get("data"), payload.get("no_hash", False)
+    if type(data) is not str or not data.strip() or type(no_hash) is not bool:
+        return None
+    if "device" not in payload:
+        return {"data": data, "no_hash": no_hash}
+    device = payload["device"]
+    if type(device) is not str or device != device.strip():
+        return None
+    return {"data": data, "no_hash": no_hash, "device": device}
+
+
 def _body(body: bytes) -> dict[str, Any] | None:
     """The body as the view reads it (the API's strict JSON, SignRequestSerializer), or None."""
     try:
         payload = json_loads_strict(body.decode("utf-8"))
     except Exception:
         return None
+    plain = _body_plain(payload)
+    if plain is not None:
+        return plain
     serializer = s.SignRequestSerializer(data=payload)
     if not isinstance(payload, dict) or not serializer.is_valid():
         return None

@@ -348,3 +348,95 @@ def test_the_fast_path_reads_a_body_only_for_a_proven_caller_and_hands_over_with
     assert client.key == access.key and data == {"data": "x", "no_hash": False}
     with pytest.raises(Exception, match="already used"):
         NativeScheme().authenticate(good)  # claimed
+
+
+# Bodies of POST /api/v1/sign: the plain ones the fast path reads itself, and the others it
+# leaves to SignRequestSerializer (white space, types, extra fields, escapes the strict JSON refuses).
+_SIGN_BODIES = [
+    '{"data": "hello"}', '{"data": "报关单 CEB311", "no_hash": true}', '{"data": "x", "no_hash": false, "device": "card-a"}',
+    '{"device": "", "data": "x"}', '{"data": "x", "device": " card-a "}', '{"data": "x", "device": "   "}',
+    '{"data": "  padded  "}', '{"data": ""}', '{"data": " \\t\\n"}', '{"data": 5}', '{"data": null}', '{"data": ["x"]}',
+    '{"data": "x", "no_hash": 1}', '{"data": "x", "no_hash": "true"}', '{"data": "x", "no_hash": null}',
+    '{"data": "x", "device": 7}', '{"data": "x", "device": null}', '{"data": "x", "extra": 1}', '{"no_hash": true}',
+    '{}', '[]', '"x"', '5', 'null', '{"data": "a\\u0000b"}', '{"data": "\\ud800"}', '{"data": "x", "device": "\\u0000"}',
+    '{"data": "x", "data": "y"}', '{"data": "\\u00e9\\u4e2d"}', '{"data": "x"', '',
+]
+
+
+@pytest.mark.parametrize("text", _SIGN_BODIES)
+def test_the_fast_path_reads_a_sign_body_exactly_as_the_serializer(text):
+    """`api.fastsign._body` (its own reading of the plain body, the serializer for the rest)
+    gives the serializer's validated data for every body the view accepts, and None for every
+    body it refuses."""
+    from api import fastsign
+    from api.serializers import SignRequestSerializer
+    from core.jsontext import json_loads_strict
+
+    try:
+        payload = json_loads_strict(text)
+    except Exception:
+        expected = None
+    else:
+        serializer = SignRequestSerializer(data=payload)
+        expected = dict(serializer.validated_data) if isinstance(payload, dict) and serializer.is_valid() else None
+    got = fastsign._body(text.encode("utf-8"))
+    assert (dict(got) if got is not None else None) == expected
+    if got is not None:
+        assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in expected.items()}
+
+
+def test_the_fast_path_reads_the_plain_sign_bodies_without_the_serializer(monkeypatch):
+    """The common bodies do not construct SignRequestSerializer at all (the point of `_body_plain`)."""
+    from api import fastsign
+
+    made: list = []
+    real = fastsign.s.SignRequestSerializer
+    monkeypatch.setattr(fastsign.s, "SignRequestSerializer", lambda *a, **k: made.append(1) or real(*a, **k))
+    assert fastsign._body(b'{"data": "hello", "no_hash": true, "device": "card-a"}') == \
+        {"data": "hello", "no_hash": True, "device": "card-a"}
+    assert made == []
+    assert fastsign._body(b'{"data": "hello", "device": " card-a "}') == {"data": "hello", "no_hash": False,
+                                                                        "device": "card-a"}
+    assert made == [1]
+
+
+async def test_the_database_threads_answer_each_job_in_its_context_and_skip_the_cancelled_ones():
+    """`core.dbthread.DbThreads`, the hop of every API request's database work: a result or an
+    exception reaches the awaiting coroutine, context variables go with the job, a job whose
+    awaiter was cancelled before it started is not run, and at shutdown the queued jobs are
+    finished first."""
+    import contextvars
+
+    from core.dbthread import DbThreads
+
+    threads = DbThreads(1, name="test-db")
+    loop = asyncio.get_running_loop()
+    where = contextvars.ContextVar("where", default="none")
+    where.set("request-1")
+    assert await threads.run(loop, contextvars.copy_context(), lambda: (where.get(), threading.current_thread().name)) \
+        == ("request-1", "test-db_0")
+
+    def fail():
+        raise ValueError("no such row")
+
+    with pytest.raises(ValueError, match="no such row"):
+        await threads.run(loop, None, fail)
+
+    gate, ran = threading.Event(), []
+    blocker = threads.run(loop, None, gate.wait, 10)
+    skipped = asyncio.ensure_future(threads.run(loop, None, ran.append, "cancelled"))
+    await asyncio.sleep(0)
+    skipped.cancel()
+    queued = [threads.run(loop, None, ran.append, n) for n in range(3)]
+    gate.set()
+    assert await blocker is True
+    await asyncio.gather(*queued)
+    assert ran == [0, 1, 2]
+
+    slow = threads.run(loop, None, time.sleep, 0.2)
+    after = threads.run(loop, None, ran.append, "after")
+    await asyncio.to_thread(threads.shutdown)  # returns once the queued jobs ran
+    assert ran[-1] == "after" and not any(t.is_alive() for t in threads._threads)
+    await asyncio.gather(slow, after)
+    with pytest.raises(RuntimeError):
+        threads.run(loop, None, ran.append, "late")
