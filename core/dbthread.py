@@ -1,5 +1,5 @@
 """`db_sync_to_async`: run blocking database work of async views on a small, long-lived
-thread pool.
+thread pool (`DbThreads`).
 
 Django's ASGI handler gives every request its own thread for `sync_to_async`, and
 database connections belong to a thread, so each request would open (and leave for the
@@ -11,8 +11,11 @@ lock contention between them."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import functools
+import queue
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -20,16 +23,92 @@ from typing import Any, Callable
 from django.conf import settings
 from django.db import close_old_connections
 
-_executor: ThreadPoolExecutor | None = None
+
+class DbThreads:
+    """The API's database threads: one queue of jobs, `size` threads that live as long as the
+    process, and each result handed to the awaiting asyncio future with one
+    `call_soon_threadsafe`. Every signed request makes two or three such hops, so they are
+    kept lean: `run_in_executor` adds a concurrent.futures Future (a Condition and its lock
+    per job) and the chaining of two futures' callbacks. At exit, the jobs already queued are
+    finished before the threads end, and a job whose awaiter was cancelled before it started
+    is not run (both as with ThreadPoolExecutor)."""
+
+    def __init__(self, size: int, *, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{n}", daemon=True) for n in range(size)]
+        self._closed = False
+        for thread in self._threads:
+            thread.start()
+        atexit.register(self.shutdown)
+
+    def run(self, loop: asyncio.AbstractEventLoop, context: contextvars.Context | None, func: Callable,
+            *args: Any) -> asyncio.Future:
+        """A future of `loop` that gets `func(*args)`'s result (or exception), called on one of
+        the threads (inside `context` when given)."""
+        if self._closed:
+            raise RuntimeError("the database threads have been shut down")
+        future = loop.create_future()
+        self._jobs.put((loop, future, context, func, args))
+        return future
+
+    def shutdown(self) -> None:
+        """Let the threads finish the queued jobs, then end (called at exit)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            loop, future, context, func, args = job
+            job = None
+            if future.cancelled():  # its awaiter was cancelled while it waited: not started (as run_in_executor)
+                loop = future = context = func = args = None
+                continue
+            try:
+                result = context.run(func, *args) if context is not None else func(*args)
+            except BaseException as exc:  # the awaiting request gets it, as from run_in_executor
+                outcome: tuple[Any, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop has closed: nobody awaits the result
+                pass
+            loop = future = context = func = args = outcome = result = None
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        sqlite = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
-        _executor = ThreadPoolExecutor(max_workers=1 if sqlite else settings.API_DB_THREADS,
-                                       thread_name_prefix="api-db")
-    return _executor
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is None:
+        future.set_result(result)
+    elif isinstance(exc, StopIteration):  # an asyncio future refuses it as an exception
+        future.set_exception(RuntimeError(f"the database job raised StopIteration: {exc!r}"))
+    else:
+        future.set_exception(exc)
+
+
+_threads: DbThreads | None = None
+_threads_lock = threading.Lock()
+
+
+def _pool() -> DbThreads:
+    global _threads
+    if _threads is None:
+        with _threads_lock:
+            if _threads is None:
+                sqlite = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
+                _threads = DbThreads(1 if sqlite else settings.API_DB_THREADS, name="api-db")
+    return _threads
 
 
 def _job(func, args, kwargs):
@@ -40,15 +119,17 @@ def _job(func, args, kwargs):
 def db_sync_to_async(func, *, executor: ThreadPoolExecutor | None = None):
     """Like `sync_to_async(func)`, on the API's database threads, or on `executor` (a
     worker's own database thread); context variables such as the request id are carried
-    over, and a stale or broken connection is replaced before each job. A plain
-    `run_in_executor`: asgiref's adapter costs several times as much per call, for
-    thread-sensitivity these threads do not need."""
+    over, and a stale or broken connection is replaced before each job. A plain hop to
+    `DbThreads` (`run_in_executor` on `executor`): asgiref's adapter costs several times as
+    much per call, for thread-sensitivity these threads do not need."""
 
     @functools.wraps(func)
     async def run(*args, **kwargs):
         context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(executor or _pool(), context.run, _job, func,
-                                                                args, kwargs)
+        loop = asyncio.get_running_loop()
+        if executor is not None:
+            return await loop.run_in_executor(executor, context.run, _job, func, args, kwargs)
+        return await _pool().run(loop, context, _job, func, args, kwargs)
 
     return run
 
@@ -85,7 +166,7 @@ class DbBatch:
                 batch, state.pending = state.pending, []
                 items = [item for item, _ in batch]
                 try:
-                    results = await loop.run_in_executor(_pool(), _job, self.flush, (items,), {})
+                    results = await _pool().run(loop, None, _job, self.flush, (items,), {})
                 except BaseException as exc:  # flush itself failed: every item of the batch did
                     results = [exc] * len(batch)
                 if len(results) != len(batch):
