@@ -182,6 +182,41 @@ async def test_card_error_comes_back_with_its_error_list(simulator_factory, devi
         assert passthrough.result.ok is False and passthrough.result.error_code == "Base50000"
 
 
+async def test_a_request_to_an_idle_card_is_sent_in_its_own_step_and_the_rest_keep_their_order(simulator_factory,
+                                                                                               device_factory):
+    """`CardGateway._dispatch_now`: with the executor idle, a slot free and the connection up, a
+    submitted request is on its way to the card before `submit` returns (no executor wake-up);
+    while the card is busy the next ones are queued and sent in the order they came."""
+    from ukey import messages
+
+    sim = simulator_factory(latency_ms=50)
+    device = await device_factory(sim, pipeline_depth=1)
+    async with running_gateway(device) as host:
+        gateway = host.gateways[device.slug]
+        await wait_for(lambda: gateway._executor_idle, what="the executor idle")
+        sent: list[str] = []
+        real_send = gateway._conn.send_nowait
+
+        def send_nowait(method, args):
+            sent.append(args["inData"])
+            return real_send(method, args)
+
+        gateway._conn.send_nowait = send_nowait
+        loop = asyncio.get_running_loop()
+        replies = []
+        for n in range(4):
+            reply = loop.create_future()
+            await gateway.submit(messages.request_message(request=f"r{n}", reply="", method=SIGN,
+                                                          args={"inData": f"order-{n}"}, deadline=time.time() + 10),
+                                 reply_future=reply)
+            replies.append(reply)
+            assert sent == ["order-0"]  # the first sent by submit itself; the card busy: the others queued
+        answers = await asyncio.gather(*replies)
+        assert sent == [f"order-{n}" for n in range(4)]
+        assert all(answer["ok"] for answer in answers)
+        assert (await sim.control("sim_stats")).data[0]["max_in_flight"] == 1
+
+
 async def test_full_queue_is_refused_immediately(simulator_factory, device_factory):
     sim = simulator_factory(latency_ms=300)
     device = await device_factory(sim, queue_size=2)

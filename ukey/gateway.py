@@ -198,6 +198,7 @@ class CardGateway:
         self._slots = _Slots(max(1, config.pipeline_depth))
         self._answer_tasks: set[asyncio.Task] = set()
         self._holding: _Job | None = None  # taken from the queue, waiting for a pipeline slot
+        self._executor_idle = False  # the executor waits for the next queued item (`_dispatch_now`)
         self._reset_requested = asyncio.Event()
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -276,7 +277,23 @@ class CardGateway:
         else:
             self._depth += 1
             self.status.queue_depth = self._depth
-            self._queue.put_nowait(job)
+            if not self._dispatch_now(job):
+                self._queue.put_nowait(job)
+
+    def _dispatch_now(self, job: _Job) -> bool:
+        """Send a job in the submitter's own step when the executor is idle (waiting for work:
+        nothing queued, no job held for a slot, no probe or card facts under way), a pipeline
+        slot is free and the connection is up: what the executor would do next, without the
+        few event loop steps of waking it. False: the job is queued as usual."""
+        conn = self._conn
+        if (not self._executor_idle or not self._queue.empty() or self._holding is not None or conn is None
+                or self._reset_requested.is_set() or not hasattr(conn, "send_nowait")
+                or self._slots.free <= 0 or self._slots.waiters):
+            return False
+        self._slots.free -= 1
+        self._take(job)
+        self._start(job, conn)
+        return True
 
     def reset(self, reason: str) -> None:
         """A caller found an answer of this card wrong (a signature that does not verify over
@@ -301,7 +318,11 @@ class CardGateway:
     async def _next_item(self, timeout: float):
         if not self._queue.empty():
             return self._queue.get_nowait()  # no task or timer when work is waiting
-        return await asyncio.wait_for(self._queue.get(), timeout=timeout)
+        self._executor_idle = True
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout=timeout)
+        finally:
+            self._executor_idle = False
 
     async def _execute_loop(self) -> None:
         while True:
