@@ -9,4 +9,8 @@ class ApiConfig(AppConfig):
     verbose_name = "HTTP API"
 
     def ready(self):
+        from core.dbthread import cache_objects_per_thread
+
         from . import schema  # noqa: F401  (registers the OpenAPI description of the signing headers)
+
+        cache_objects_per_thread()

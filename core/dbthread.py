@@ -97,6 +97,22 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
         future.set_exception(exc)
 
 
+def cache_objects_per_thread() -> None:
+    """Django's cache handler keeps the cache objects (one per alias) in an asgiref `Local`
+    that follows the context: a job run on a database thread in a copy of the request's
+    context (`db_sync_to_async`) never sees the objects of the jobs before it and builds new
+    ones, every job (two per signed request; with Redis each builds its client wrapper too).
+    Kept per thread instead (a `threading.local`), each thread builds each cache object once.
+    Nothing is lost by sharing one object among the tasks of the event loop's thread (as they
+    already share the one built before the loop started): a cache object's calls do not
+    await, the local-memory cache's entries are per process behind a lock, and Redis clients
+    share one connection pool. (A test that overrides CACHES gets Django's Local back; only
+    the reuse is lost.)"""
+    from django.core.cache import caches
+
+    caches._connections = threading.local()
+
+
 _threads: DbThreads | None = None
 _threads_lock = threading.Lock()
 

@@ -440,3 +440,47 @@ async def test_the_database_threads_answer_each_job_in_its_context_and_skip_the_
     await asyncio.gather(slow, after)
     with pytest.raises(RuntimeError):
         threads.run(loop, None, ran.append, "late")
+
+
+async def test_a_database_thread_builds_each_cache_object_once_not_once_per_job(tmp_path):
+    """`core.dbthread.cache_objects_per_thread` (applied when Django starts): jobs run in
+    copies of the requests' contexts on a database thread reuse that thread's cache objects;
+    with Django's context-following Local every job built its own."""
+    import contextvars
+    import os
+    import subprocess
+    import sys
+
+    from asgiref.local import Local
+    from django.conf import settings
+    from django.core.cache import caches
+
+    from core.dbthread import DbThreads, cache_objects_per_thread
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "signplatform.settings", "SIGNPLATFORM_VAR_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", "import django; django.setup(); from django.core.cache import caches; "
+                           "import threading; print(isinstance(caches._connections, threading.local))"],
+                          cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "True"  # a threading.local: applied at start-up
+
+    threads = DbThreads(1, name="test-cache")
+    loop = asyncio.get_running_loop()
+
+    async def objects_of_two_jobs():
+        found = []
+        for _ in range(2):  # each job in its own copy of the context, as db_sync_to_async runs them
+            found.append(await threads.run(loop, contextvars.copy_context(), lambda: (caches["default"], caches["nonces"])))
+        return found
+
+    saved = caches._connections
+    try:
+        caches._connections = Local()  # Django's own
+        first, second = await objects_of_two_jobs()
+        assert first[0] is not second[0] and first[1] is not second[1]
+        cache_objects_per_thread()
+        first, second = await objects_of_two_jobs()
+        assert first[0] is second[0] and first[1] is second[1]
+    finally:
+        caches._connections = saved
+        await asyncio.to_thread(threads.shutdown)
