@@ -158,11 +158,15 @@ def xml_document_write(
     for attempt in range(2):
         try:
             with transaction.atomic():
-                document = (
+                # The key first (a one-column query, locked), the whole row only when the name is
+                # taken: most writes are of new names, and compiling the full-row query costs more
+                # than running it.
+                taken = list(
                     XmlDocument.objects.select_for_update()
                     .filter(access_id_id=access_pk, directory=directory, filename=filename, deleted_at__isnull=True)
-                    .first()
+                    .values_list("pk", flat=True)[:1]
                 )
+                document = XmlDocument.objects.get(pk=taken[0]) if taken else None
                 if document is None:
                     document = XmlDocument(access_id_id=access_pk, directory=directory, filename=filename, version=1)
                 else:
