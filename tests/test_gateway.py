@@ -217,6 +217,79 @@ async def test_a_request_to_an_idle_card_is_sent_in_its_own_step_and_the_rest_ke
         assert (await sim.control("sim_stats")).data[0]["max_in_flight"] == 1
 
 
+async def test_a_request_queued_for_the_waking_executor_is_not_overtaken_by_a_later_one(simulator_factory,
+                                                                                         device_factory):
+    """Between queueing a request for the idle executor and the executor resuming there are a
+    couple of event loop steps: a slot freed meanwhile must not let a later request be sent
+    first (`_enqueue` ends the executor's idleness at once)."""
+    from ukey import messages
+
+    sim = simulator_factory(latency_ms=20)
+    device = await device_factory(sim, pipeline_depth=1)
+    async with running_gateway(device) as host:
+        gateway = host.gateways[device.slug]
+        await wait_for(lambda: gateway._executor_idle, what="the executor idle")
+        sent: list[str] = []
+        real_send = gateway._conn.send_nowait
+        gateway._conn.send_nowait = lambda method, args: sent.append(args["inData"]) or real_send(method, args)
+        loop = asyncio.get_running_loop()
+
+        async def submit(text: str) -> asyncio.Future:
+            reply = loop.create_future()
+            await gateway.submit(messages.request_message(request=text, reply="", method=SIGN, args={"inData": text},
+                                                          deadline=time.time() + 10), reply_future=reply)
+            return reply
+
+        gateway._slots.free -= 1  # as if a request were at the card
+        first = await submit("first")  # queued: no free slot
+        await asyncio.sleep(0)  # the executor's queue read has taken it; the executor has not resumed
+        gateway._slots.release()  # as if that request's answer had freed its slot
+        second = await submit("second")
+        answers = await asyncio.gather(first, second)
+        assert sent == ["first", "second"] and all(answer["ok"] for answer in answers)
+
+
+async def test_requests_sent_without_the_executor_count_as_card_activity_for_the_health_probe(
+        simulator_factory, device_factory, settings):
+    """The health probe runs after UKEY_PROBE_INTERVAL without an operation: requests sent
+    directly from `submit` (never waking the executor) still count as operations."""
+    settings.UKEY_PROBE_INTERVAL = 0.4
+    sim = simulator_factory(latency_ms=5)
+    device = await device_factory(sim)
+    async with running_gateway(device) as host:
+        gateway = host.gateways[device.slug]
+        await wait_for(lambda: gateway.status.last_probe_at, what="a first probe")
+        await wait_for(lambda: gateway._executor_idle, what="the executor idle")
+        probed = gateway.status.last_probe_at
+        for n in range(12):  # 1.2 s of traffic, one request every 0.1 s, each sent directly
+            response = await ukey_call(SIGN, {"inData": f"busy-{n}"}, device=device.slug)
+            assert response.result.ok
+            await asyncio.sleep(0.1)
+        assert gateway.status.last_probe_at == probed
+        await wait_for(lambda: gateway.status.last_probe_at != probed, timeout=5, what="a probe once idle")
+
+
+async def test_a_request_that_cannot_be_sent_is_answered_and_its_slot_freed(simulator_factory, device_factory):
+    """Anything unexpected while a request is sent from `submit` answers that request with an
+    error and gives its pipeline slot back: the next request is sent as usual."""
+    sim = simulator_factory(latency_ms=5)
+    device = await device_factory(sim, pipeline_depth=1)
+    async with running_gateway(device) as host:
+        gateway = host.gateways[device.slug]
+        await wait_for(lambda: gateway._executor_idle, what="the executor idle")
+        real_send = gateway._conn.send_nowait
+
+        def broken(method, args):
+            gateway._conn.send_nowait = real_send
+            raise RuntimeError("unexpected")
+
+        gateway._conn.send_nowait = broken
+        with pytest.raises(UKeyCardError, match="could not be sent"):
+            await ukey_call(SIGN, {"inData": "first"}, device=device.slug)
+        assert (await ukey_call(SIGN, {"inData": "second"}, device=device.slug)).result.ok
+        assert gateway._slots.free == 1 and gateway._outstanding == 0
+
+
 async def test_full_queue_is_refused_immediately(simulator_factory, device_factory):
     sim = simulator_factory(latency_ms=300)
     device = await device_factory(sim, queue_size=2)

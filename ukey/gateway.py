@@ -278,7 +278,13 @@ class CardGateway:
             self._depth += 1
             self.status.queue_depth = self._depth
             if not self._dispatch_now(job):
-                self._queue.put_nowait(job)
+                self._enqueue(job)
+
+    def _enqueue(self, item) -> None:
+        """Queue an item for the executor. From this moment the executor is not idle, although it
+        resumes a loop step or two later: nothing may be sent past the item meanwhile."""
+        self._executor_idle = False
+        self._queue.put_nowait(item)
 
     def _dispatch_now(self, job: _Job) -> bool:
         """Send a job in the submitter's own step when the executor is idle (waiting for work:
@@ -292,7 +298,11 @@ class CardGateway:
             return False
         self._slots.free -= 1
         self._take(job)
-        self._start(job, conn)
+        try:
+            self._start(job, conn)
+        except Exception:  # a malformed message: its caller is answered, the slot is not lost
+            logger.exception("card %s: a request could not be sent", self.config.slug)
+            self._fail(job, UKEY_ERROR, "the request could not be sent to the card")
         return True
 
     def reset(self, reason: str) -> None:
@@ -331,6 +341,8 @@ class CardGateway:
             try:
                 item = await self._next_item(wait)
             except asyncio.TimeoutError:
+                if time.monotonic() - self._last_activity < self.config.probe_interval:
+                    continue  # requests sent without the executor (`_dispatch_now`) kept the card busy
                 if self._conn is not None and not self._stopping and self._outstanding == 0:
                     await self._probe()
                 else:
@@ -659,7 +671,7 @@ class CardGateway:
                 self._card_event(CARD_RECONNECTED, EVENT_OK,
                                  f"reconnected to {self.config.url} (connection {self.status.connections})")
             self._reported_down = False
-            self._queue.put_nowait(_CONNECTED)
+            self._enqueue(_CONNECTED)
             self._reset_requested.clear()
             self._connected.set()
             self._publish()
