@@ -37,6 +37,7 @@ class DbThreads:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{n}", daemon=True) for n in range(size)]
         self._closed = False
+        self._closing = threading.Lock()  # no job is queued behind the threads' stop marks
         for thread in self._threads:
             thread.start()
         atexit.register(self.shutdown)
@@ -45,19 +46,21 @@ class DbThreads:
             *args: Any) -> asyncio.Future:
         """A future of `loop` that gets `func(*args)`'s result (or exception), called on one of
         the threads (inside `context` when given)."""
-        if self._closed:
-            raise RuntimeError("the database threads have been shut down")
         future = loop.create_future()
-        self._jobs.put((loop, future, context, func, args))
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("the database threads have been shut down")
+            self._jobs.put((loop, future, context, func, args))
         return future
 
     def shutdown(self) -> None:
         """Let the threads finish the queued jobs, then end (called at exit)."""
-        if self._closed:
-            return
-        self._closed = True
-        for _ in self._threads:
-            self._jobs.put(None)
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            for _ in self._threads:
+                self._jobs.put(None)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()
