@@ -251,6 +251,35 @@ def _prepared(scope, body: bytes) -> tuple[ASGIRequest, NativeScheme]:
 _SIGN_FIELDS = frozenset({"data", "no_hash", "device"})
 
 
+def _serializer_as_read_plainly() -> None:
+    """`_body_plain` reads SignRequestSerializer's fields as they are declared now; a change to
+    them stops the process from starting until `_body_plain` follows it."""
+    from django.core.validators import ProhibitNullCharactersValidator
+    from rest_framework.fields import empty
+    from rest_framework.validators import ProhibitSurrogateCharactersValidator
+
+    from .fields import not_blank
+
+    def own(field) -> list:  # its validators besides the two every CharField has
+        return [v for v in field.validators
+                if not isinstance(v, (ProhibitNullCharactersValidator, ProhibitSurrogateCharactersValidator))]
+
+    fields = s.SignRequestSerializer._declared_fields
+    data, no_hash, device = fields["data"], fields["no_hash"], fields["device"]
+    plain = (set(fields) == _SIGN_FIELDS
+             and data.required and not data.trim_whitespace and not data.allow_blank and not data.allow_null
+             and data.max_length is None and data.min_length is None and own(data) == [not_blank]
+             and not no_hash.required and no_hash.default is False and not no_hash.allow_null and own(no_hash) == []
+             and not device.required and device.default is empty and device.trim_whitespace and device.allow_blank
+             and not device.allow_null and device.max_length is None and device.min_length is None
+             and own(device) == [])
+    if not plain:
+        raise AssertionError("SignRequestSerializer changed: api/fastsign._body_plain must follow it")
+
+
+_serializer_as_read_plainly()
+
+
 def _body_plain(payload: Any) -> dict[str, Any] | None:
     """SignRequestSerializer's validated data for the body nearly every client sends (its own
     fields only, each of its JSON type, `data` not blank, `device` without surrounding white

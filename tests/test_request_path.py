@@ -484,3 +484,26 @@ async def test_a_database_thread_builds_each_cache_object_once_not_once_per_job(
     finally:
         caches._connections = saved
         await asyncio.to_thread(threads.shutdown)
+
+
+@pytest.mark.parametrize("change", ["device max_length", "data trimmed", "no_hash default", "a new field"])
+def test_a_change_to_the_sign_serializer_stops_the_fast_path_from_loading_until_it_follows(monkeypatch, change):
+    """`api.fastsign._body_plain` copies SignRequestSerializer's reading of the plain body; the
+    module checks the serializer still reads that way when it loads, and refuses to otherwise."""
+    from rest_framework import serializers
+
+    from api import fastsign
+
+    fastsign._serializer_as_read_plainly()  # as declared: fine
+    fields = dict(fastsign.s.SignRequestSerializer._declared_fields)
+    if change == "device max_length":
+        monkeypatch.setattr(fields["device"], "max_length", 50)
+    elif change == "data trimmed":
+        monkeypatch.setattr(fields["data"], "trim_whitespace", True)
+    elif change == "no_hash default":
+        monkeypatch.setattr(fields["no_hash"], "default", True)
+    else:
+        fields["priority"] = serializers.IntegerField(required=False)
+    monkeypatch.setattr(fastsign.s.SignRequestSerializer, "_declared_fields", fields)
+    with pytest.raises(AssertionError, match="_body_plain must follow"):
+        fastsign._serializer_as_read_plainly()
