@@ -73,13 +73,13 @@ class RedisNonceStore(NonceStore):
     def __init__(self, ttl_seconds: int, cache=None):
         super().__init__(ttl_seconds)
         self._cache = cache
-        self._scripts: dict[int, object] = {}
+        self._claim_script = None  # registered once; each call names the client it runs on
 
-    def _script(self, client):
-        script = self._scripts.get(id(client))
+    def _claimed(self, client, keys: list[str], args: list) -> list:
+        script = self._claim_script
         if script is None:
-            script = self._scripts[id(client)] = client.register_script(_CLAIM_SCRIPT)
-        return script
+            script = self._claim_script = client.register_script(_CLAIM_SCRIPT)
+        return script(keys=keys, args=args, client=client)
 
     def claim(self, access_key: str, nonce: str, timestamp_ms: int | None = None, *, ttl: int | None = None) -> bool:
         store = self._cache if self._cache is not None else caches["nonces"]
@@ -89,14 +89,14 @@ class RedisNonceStore(NonceStore):
             client = store.client.get_client(write=True)
             stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
             ttl = ttl or self.ttl
-            result, epoch = self._script(client)(keys=keys, args=[ttl, stamp])
+            result, epoch = self._claimed(client, keys, [ttl, stamp])
             if int(result) == -2:
                 # Uptime in whole seconds, rounded down: the epoch is never before the real start.
                 uptime_ms = int(client.info("server")["uptime_in_seconds"]) * 1000
                 if client.set(epoch_key, int(time.time() * 1000) - uptime_ms, nx=True):
                     logger.warning("the nonce store (Redis) holds no epoch: it restarted without its data, or is "
                                    "new; requests signed before it started are refused")
-                result, epoch = self._script(client)(keys=keys, args=[ttl, stamp])
+                result, epoch = self._claimed(client, keys, [ttl, stamp])
         except Exception as exc:  # any client or connection error: we cannot know
             logger.error("nonce store unreachable: %s", type(exc).__name__)
             raise NonceStoreUnavailable(str(exc)) from None
