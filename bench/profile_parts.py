@@ -29,8 +29,8 @@ PARTS = [
      ("SignView.", "SignedAPIView.", "APIView.", "rendered", "FastSign.", "_prepared", "_response")),
     ("Django handler, middleware, URL routing", ("ApiASGIHandler.", "BaseHandler.", "_Middleware", "ASGIRequest")),
     ("uvicorn: reading and parsing HTTP", ("httptools_impl", "RequestResponseCycle", "HttpToolsProtocol")),
-    ("thread hand-offs (executor, futures)", ("concurrent/futures", "_chain_future", "ThreadPoolExecutor",
-                                              "run_in_executor")),
+    ("thread hand-offs (database threads, futures)", ("DbThreads.", "_settle", "concurrent/futures", "_chain_future",
+                                                      "ThreadPoolExecutor", "run_in_executor")),
 ]
 
 
