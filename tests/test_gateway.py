@@ -290,6 +290,32 @@ async def test_a_request_that_cannot_be_sent_is_answered_and_its_slot_freed(simu
         assert gateway._slots.free == 1 and gateway._outstanding == 0
 
 
+async def test_a_request_that_cannot_be_sent_after_the_answer_before_it_is_answered_and_the_card_goes_on(
+        simulator_factory, device_factory):
+    """The same from the callback of the previous answer (`_handoff`): the waiting request gets
+    its error, and the executor, which had handed it its slot, is not left waiting forever."""
+    sim = simulator_factory(latency_ms=400)
+    device = await device_factory(sim, pipeline_depth=1)
+    async with running_gateway(device) as host:
+        gateway = host.gateways[device.slug]
+        real_send = gateway._conn.send_nowait
+
+        def send(method, args):
+            if args.get("inData") == "second":
+                raise RuntimeError("unexpected")
+            return real_send(method, args)
+
+        gateway._conn.send_nowait = send
+        first = asyncio.create_task(ukey_call(SIGN, {"inData": "first"}, device=device.slug))
+        await wait_for(lambda: gateway._outstanding == 1, interval=0.005, what="the first at the card")
+        second = asyncio.create_task(ukey_call(SIGN, {"inData": "second"}, device=device.slug))
+        await wait_for(lambda: gateway._holding is not None, interval=0.005, what="the second held for the slot")
+        assert (await first).result.ok
+        with pytest.raises(UKeyCardError, match="could not be sent"):
+            await second
+        assert (await asyncio.wait_for(ukey_call(SIGN, {"inData": "third"}, device=device.slug), 3)).result.ok
+
+
 async def test_full_queue_is_refused_immediately(simulator_factory, device_factory):
     sim = simulator_factory(latency_ms=300)
     device = await device_factory(sim, queue_size=2)

@@ -298,11 +298,7 @@ class CardGateway:
             return False
         self._slots.free -= 1
         self._take(job)
-        try:
-            self._start(job, conn)
-        except Exception:  # a malformed message: its caller is answered, the slot is not lost
-            logger.exception("card %s: a request could not be sent", self.config.slug)
-            self._fail(job, UKEY_ERROR, "the request could not be sent to the card")
+        self._start_or_fail(job, conn)
         return True
 
     def reset(self, reason: str) -> None:
@@ -371,7 +367,7 @@ class CardGateway:
             self._slots.release()
             self._outstanding -= 1
             raise
-        self._start(job, self._conn)
+        self._start_or_fail(job, self._conn)
 
     def _take(self, job: _Job) -> None:
         # Waiting for a slot still counts as queued; from here on it is the card's, and counts
@@ -390,8 +386,19 @@ class CardGateway:
             return False
         self._holding = None
         self._take(job)
-        self._start(job, conn)
+        self._start_or_fail(job, conn)
         return True
+
+    def _start_or_fail(self, job: _Job, conn: CardConnection | None) -> None:
+        """`_start`; anything unexpected on the way (a malformed message) answers its caller with
+        an error and frees its slot, wherever the job was sent from: `submit`, the executor, or
+        the callback of the answer before it (where an exception would leave the executor
+        waiting for a slot that never comes)."""
+        try:
+            self._start(job, conn)
+        except Exception:
+            logger.exception("card %s: a request could not be sent", self.config.slug)
+            self._fail(job, UKEY_ERROR, "the request could not be sent to the card")
 
     def _start(self, job: _Job, conn: CardConnection | None) -> None:
         """Send a job that holds a pipeline slot (and counts as outstanding) to the card; any
