@@ -142,10 +142,16 @@ class _Slots:
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.holders: set[asyncio.Future] = set()
 
-    async def acquire(self) -> bool:
-        """Wait for a slot. True: the waiter's job was sent by `handoff` (its slot with it)."""
+    def take_free(self) -> bool:
+        """Take a slot that is free now with nobody waiting before this caller; False: none."""
         if self.free > 0 and not self.waiters:
             self.free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> bool:
+        """Wait for a slot. True: the waiter's job was sent by `handoff` (its slot with it)."""
+        if self.take_free():
             return False
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
@@ -294,9 +300,8 @@ class CardGateway:
         conn = self._conn
         if (not self._executor_idle or not self._queue.empty() or self._holding is not None or conn is None
                 or self._reset_requested.is_set() or not hasattr(conn, "send_nowait")
-                or self._slots.free <= 0 or self._slots.waiters):
+                or not self._slots.take_free()):
             return False
-        self._slots.free -= 1
         self._take(job)
         self._start_or_fail(job, conn)
         return True
