@@ -401,8 +401,8 @@ class CardGateway:
         waiting for a slot that never comes)."""
         try:
             self._start(job, conn)
-        except Exception:
-            logger.exception("card %s: a request could not be sent", self.config.slug)
+        except Exception as exc:  # its name only: the message or a traceback could carry the job's args (a PIN)
+            logger.error("card %s: a request could not be sent (%s)", self.config.slug, type(exc).__name__)
             self._fail(job, UKEY_ERROR, "the request could not be sent to the card")
 
     def _start(self, job: _Job, conn: CardConnection | None) -> None:
