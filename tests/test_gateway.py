@@ -182,34 +182,43 @@ async def test_card_error_comes_back_with_its_error_list(simulator_factory, devi
         assert passthrough.result.ok is False and passthrough.result.error_code == "Base50000"
 
 
+def sends_recorded(gateway) -> list[str]:
+    """The `inData` of each request the gateway sends to its card from now on, in order."""
+    sent: list[str] = []
+    real_send = gateway._conn.send_nowait
+
+    def send_nowait(method, args):
+        sent.append(args["inData"])
+        return real_send(method, args)
+
+    gateway._conn.send_nowait = send_nowait
+    return sent
+
+
+async def submitted(gateway, text: str) -> asyncio.Future:
+    """Submit a signing request straight to the gateway; the future of its reply."""
+    from ukey import messages
+
+    reply = asyncio.get_running_loop().create_future()
+    await gateway.submit(messages.request_message(request=text, reply="", method=SIGN, args={"inData": text},
+                                                  deadline=time.time() + 10), reply_future=reply)
+    return reply
+
+
 async def test_a_request_to_an_idle_card_is_sent_in_its_own_step_and_the_rest_keep_their_order(simulator_factory,
                                                                                                device_factory):
     """`CardGateway._dispatch_now`: with the executor idle, a slot free and the connection up, a
     submitted request is on its way to the card before `submit` returns (no executor wake-up);
     while the card is busy the next ones are queued and sent in the order they came."""
-    from ukey import messages
-
     sim = simulator_factory(latency_ms=50)
     device = await device_factory(sim, pipeline_depth=1)
     async with running_gateway(device) as host:
         gateway = host.gateways[device.slug]
         await wait_for(lambda: gateway._executor_idle, what="the executor idle")
-        sent: list[str] = []
-        real_send = gateway._conn.send_nowait
-
-        def send_nowait(method, args):
-            sent.append(args["inData"])
-            return real_send(method, args)
-
-        gateway._conn.send_nowait = send_nowait
-        loop = asyncio.get_running_loop()
+        sent = sends_recorded(gateway)
         replies = []
         for n in range(4):
-            reply = loop.create_future()
-            await gateway.submit(messages.request_message(request=f"r{n}", reply="", method=SIGN,
-                                                          args={"inData": f"order-{n}"}, deadline=time.time() + 10),
-                                 reply_future=reply)
-            replies.append(reply)
+            replies.append(await submitted(gateway, f"order-{n}"))
             assert sent == ["order-0"]  # the first sent by submit itself; the card busy: the others queued
         answers = await asyncio.gather(*replies)
         assert sent == [f"order-{n}" for n in range(4)]
@@ -222,29 +231,17 @@ async def test_a_request_queued_for_the_waking_executor_is_not_overtaken_by_a_la
     """Between queueing a request for the idle executor and the executor resuming there are a
     couple of event loop steps: a slot freed meanwhile must not let a later request be sent
     first (`_enqueue` ends the executor's idleness at once)."""
-    from ukey import messages
-
     sim = simulator_factory(latency_ms=20)
     device = await device_factory(sim, pipeline_depth=1)
     async with running_gateway(device) as host:
         gateway = host.gateways[device.slug]
         await wait_for(lambda: gateway._executor_idle, what="the executor idle")
-        sent: list[str] = []
-        real_send = gateway._conn.send_nowait
-        gateway._conn.send_nowait = lambda method, args: sent.append(args["inData"]) or real_send(method, args)
-        loop = asyncio.get_running_loop()
-
-        async def submit(text: str) -> asyncio.Future:
-            reply = loop.create_future()
-            await gateway.submit(messages.request_message(request=text, reply="", method=SIGN, args={"inData": text},
-                                                          deadline=time.time() + 10), reply_future=reply)
-            return reply
-
+        sent = sends_recorded(gateway)
         gateway._slots.free -= 1  # as if a request were at the card
-        first = await submit("first")  # queued: no free slot
+        first = await submitted(gateway, "first")  # queued: no free slot
         await asyncio.sleep(0)  # the executor's queue read has taken it; the executor has not resumed
         gateway._slots.release()  # as if that request's answer had freed its slot
-        second = await submit("second")
+        second = await submitted(gateway, "second")
         answers = await asyncio.gather(first, second)
         assert sent == ["first", "second"] and all(answer["ok"] for answer in answers)
 
