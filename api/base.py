@@ -102,6 +102,15 @@ def database_usable_prove() -> None:
             cursor.execute("SELECT 1")
 
 
+def audit_writable_prove(*, nonce_claimed: bool) -> None:
+    """Proof, before the card is called, that the request's audit event can be written. A
+    nonce claimed in the database (NONCE_STORE "database") was a write to it already;
+    anything else takes `database_usable_prove`."""
+    if nonce_claimed and settings.NONCE_STORE == "database":
+        return
+    database_usable_prove()
+
+
 # The answers' audit events: each answer waits until its event is committed (durable), but
 # the events of concurrent requests share one transaction and one lock of the chain.
 audit_batch = DbBatch(_audit_flush, name="audit")
@@ -156,9 +165,7 @@ class SignedAPIView(APIView):
         request is refused before the card is called, never after (the event is written
         once the answer is known)."""
         self.initial(request, *args, **kwargs)
-        if settings.NONCE_STORE == "database" and getattr(request._request, "auth_scheme", None) is not None:
-            return  # the nonce was claimed by a write to the database itself
-        database_usable_prove()
+        audit_writable_prove(nonce_claimed=getattr(request._request, "auth_scheme", None) is not None)
 
     def handle_exception(self, exc):
         # No DRF 401→403 coercion: every error takes the spec's shape in one place. A

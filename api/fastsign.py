@@ -51,7 +51,7 @@ from signing.pools import CARD_HEADER, card_target_for, card_target_run
 from signing.services import data_sign
 
 from . import serializers as s
-from .base import SignedAPIView, audit_batch, database_usable_prove
+from .base import SignedAPIView, audit_batch, audit_writable_prove
 from .errors import as_api_error
 from .permissions import rate_limit_count, scopes_require
 from .schemes import NativeScheme, scheme_for
@@ -341,8 +341,7 @@ def _checks(request, scheme: NativeScheme, body: bytes):
         return error
     if not allowed:
         return as_api_error(Throttled(wait))
-    if settings.NONCE_STORE != "database":  # proof that the audit event can be written
-        database_usable_prove()
+    audit_writable_prove(nonce_claimed=True)
     return client, data
 
 

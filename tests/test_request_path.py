@@ -310,6 +310,23 @@ def test_the_database_is_proven_usable_before_the_card_with_one_round_trip_not_t
         connection.health_check_enabled = True
 
 
+@pytest.mark.parametrize("store, claimed, proven", [
+    ("database", True, False),  # the nonce's own write to the database was the proof
+    ("database", False, True),  # no nonce claimed (a view without authentication)
+    ("redis", True, True),  # a claim in Redis proves nothing about the database
+])
+def test_the_audit_event_is_proven_writable_unless_the_nonce_was_claimed_in_the_database(settings, monkeypatch, store,
+                                                                                          claimed, proven):
+    """The one rule both the view and the fast path apply before the card is called."""
+    from api import base
+
+    calls: list[bool] = []
+    monkeypatch.setattr(base, "database_usable_prove", lambda: calls.append(True))
+    settings.NONCE_STORE = store
+    base.audit_writable_prove(nonce_claimed=claimed)
+    assert calls == ([True] if proven else [])
+
+
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_the_fast_path_reads_a_body_only_for_a_proven_caller_and_hands_over_with_nothing_claimed(monkeypatch):
