@@ -63,8 +63,8 @@ from core.legacy_cipher import legacy_decrypt, legacy_encrypt, legacy_key_fold
 from core.ports import port_free, port_wait_listening
 
 BRIDGE_KEY = "bench-legacy-key-16"
-# The targets are judged with the stand-in dialled by URL, at the depth that gives (1, a real
-# control's default). `make run`'s built-in simulator takes 2: shown beside target 1, not judged.
+# The targets are judged with the stand-in dialled by URL, at the pipeline depth a URL gets (1,
+# a real control's default). `make run`'s built-in simulator takes 2: shown beside target 1, not judged.
 SIMULATOR_DEPTH = 2
 
 TARGETS = {  # name: (text, comparison, bound)
