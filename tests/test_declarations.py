@@ -447,7 +447,7 @@ def test_taken_by_the_exchange_then_its_receipts_accept_it_and_each_fires_a_webh
 def test_exchange_down_retried_with_backoff_and_delivered_once_when_back(card, erp, worker):
     port = free_port()  # nothing listens here yet
     declaration = declare(card, erp, f"http://127.0.0.1:{port}")
-    poll(lambda: Submission.objects.get(declaration=declaration).attempts >= 3, 15, "three failed attempts")
+    poll(lambda: Submission.objects.get(declaration=declaration).attempts >= 3, 15, "three attempts")
     submission = Submission.objects.get(declaration=declaration)
     assert submission.status in ("pending", "sending") and fresh(declaration).status == "signed"
     assert "connection refused" in submission.last_error or submission.status == "sending"
@@ -457,7 +457,9 @@ def test_exchange_down_retried_with_backoff_and_delivered_once_when_back(card, e
         time.sleep(1.0)
         assert exchange.count(declaration.guid) == 1 and len(exchange.state.posts) == 1
         submission = Submission.objects.get(declaration=declaration)
-        assert submission.status == "sent" and submission.attempts >= 4
+        # The third attempt may have been claimed before the exchange came back (then it failed and a
+        # fourth delivered) or after (then it delivered): either way every attempt but the last failed.
+        assert submission.status == "sent" and submission.attempts >= 3
         failed = declaration.events.filter(kind=DeclarationEvent.ATTEMPT_FAILED)
         assert failed.count() == submission.attempts - 1 and "connection refused" in failed.first().text
     finally:
