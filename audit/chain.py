@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.db.models.signals import post_save
+
+from core.rowsinsert import rows_insert
 
 from .models import AuditChainHead, AuditCheckpoint, AuditEvent
 
@@ -82,11 +84,12 @@ def chain_append(event: AuditEvent) -> AuditEvent:
     return chain_append_many([event])[0]
 
 
-def chain_append_many(events: list[AuditEvent]) -> list[AuditEvent]:
+def chain_append_many(events: list[AuditEvent], *, savepoint: bool = True) -> list[AuditEvent]:
     """Give unsaved events consecutive places in the chain, in their order, and save them in
     one statement (inside the caller's transaction, which holds the chain's lock until it
     commits): the group commit of many requests' events costs one lock, one insert and one
-    update. `post_save` is sent for each event, as `Model.save` would."""
+    update. `post_save` is sent for each event, as `Model.save` would. `savepoint=False`: the
+    caller's transaction fails as a whole if this does (no savepoint to roll back to)."""
     if not events:
         return events
     for event in events:
@@ -94,7 +97,7 @@ def chain_append_many(events: list[AuditEvent]) -> list[AuditEvent]:
             event.client_ip = _ip(event.client_ip)
     head_table = connection.ops.quote_name(AuditChainHead._meta.db_table)
     claim = f"UPDATE {head_table} SET seq = seq + %s WHERE id = 1 RETURNING seq, last_hash"
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=savepoint), connection.cursor() as cursor:
         # One UPDATE ... RETURNING takes the lock and reads the previous hash (PostgreSQL and
         # SQLite >= 3.35): the lock is taken before the previous hash is read.
         cursor.execute(claim, [len(events)])
@@ -109,40 +112,12 @@ def chain_append_many(events: list[AuditEvent]) -> list[AuditEvent]:
             seq += 1
             event.seq, event.prev_hash = seq, prev_hash
             event.hash = prev_hash = event_hash(prev_hash, event, key=key)
-        _events_insert(cursor, events)
+        rows_insert(cursor, AuditEvent, events)
         cursor.execute(f"UPDATE {head_table} SET last_hash = %s WHERE id = 1", [prev_hash])
         for event in events:
             post_save.send(sender=AuditEvent, instance=event, created=True, update_fields=None, raw=False,
                            using=connection.alias)
     return events
-
-
-# Columns whose Python value the database takes as it is; the others go through their field's
-# adaptation (times, addresses, JSON), as the ORM would do.
-_PLAIN_FIELDS = (models.CharField, models.IntegerField, models.FloatField, models.ForeignKey)
-_INSERT_ROWS_MAX = 30  # rows per INSERT: 30 x 23 columns stays under SQLite's oldest variable limit
-
-
-def _events_insert(cursor, events: list[AuditEvent]) -> None:
-    """INSERT ... RETURNING id of new events, without the ORM's per-value compilation (the
-    same adaptation of each value, a fraction of its cost: every API request writes one)."""
-    fields = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
-    table = connection.ops.quote_name(AuditEvent._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    adapted = [(f.attname, None if isinstance(f, _PLAIN_FIELDS) else f) for f in fields]
-    for start in range(0, len(events), _INSERT_ROWS_MAX):
-        chunk = events[start:start + _INSERT_ROWS_MAX]
-        params = []
-        for event in chunk:
-            for name, field in adapted:
-                value = getattr(event, name)
-                params.append(value if field is None else field.get_db_prep_save(value, connection))
-        cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(chunk))} RETURNING id", params)
-        for event, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
-            event.pk = pk
-            event._state.adding = False
-            event._state.db = connection.alias
 
 
 def checkpoint_mac(*, seq: int, last_hash: str, pruned: int, key: bytes | None = None) -> str:

@@ -119,8 +119,9 @@ def audit_event_record(**fields: Any) -> AuditEvent:
 def audit_events_record(*, events: list[dict[str, Any]]) -> list[AuditEvent]:
     """Store several audit events (each a dict of `audit_event_build` fields), chained in
     this order, with one lock of the chain and one insert: the group commit of concurrent
-    requests' events. Call inside the transaction they belong to."""
-    return chain_append_many([audit_event_build(**fields) for fields in events])
+    requests' events. Call inside the transaction they belong to: if this fails, so does it
+    (no savepoint)."""
+    return chain_append_many([audit_event_build(**fields) for fields in events], savepoint=False)
 
 
 @dataclass(frozen=True)

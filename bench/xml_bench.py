@@ -318,7 +318,7 @@ async def measure(run: Run, kinds: dict, platform_pid: int, report: dict) -> Non
     for concurrency in args.zero_concurrency:
         row = {"concurrency": concurrency}
         for kind in (sign, xml, big):
-            profile = kind is big and concurrency == max(args.zero_concurrency)
+            profile = concurrency == max(args.zero_concurrency)
             f = await load(run, kind, f"zero-{kind.name}-c{concurrency}", concurrency, args.zero_duration,
                            expected[kind.name], platform_pid, profile=profile)
             expected[kind.name] = max(expected[kind.name], f["req_per_s"] * 1.5)
@@ -518,7 +518,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="client counts with the 0 ms card (default 1,4,16)")
     parser.add_argument("--algorithm", choices=["rsa", "sm2"], default="rsa", help="the simulated card's key")
     parser.add_argument("--py-spy-dir", help="py-spy record (raw collapsed stacks) of the server during the "
-                        "card-bound xml window and the big document at the highest 0 ms concurrency")
+                        "card-bound xml window and each kind (sign, xml, xml-big) at the highest 0 ms concurrency")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (logs, database)")
     parser.set_defaults(redis_url=None)  # platform_env's option: embedded defaults only here

@@ -11,12 +11,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accessids.models import AccessId
 from core.ceb import XmlInputError, xml_parse_safe
 from core.errors import ApiError, invalid_request, xml_input_error
+from core.rowsinsert import rows_insert
 
 from .models import XmlDocument, XmlDocumentVersion
 
@@ -135,6 +136,27 @@ def _version_keep(document: XmlDocument, *, replaced_request_id: str) -> XmlDocu
     )
 
 
+_live_name_sqls: dict[str, str] = {}
+
+
+def _live_name_sql(db) -> str:
+    """The primary key of the live document with a name (access ID, directory, filename: its
+    three parameters), locked where `db` has row locks (PostgreSQL; on SQLite the
+    transaction's write lock serialises writers)."""
+    sql = _live_name_sqls.get(db.vendor)
+    if sql is None:
+        quote = db.ops.quote_name
+        column = {name: quote(XmlDocument._meta.get_field(name).column)
+                  for name in ("id", "access_id", "directory", "filename", "deleted_at")}
+        sql = (f"SELECT {column['id']} FROM {quote(XmlDocument._meta.db_table)} WHERE {column['access_id']} = %s "
+               f"AND {column['directory']} = %s AND {column['filename']} = %s AND {column['deleted_at']} IS NULL "
+               "LIMIT 1")
+        if db.features.has_select_for_update:
+            sql += " " + db.ops.for_update_sql()
+        _live_name_sqls[db.vendor] = sql
+    return sql
+
+
 def xml_document_write(
     *,
     access_id: AccessId | int,
@@ -157,21 +179,21 @@ def xml_document_write(
     access_pk = getattr(access_id, "pk", access_id)
     for attempt in range(2):
         try:
-            with transaction.atomic():
-                # The key first (a one-column query, locked), the whole row only when the name is
-                # taken: most writes are of new names, and compiling the full-row query costs more
-                # than running it.
-                taken = list(
-                    XmlDocument.objects.select_for_update()
-                    .filter(access_id_id=access_pk, directory=directory, filename=filename, deleted_at__isnull=True)
-                    .values_list("pk", flat=True)[:1]
-                )
-                document = XmlDocument.objects.get(pk=taken[0]) if taken else None
-                if document is None:
+            with transaction.atomic(), connection.cursor() as cursor:
+                # The key first (one column, locked), the whole row only when the name is taken;
+                # a new name (most writes) is inserted without the ORM: compiling its queries
+                # costs more than running them.
+                cursor.execute(_live_name_sql(cursor.db), [access_pk, directory, filename])
+                taken = cursor.fetchone()
+                if taken is None:
                     document = XmlDocument(access_id_id=access_pk, directory=directory, filename=filename, version=1)
-                else:
-                    _version_keep(document, replaced_request_id=request_id)
-                    document.version += 1
+                    _fill(document, content=content, message_type=message_type, signature=signature,
+                          request_id=request_id, source=source)
+                    rows_insert(cursor, XmlDocument, [document])
+                    return document
+                document = XmlDocument.objects.get(pk=taken[0])
+                _version_keep(document, replaced_request_id=request_id)
+                document.version += 1
                 _fill(document, content=content, message_type=message_type, signature=signature,
                       request_id=request_id, source=source)
                 document.save()
