@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import signal
@@ -24,6 +25,17 @@ from ukey import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_PIN = "24681357"
+
+
+_simulators_running: set[SimulatorProcess] = set()
+
+
+@atexit.register
+def _simulators_stop() -> None:
+    """Simulators a failed fixture never stopped (it started one, then something else failed)
+    must not outlive the test run."""
+    for simulator in list(_simulators_running):
+        simulator.stop()
 
 
 class SimulatorProcess:
@@ -54,10 +66,12 @@ class SimulatorProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        _simulators_running.add(self)
         _wait_port(self.port, self.proc, "ukey_simulator")
         return self
 
     def stop(self) -> None:
+        _simulators_running.discard(self)
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
