@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from lxml import etree
 
 from core.ceb import ceb_verify
+from tests.receivers import QuietServer
 from tests.services import free_port
 
 CEB = "{http://www.chinaport.gov.cn/ceb}"
@@ -103,7 +104,7 @@ class FakeExchange:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = QuietServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self

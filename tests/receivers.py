@@ -29,7 +29,7 @@ class Received:
         return json.loads(self.body)
 
 
-class _QuietServer(ThreadingHTTPServer):
+class QuietServer(ThreadingHTTPServer):
     """A sender that hangs up (its timeout, the platform stopping) is part of what the tests
     do: not a traceback on the test output. Any other error still prints one."""
 
@@ -82,7 +82,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = _QuietServer(("127.0.0.1", self.port), Handler)
+        self.server = QuietServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self

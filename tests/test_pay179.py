@@ -7,13 +7,14 @@ import socket
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from core import pay179
 from core.pay179 import Pay179Error
+from tests.receivers import QuietServer
 
 VECTORS = Path(__file__).resolve().parent / "vectors"  # copies of shared/spec/vectors
 
@@ -204,7 +205,7 @@ class FakeCustoms:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ceb2grab/grab/realTimeDataUpload"
         # A short poll interval: shutdown() waits up to one interval.
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ from audit.models import AuditEvent
 from core.certs import certificate_load, signature_verify
 from tests.conftest import SimulatorProcess, database_text, test_database_url
 from tests.live import CardPlatforms, Platform, only_card_row, services_env
+from tests.receivers import QuietServer
 from tests.services import free_port
 from tests.test_api import assert_error, call, certificate, events
 from xmlstore.models import XmlDocument, XmlDocumentVersion
@@ -124,7 +125,7 @@ class FakeCustoms:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="fake-customs", daemon=True)
 
