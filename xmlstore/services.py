@@ -187,16 +187,16 @@ def xml_document_write(
                 taken = cursor.fetchone()
                 if taken is None:
                     document = XmlDocument(access_id_id=access_pk, directory=directory, filename=filename, version=1)
-                    _fill(document, content=content, message_type=message_type, signature=signature,
-                          request_id=request_id, source=source)
-                    rows_insert(cursor, XmlDocument, [document])
-                    return document
-                document = XmlDocument.objects.get(pk=taken[0])
-                _version_keep(document, replaced_request_id=request_id)
-                document.version += 1
+                else:
+                    document = XmlDocument.objects.get(pk=taken[0])
+                    _version_keep(document, replaced_request_id=request_id)
+                    document.version += 1
                 _fill(document, content=content, message_type=message_type, signature=signature,
                       request_id=request_id, source=source)
-                document.save()
+                if taken is None:
+                    rows_insert(cursor, XmlDocument, [document])
+                else:
+                    document.save()
                 return document
         except IntegrityError:
             # Another request created the same name at the same moment: write again, as a new version.
